@@ -1,0 +1,39 @@
+"""Lazy import of optional heavy dependencies with an install hint."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from ensemble_kit.errors import MissingDependencyError
+
+# module name -> (pip requirement, ensemble_kit extra that pulls it in or None)
+_HINTS: dict[str, tuple[str, str | None]] = {
+    "catboost": ("catboost", None),
+    "lightgbm": ("lightgbm", None),
+    "matplotlib": ("matplotlib", "report"),
+    "matplotlib.pyplot": ("matplotlib", "report"),
+    "optuna_dashboard": ("optuna-dashboard", "dashboard"),
+    "pyarrow": ("pyarrow", "parquet"),
+}
+
+
+def import_optional(module: str, *, feature: str) -> ModuleType:
+    """Import ``module`` or raise :class:`MissingDependencyError` naming what to install.
+
+    Parameters
+    ----------
+    module : str
+        Dotted module name, e.g. ``"catboost"``.
+    feature : str
+        What the caller wanted to do, used in the message (e.g. ``"CatBoost meta-learner"``).
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        requirement, extra = _HINTS.get(module, (module.split(".")[0], None))
+        hint = f'pip install "ensemble_kit[{extra}]"' if extra else f"pip install {requirement}"
+        raise MissingDependencyError(
+            f"{feature} needs the optional package {requirement!r}, which could not be "
+            f"imported ({exc}). Install it with: {hint}"
+        ) from exc

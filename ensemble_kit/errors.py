@@ -1,0 +1,90 @@
+"""Exceptions raised by ensemble_kit.
+
+Every error the library raises on purpose derives from :class:`EnsembleKitError`, so
+``except EnsembleKitError`` catches all of them. Errors about bad values also derive from
+:class:`ValueError` so code written against scikit-learn conventions keeps working.
+Messages say what was expected, what was received and how to fix it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "EnsembleKitError",
+    "ValidationError",
+    "MissingDependencyError",
+    "StoreError",
+    "NotAStoreError",
+    "SchemaVersionError",
+    "StoreExistsError",
+    "EntryExistsError",
+    "EntryNotFoundError",
+    "EntryIncompleteError",
+    "ShapeMismatchError",
+    "InvalidValuesError",
+    "FoldMismatchError",
+    "IdMismatchError",
+    "StoreCorruptedError",
+]
+
+
+class EnsembleKitError(Exception):
+    """Base class of every error raised by ensemble_kit."""
+
+
+class ValidationError(EnsembleKitError, ValueError):
+    """An argument has the wrong type, shape or value."""
+
+
+class MissingDependencyError(EnsembleKitError, ImportError):
+    """An optional dependency is needed for the requested feature but is not installed."""
+
+
+class StoreError(EnsembleKitError):
+    """Base class of every error raised by :class:`ensemble_kit.LogitStore`."""
+
+
+class NotAStoreError(StoreError, FileNotFoundError):
+    """The path does not hold a logit store."""
+
+
+class SchemaVersionError(StoreError):
+    """The store was written with a schema this version of ensemble_kit cannot read."""
+
+
+class StoreExistsError(StoreError, FileExistsError):
+    """A store (or another non-empty directory) already exists at the target path."""
+
+
+class EntryExistsError(StoreError):
+    """The entry or fold is already stored and ``overwrite=True`` was not given."""
+
+
+class EntryNotFoundError(StoreError, KeyError):
+    """No entry of that name is stored."""
+
+    def __str__(self) -> str:  # KeyError would otherwise repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class EntryIncompleteError(StoreError):
+    """The entry exists but some of its folds are still missing."""
+
+
+class ShapeMismatchError(StoreError, ValueError):
+    """An array does not have the shape the store expects (rows, classes, folds)."""
+
+
+class InvalidValuesError(StoreError, ValueError):
+    """An array holds NaN/inf, or probabilities outside [0, 1] or not summing to 1."""
+
+
+class FoldMismatchError(StoreError, ValueError):
+    """A fold index is out of range or the rows given do not match the fold."""
+
+
+class IdMismatchError(StoreError, ValueError):
+    """Sample ids are missing, unexpected or duplicated, or class columns are missing."""
+
+
+class StoreCorruptedError(StoreError):
+    """A stored file does not match its checksum or violates a store invariant."""

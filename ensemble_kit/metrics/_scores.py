@@ -1,0 +1,88 @@
+"""Conversions between logits and probabilities, and input validation shared by metrics."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from ensemble_kit.errors import ValidationError
+
+ScoreKind = Literal["logits", "probs"]
+SCORE_KINDS: tuple[str, ...] = ("logits", "probs")
+
+# Probabilities are clipped here before taking logs, so a hard 0 becomes a large but finite
+# negative logit (log(1e-12) ~ -27.6) instead of -inf.
+PROB_EPS = 1e-12
+
+
+def log_softmax(logits: ArrayLike, axis: int = -1) -> NDArray[np.floating]:
+    """Numerically stable log-softmax along ``axis``."""
+    z = np.asarray(logits)
+    if not np.issubdtype(z.dtype, np.floating):
+        z = z.astype(np.float64)
+    shifted = z - z.max(axis=axis, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+def softmax(logits: ArrayLike, axis: int = -1) -> NDArray[np.floating]:
+    """Numerically stable softmax along ``axis``."""
+    return np.exp(log_softmax(logits, axis=axis))
+
+
+def check_kind(kind: str) -> str:
+    if kind not in SCORE_KINDS:
+        raise ValidationError(
+            f"kind must be one of {SCORE_KINDS} (declared, never guessed); got {kind!r}."
+        )
+    return kind
+
+
+def to_log_probs(scores: ArrayLike, *, kind: ScoreKind) -> NDArray[np.floating]:
+    """Turn logits or probabilities into normalised log-probabilities."""
+    check_kind(kind)
+    if kind == "logits":
+        return log_softmax(scores)
+    p = np.asarray(scores, dtype=np.float64)
+    return np.log(np.clip(p / p.sum(axis=-1, keepdims=True), PROB_EPS, 1.0))
+
+
+def to_probs(scores: ArrayLike, *, kind: ScoreKind) -> NDArray[np.floating]:
+    """Turn logits or probabilities into probabilities whose rows sum to 1."""
+    check_kind(kind)
+    if kind == "logits":
+        return softmax(scores)
+    p = np.asarray(scores, dtype=np.float64)
+    return p / p.sum(axis=-1, keepdims=True)
+
+
+def check_targets(y: ArrayLike, scores: ArrayLike) -> tuple[NDArray[np.int64], NDArray]:
+    """Validate ``y`` (class indices) against a ``(n_samples, n_classes)`` score matrix."""
+    s = np.asarray(scores)
+    if s.ndim != 2:
+        raise ValidationError(
+            f"scores must be a 2-D (n_samples, n_classes) array; got shape {s.shape}."
+        )
+    yy = np.asarray(y)
+    if yy.ndim != 1 or yy.shape[0] != s.shape[0]:
+        raise ValidationError(
+            f"y must be 1-D with one label per row of scores ({s.shape[0]} rows); "
+            f"got shape {yy.shape}."
+        )
+    if not np.issubdtype(yy.dtype, np.integer):
+        raise ValidationError(
+            f"y must hold integer class indices in [0, {s.shape[1]}); got dtype {yy.dtype}. "
+            "Map labels to indices first (LogitStore.y already holds indices)."
+        )
+    bad = (yy < 0) | (yy >= s.shape[1])
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValidationError(
+            f"y[{i}] = {int(yy[i])} is not a class index in [0, {s.shape[1]}) "
+            f"({int(bad.sum())} such labels)."
+        )
+    if not np.isfinite(s).all():
+        i = int(np.flatnonzero(~np.isfinite(s).all(axis=1))[0])
+        raise ValidationError(f"scores row {i} holds NaN or inf.")
+    return yy.astype(np.int64, copy=False), s

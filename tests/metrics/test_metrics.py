@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from ensemble_kit.errors import ValidationError
+from ensemble_kit.metrics import (
+    accuracy,
+    f1_macro,
+    get_metric,
+    log_loss,
+    log_softmax,
+    per_class_precision,
+    per_class_recall,
+    per_class_report,
+    softmax,
+    to_log_probs,
+)
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(200, 4)) * 2
+    y = rng.integers(0, 4, size=200)
+    return y, logits, softmax(logits)
+
+
+def test_log_loss_matches_sklearn_for_both_kinds(data):
+    y, logits, probs = data
+    expected = skm.log_loss(y, probs, labels=range(4))
+    assert log_loss(y, logits, kind="logits") == pytest.approx(expected, rel=1e-9)
+    assert log_loss(y, probs, kind="probs") == pytest.approx(expected, rel=1e-9)
+
+
+def test_accuracy_and_f1_match_sklearn(data):
+    y, logits, probs = data
+    pred = logits.argmax(1)
+    assert accuracy(y, logits, kind="logits") == pytest.approx(skm.accuracy_score(y, pred))
+    assert f1_macro(y, probs, kind="probs") == pytest.approx(skm.f1_score(y, pred, average="macro"))
+    np.testing.assert_allclose(per_class_recall(y, logits, kind="logits"), skm.recall_score(y, pred, average=None))
+    np.testing.assert_allclose(per_class_precision(y, logits, kind="logits"),
+                               skm.precision_score(y, pred, average=None, zero_division=0))
+
+
+def test_absent_class_counts_in_macro_f1():
+    y = np.array([0, 0, 1, 1])
+    scores = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0]], dtype=float)
+    assert f1_macro(y, scores, kind="probs") == pytest.approx(2 / 3)
+    report = per_class_report(y, scores, kind="probs", classes=["a", "b", "c"])
+    assert report.index.tolist() == ["a", "b", "c"] and report.loc["c", "support"] == 0
+
+
+def test_logits_never_overflow():
+    logits = np.array([[1000.0, 0.0], [0.0, -1000.0]])
+    assert np.isfinite(log_softmax(logits)).all()
+    assert log_loss(np.array([0, 0]), logits, kind="logits") == pytest.approx(0.0, abs=1e-12)
+    assert log_loss(np.array([1, 1]), logits, kind="logits") == pytest.approx(1000.0)
+
+
+def test_probs_with_zero_are_clipped():
+    assert log_loss(np.array([1]), np.array([[1.0, 0.0]]), kind="probs") == pytest.approx(-np.log(1e-12))
+    assert np.isfinite(to_log_probs(np.array([[1.0, 0.0]]), kind="probs")).all()
+
+
+@pytest.mark.parametrize(
+    "y, scores, kind, message",
+    [
+        ([0, 1], [[0.5, 0.5], [0.5, 0.5]], "proba", "declared, never guessed"),
+        ([0, 2], [[0.5, 0.5], [0.5, 0.5]], "probs", r"y\[1\] = 2 is not a class index"),
+        ([0, 1, 1], [[0.5, 0.5], [0.5, 0.5]], "probs", "one label per row"),
+        ([0.0, 1.0], [[0.5, 0.5], [0.5, 0.5]], "probs", "integer class indices"),
+        ([0, 1], [0.5, 0.5], "probs", "2-D"),
+        ([0, 1], [[0.5, np.nan], [0.5, 0.5]], "logits", "row 0 holds NaN"),
+    ],
+)
+def test_bad_input(y, scores, kind, message):
+    with pytest.raises(ValidationError, match=message):
+        log_loss(np.array(y), np.array(scores), kind=kind)
+
+
+def test_kind_is_required(data):
+    y, logits, _ = data
+    with pytest.raises(TypeError):
+        accuracy(y, logits)  # type: ignore[call-arg]
+
+
+def test_registry():
+    assert get_metric("f1_macro").greater_is_better
+    y, logits = np.array([0, 1]), np.array([[2.0, 0.0], [0.0, 2.0]])
+    assert get_metric("accuracy").loss(y, logits, kind="logits") == -1.0
+    with pytest.raises(ValidationError, match="Unknown metric 'auc'"):
+        get_metric("auc")
