@@ -1,0 +1,125 @@
+"""Checks applied to every array before it is written, and the probs -> log-probs conversion."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ensemble_kit.errors import InvalidValuesError, ShapeMismatchError, ValidationError
+from ensemble_kit.metrics._scores import PROB_EPS, SCORE_KINDS
+
+PROB_RANGE_TOL = 1e-6
+PROB_SUM_TOL = 1e-3
+STORE_DTYPES = ("float32", "float16")
+
+
+def check_kind(kind: str) -> None:
+    if kind not in SCORE_KINDS:
+        raise ValidationError(
+            f"kind must be one of {SCORE_KINDS}: declare whether the values are logits or "
+            f"probabilities; got {kind!r}."
+        )
+
+
+def check_dtype(dtype: Any) -> str:
+    name = np.dtype(dtype).name if dtype is not None else "float32"
+    if name not in STORE_DTYPES:
+        raise ValidationError(f"Store dtype must be one of {STORE_DTYPES}; got {dtype!r}.")
+    return name
+
+
+def prepare_scores(
+    values: Any,
+    *,
+    where: str,
+    shape: tuple[int, ...],
+    axes: Sequence[str],
+    kind: str,
+    dtype: str,
+    row_ids: NDArray | None = None,
+) -> NDArray:
+    """Validate one prediction array and return it as stored (logits in ``dtype``).
+
+    ``where`` names the thing being written (e.g. ``"entry 'cnn' oof"``) and ``axes`` names each
+    dimension (e.g. ``("rows", "classes")``) so messages say exactly what is wrong.
+    ``row_ids`` maps the second-to-last axis to sample ids for messages about bad rows.
+    """
+    check_kind(kind)
+    try:
+        array = np.asarray(values)
+    except (TypeError, ValueError) as exc:
+        raise ShapeMismatchError(f"{where}: cannot be converted to an array ({exc}).") from exc
+    if array.dtype == object or not (
+        np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
+    ):
+        raise ValidationError(f"{where}: expected a numeric array; got dtype {array.dtype}.")
+    if array.ndim != len(shape):
+        raise ShapeMismatchError(
+            f"{where}: expected {len(shape)}-D shape {shape} ({' x '.join(axes)}); "
+            f"got {array.ndim}-D shape {array.shape}."
+        )
+    for axis, (got, want, axis_name) in enumerate(zip(array.shape, shape, axes)):
+        if got != want:
+            raise ShapeMismatchError(
+                f"{where}: expected {want} {axis_name} (axis {axis}) for shape {shape}; "
+                f"got {got} (shape {array.shape})."
+            )
+
+    # Any NaN/inf makes the sum non-finite, and a finite float32 sum of logits cannot overflow
+    # in practice: one fast reduction clears the common case; the exact scan runs only after.
+    if not np.isfinite(array.sum(dtype=np.float64 if array.dtype == np.float64 else np.float32)) \
+            and not np.isfinite(array).all():
+        bad_rows = ~np.isfinite(array).reshape(-1, array.shape[-1]).all(axis=1)
+        raise InvalidValuesError(
+            f"{where}: holds NaN or inf in {int(bad_rows.sum())} row(s), first at "
+            f"{_row_label(int(np.argmax(bad_rows)), array.shape, row_ids)}. Every value must be "
+            "finite."
+        )
+
+    if kind == "probs":
+        array = _probs_to_log_probs(array, where=where, row_ids=row_ids)
+    with np.errstate(over="ignore"):  # overflow is reported below, with the entry's name
+        stored = np.ascontiguousarray(array, dtype=dtype)
+    if dtype != array.dtype and not np.isfinite(stored).all():
+        raise InvalidValuesError(
+            f"{where}: values overflow {dtype} (largest magnitude {float(np.abs(array).max()):g}). "
+            "Store float32, or subtract each row's max logit first."
+        )
+    return stored
+
+
+def _probs_to_log_probs(p: NDArray, *, where: str, row_ids: NDArray | None) -> NDArray:
+    flat = p.reshape(-1, p.shape[-1])
+    outside = (flat < -PROB_RANGE_TOL) | (flat > 1 + PROB_RANGE_TOL)
+    if outside.any():
+        row, col = (int(i) for i in np.argwhere(outside)[0])
+        raise InvalidValuesError(
+            f"{where}: kind='probs' but value {float(flat[row, col]):g} at "
+            f"{_row_label(row, p.shape, row_ids)}, class column {col} is outside [0, 1]. "
+            "Pass kind='logits' if these are logits."
+        )
+    sums = flat.sum(axis=1, dtype=np.float64)
+    off = np.abs(sums - 1.0) > PROB_SUM_TOL
+    if off.any():
+        row = int(np.argmax(off))
+        raise InvalidValuesError(
+            f"{where}: kind='probs' but {int(off.sum())} row(s) do not sum to 1 "
+            f"(tolerance {PROB_SUM_TOL}); {_row_label(row, p.shape, row_ids)} sums to "
+            f"{sums[row]:.6g}. Normalise the rows, or pass kind='logits'."
+        )
+    q = p if np.issubdtype(p.dtype, np.floating) else p.astype(np.float64)
+    return np.log(np.clip(q, PROB_EPS, 1.0))
+
+
+def _row_label(flat_row: int, shape: tuple[int, ...], row_ids: NDArray | None) -> str:
+    n_rows = shape[-2]
+    row = flat_row % n_rows
+    label = f"row {row}"
+    if len(shape) == 3:
+        label = f"fold {flat_row // n_rows}, {label}"
+    if row_ids is not None:
+        label += f" (id {row_ids[row].item()!r})"
+    return label
