@@ -5,7 +5,32 @@ the subpackages hold the rest (``ensemble_kit.metrics``, ``ensemble_kit.data``, 
 """
 
 from ensemble_kit._version import __version__
+from ensemble_kit.decision import ClassThresholds, TemperatureScaling
+from ensemble_kit.ensemble import (
+    Blender,
+    HillClimbing,
+    MetaLearner,
+    SoftVoting,
+    Stacker,
+    create_ensembler,
+    list_ensemblers,
+)
 from ensemble_kit.errors import EnsembleKitError, StoreError, ValidationError
 from ensemble_kit.store import LogitStore
 
-__all__ = ["EnsembleKitError", "LogitStore", "StoreError", "ValidationError", "__version__"]
+__all__ = [
+    "Blender",
+    "ClassThresholds",
+    "EnsembleKitError",
+    "HillClimbing",
+    "LogitStore",
+    "MetaLearner",
+    "SoftVoting",
+    "Stacker",
+    "StoreError",
+    "TemperatureScaling",
+    "ValidationError",
+    "__version__",
+    "create_ensembler",
+    "list_ensemblers",
+]

@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ensemble_kit import LogitStore
+from helpers import make_logits
 
 N_TRAIN, N_TEST, N_CLASSES, N_FOLDS = 60, 12, 3, 3
 
@@ -25,10 +25,6 @@ def store(tmp_path: Path) -> LogitStore:
     )
 
 
-def snapshot(path: Path) -> dict[str, str]:
-    """Every file under ``path`` with its SHA-256 (lock files excluded: they are not data)."""
-    return {
-        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(path.rglob("*"))
-        if p.is_file() and p.suffix != ".lock"
-    }
+@pytest.fixture
+def logits_y():
+    return make_logits()

@@ -56,6 +56,27 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_stack(args: argparse.Namespace) -> int:
+    from ensemble_kit import LogitStore, Stacker
+
+    store = LogitStore.open(args.store)
+    models = args.models.split(",") if args.models else None
+    stacker = Stacker.from_store(store, models=models, recipe=args.recipe, metric=args.metric,
+                                 n_trials=args.n_trials, seed=args.seed)
+    with pd.option_context("display.max_columns", 20, "display.width", 160):
+        print(stacker.report_.to_string(index=False, float_format=lambda v: f"{v:.5f}"))
+    print(f"Optuna studies: {stacker.storage_}  (open with: ensemble-kit dashboard {store.path})")
+    return 0
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from ensemble_kit.report import launch_dashboard, study_storage
+
+    print(f"Serving {study_storage(args.store)} at http://{args.host}:{args.port} (Ctrl-C to stop)")
+    launch_dashboard(args.store, host=args.host, port=args.port)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ensemble_kit.cli._demo import run_demo
 
@@ -102,6 +123,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path)
     p.add_argument("--kind", choices=["probs", "logits"], default="probs")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("stack", help="fit a stacking recipe on a store's OOF logits; print the honest report")
+    p.add_argument("store", type=Path)
+    p.add_argument("--recipe", default="yandex", choices=["yandex", "aoi", "hill_climb", "logloss"])
+    p.add_argument("--models", default=None, help="comma-separated entries (default: all complete)")
+    p.add_argument("--metric", default="log_loss", choices=["log_loss", "accuracy", "f1_macro"])
+    p.add_argument("--n-trials", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_stack)
+
+    p = sub.add_parser("dashboard", help="open the store's Optuna studies in optuna-dashboard")
+    p.add_argument("store", type=Path)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=_cmd_dashboard)
 
     p = sub.add_parser("demo", help="run the pipeline end to end on embedded data (no network)")
     p.add_argument("--out", type=Path, default=Path("demo-output"), help="output directory (default: demo-output)")

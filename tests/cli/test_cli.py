@@ -36,7 +36,7 @@ def test_errors_are_reported_not_raised(tmp_path, capsys):
 
 
 def test_help_for_every_command():
-    for command in ["ls", "verify", "import-oof", "export", "demo"]:
+    for command in ["ls", "verify", "import-oof", "export", "stack", "dashboard", "demo"]:
         result = subprocess.run([sys.executable, "-m", "ensemble_kit.cli.main", command, "--help"],
                                 capture_output=True, text=True)
         assert result.returncode == 0 and "usage: ensemble-kit" in result.stdout

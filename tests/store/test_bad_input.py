@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import snapshot
+from helpers import snapshot
 from ensemble_kit.errors import (
     EntryExistsError,
     FoldMismatchError,

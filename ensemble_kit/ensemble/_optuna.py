@@ -1,0 +1,53 @@
+"""Named, reproducible Optuna studies for every tuning run."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import optuna
+import xxhash
+
+logger = logging.getLogger(__name__)
+
+
+def input_hash(*arrays: np.ndarray, extra: str = "") -> str:
+    """Short content hash of the inputs, so a study name identifies what was tuned."""
+    digest = xxhash.xxh3_64()
+    for array in arrays:
+        contiguous = np.ascontiguousarray(array)
+        digest.update(str((contiguous.shape, contiguous.dtype.str)).encode())
+        digest.update(memoryview(contiguous.reshape(-1)).cast("B"))
+    digest.update(extra.encode())
+    return digest.hexdigest()[:12]
+
+
+def run_study(
+    name: str,
+    objective: Callable[[optuna.Trial], float],
+    *,
+    n_trials: int,
+    seed: int,
+    storage: str | optuna.storages.BaseStorage | None,
+    enqueue: list[dict[str, Any]] | None = None,
+) -> optuna.Study:
+    """Create (or resume) the study ``name`` and run it up to ``n_trials`` completed trials.
+
+    The objective is minimised. A study that already holds ``n_trials`` completed trials in a
+    persistent storage is reused as is, so re-running a fit is instant and gives the same result.
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name=name, storage=storage, direction="minimize", load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(20, max(5, n_trials // 5))),
+    )
+    done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    if done == 0:
+        for params in enqueue or []:
+            study.enqueue_trial(params)
+    if done < n_trials:
+        study.optimize(objective, n_trials=n_trials - done, show_progress_bar=False)
+    logger.info("study %s: best %.6f after %d trials", name, study.best_value, len(study.trials))
+    return study

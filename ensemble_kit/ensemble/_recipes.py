@@ -1,0 +1,59 @@
+"""Named stacking recipes: which stages, how they are blended, and the decision steps after."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ensemble_kit.decision.thresholds import ClassThresholds
+from ensemble_kit.ensemble._base import BaseEnsembler
+from ensemble_kit.ensemble.blending import YANDEX_WEIGHTS, default_stages
+from ensemble_kit.ensemble.hill_climbing import HillClimbing
+from ensemble_kit.ensemble.meta_learner import MetaLearner
+from ensemble_kit.ensemble.voting import SoftVoting
+from ensemble_kit.errors import ValidationError
+
+RECIPES = ("yandex", "aoi", "hill_climb", "logloss")
+
+
+@dataclass(frozen=True)
+class StackPlan:
+    """What a Stacker fits: stages, blend weights (``None`` for a single stage), decision steps."""
+
+    stages: Mapping[str, BaseEnsembler]
+    blend_weights: Mapping[str, float] | str | None
+    calibrate: bool
+    thresholds: ClassThresholds | None = None
+    description: str = ""
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _label_thresholds(metric: str) -> ClassThresholds:
+    return ClassThresholds(optimize=metric if metric in ("f1_macro", "accuracy") else "f1_macro")
+
+
+def build_plan(recipe: str, *, metric: str, n_trials: int, seed: int, storage: Any) -> StackPlan:
+    """The plan of a named recipe (see ``docs/stacking.md``)."""
+    common = dict(metric=metric, n_trials=n_trials, seed=seed, storage=storage)
+    if recipe == "yandex":
+        return StackPlan(
+            stages=default_stages(**common), blend_weights=dict(YANDEX_WEIGHTS), calibrate=metric == "log_loss",
+            thresholds=_label_thresholds(metric),
+            description="soft vote + CatBoost + LightGBM -> 0.4/0.3/0.3 blend (+ temperature for log loss, "
+                        "class offsets for labels)",
+        )
+    if recipe == "aoi":
+        return StackPlan(
+            stages={"soft_vote": SoftVoting("optuna", temperature=True, **common)}, blend_weights=None,
+            calibrate=False, thresholds=ClassThresholds(rules={2: 0.4}),
+            description="weighted soft vote + 'predict class 2 when p > 0.4'",
+        )
+    if recipe == "hill_climb":
+        return StackPlan(stages={"hill_climbing": HillClimbing(metric=metric, seed=seed)}, blend_weights=None,
+                         calibrate=False, description="Caruana hill climbing")
+    if recipe == "logloss":
+        stages = {**default_stages(**common), "logreg": MetaLearner("logreg", layout="wide", seed=seed)}
+        return StackPlan(stages=stages, blend_weights="optuna", calibrate=True,
+                         description="soft vote + CatBoost + LightGBM + logistic stack -> Optuna blend -> temperature")
+    raise ValidationError(f"Unknown recipe {recipe!r}; choose one of {RECIPES}, or recipe=None with stages=...")

@@ -1,0 +1,192 @@
+"""Meta-learners trained on base models' OOF logits: CatBoost, LightGBM, logistic regression."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from ensemble_kit._optional import import_optional
+from ensemble_kit.ensemble._base import BaseEnsembler
+from ensemble_kit.ensemble._features import assemble_classwise, classwise_rows, wide_features
+from ensemble_kit.ensemble._registry import register_ensembler
+from ensemble_kit.errors import ValidationError
+from ensemble_kit.metrics import log_softmax
+
+logger = logging.getLogger(__name__)
+
+META_KINDS = ("catboost", "lightgbm", "logreg")
+LAYOUTS = ("wide", "classwise", "auto")
+# Above this many classes "auto" uses the class-wise layout: a wide multi-class GBM would need
+# M*C features and C trees per round.
+AUTO_CLASSWISE_ABOVE = 20
+# Below this many rows a GBM runs on one thread: small problems are dominated by OpenMP
+# synchronisation, which degrades badly (100x measured) when other processes share the cores.
+_SINGLE_THREAD_BELOW_ROWS = 20_000
+_EARLY_STOPPING_FRACTION = 0.1
+_EARLY_STOPPING_ROUNDS = 50
+
+
+@register_ensembler("meta_learner")
+class MetaLearner(BaseEnsembler):
+    """A second-level model fitted on the base models' OOF logits.
+
+    Parameters
+    ----------
+    kind : {"catboost", "lightgbm", "logreg"}
+        The learner. GBMs stop early on a random 10 % of the fitting samples (never on the
+        rows being predicted), so no validation rows leak into their own predictions.
+    features : {"logprobs", "logits", "probs"}
+        How each model's output enters as features.
+    layout : {"wide", "classwise", "auto"}
+        ``"wide"``: one multi-class model on all M*C values. ``"classwise"``: one binary model
+        over (sample, candidate class) rows whose features describe that class across models
+        (value, rank, gap to the best other class, cross-model mean/spread, class id);
+        predictions are renormalised per sample with a softmax. ``"auto"`` picks class-wise
+        above 20 classes.
+    max_candidates : int
+        Class-wise layout: classes considered per sample (the most probable under the plain
+        mean of the models); the others keep the plain-mean probability.
+    params : dict, optional
+        Overrides of the learner's parameters (e.g. ``{"depth": 4}`` for CatBoost).
+    seed : int
+    n_jobs : int, optional
+        Threads for the learner (default: one below 20,000 rows, else all cores).
+
+    Attributes
+    ----------
+    layout_ : str
+        The layout used.
+    model_ : object
+        The fitted learner.
+    n_iterations_ : int or None
+        Boosting rounds kept after early stopping.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> y = rng.integers(0, 3, 400)
+    >>> logits = {f"m{i}": np.eye(3)[y] * 1.5 + rng.normal(size=(400, 3)) for i in range(3)}
+    >>> meta = MetaLearner("logreg").fit(logits, y)
+    >>> meta.predict_proba(logits).shape
+    (400, 3)
+    """
+
+    def __init__(self, kind: Literal["catboost", "lightgbm", "logreg"] = "lightgbm", *,
+                 features: Literal["logprobs", "logits", "probs"] = "logprobs",
+                 layout: Literal["wide", "classwise", "auto"] = "auto", max_candidates: int = 20,
+                 params: dict[str, Any] | None = None, seed: int = 0, n_jobs: int | None = None) -> None:
+        self.kind = kind
+        self.features = features
+        self.layout = layout
+        self.max_candidates = max_candidates
+        self.params = params
+        self.seed = seed
+        self.n_jobs = n_jobs
+
+    # ------------------------------------------------------------------ fit / predict
+    def _fit_final(self, logits: NDArray, y: NDArray[np.int64]) -> None:
+        if self.kind not in META_KINDS:
+            raise ValidationError(f"kind must be one of {META_KINDS}; got {self.kind!r}.")
+        if self.layout not in LAYOUTS:
+            raise ValidationError(f"layout must be one of {LAYOUTS}; got {self.layout!r}.")
+        n_classes = logits.shape[2]
+        self.layout_ = self.layout if self.layout != "auto" else (
+            "classwise" if n_classes > AUTO_CLASSWISE_ABOVE else "wide")
+        if self.layout_ == "wide":
+            X = wide_features(logits, self.features)
+            self.model_, self.n_iterations_ = self._fit_learner(X, y, n_classes=n_classes, groups=None,
+                                                                categorical=None)
+        else:
+            rows = classwise_rows(logits, self.features, self.max_candidates)
+            target = (rows.candidates == y[:, None]).reshape(-1).astype(np.int64)
+            groups = np.repeat(np.arange(len(y)), rows.candidates.shape[1])
+            self.model_, self.n_iterations_ = self._fit_learner(rows.features, target, n_classes=2, groups=groups,
+                                                                categorical=rows.class_column)
+
+    def _predict_log_proba(self, logits: NDArray) -> NDArray:
+        if self.layout_ == "wide":
+            scores = self._raw_scores(wide_features(logits, self.features))
+            return log_softmax(scores)
+        rows = classwise_rows(logits, self.features, self.max_candidates)
+        return assemble_classwise(rows, self._raw_scores(rows.features))
+
+    # ------------------------------------------------------------------ learners
+    def _threads(self, n_rows: int) -> int:
+        if self.n_jobs and self.n_jobs > 0:
+            return self.n_jobs
+        return 1 if n_rows < _SINGLE_THREAD_BELOW_ROWS else (os.cpu_count() or 1)
+
+    def _split(self, n_rows: int, groups: NDArray | None) -> tuple[NDArray, NDArray]:
+        """Early-stopping holdout: a random 10 % of samples (all rows of a sample together)."""
+        rng = np.random.default_rng(self.seed)
+        units = groups if groups is not None else np.arange(n_rows)
+        n_units = int(units.max()) + 1
+        held = rng.random(n_units) < _EARLY_STOPPING_FRACTION
+        mask = held[units]
+        return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+    def _fit_learner(self, X: NDArray, y: NDArray, *, n_classes: int, groups: NDArray | None,
+                     categorical: int | None) -> tuple[Any, int | None]:
+        params = dict(self.params or {})
+        if self.kind == "logreg":
+            c = params.pop("C", 1.0)
+            model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=params.pop("max_iter", 1000), **params))
+            model.fit(X, y)
+            return model, None
+        fit_idx, stop_idx = self._split(len(y), groups)
+        binary = groups is not None  # class-wise rows; the wide layout is always multi-class
+        if self.kind == "lightgbm":
+            lgb = import_optional("lightgbm", feature="The LightGBM meta-learner")
+            defaults = dict(learning_rate=0.05, num_leaves=15, min_data_in_leaf=50, feature_fraction=0.8,
+                            bagging_fraction=0.8, bagging_freq=1, lambda_l2=5.0, seed=self.seed,
+                            num_threads=self._threads(len(y)), verbosity=-1, deterministic=True, force_row_wise=True,
+                            **({"objective": "binary"} if binary else {"objective": "multiclass", "num_class": n_classes}))
+            rounds = params.pop("num_boost_round", 2000)
+            categorical_features = [categorical] if categorical is not None else "auto"
+            train_set = lgb.Dataset(X[fit_idx], y[fit_idx], categorical_feature=categorical_features, free_raw_data=True)
+            stop_set = lgb.Dataset(X[stop_idx], y[stop_idx], reference=train_set, categorical_feature=categorical_features)
+            booster = lgb.train({**defaults, **params}, train_set, num_boost_round=rounds, valid_sets=[stop_set],
+                                callbacks=[lgb.early_stopping(_EARLY_STOPPING_ROUNDS, verbose=False)])
+            return booster, int(booster.best_iteration or rounds)
+        catboost = import_optional("catboost", feature="The CatBoost meta-learner")
+        defaults = dict(iterations=2000, learning_rate=0.08, depth=5, l2_leaf_reg=5.0,
+                        loss_function="Logloss" if binary else "MultiClass", random_seed=self.seed,
+                        thread_count=self._threads(len(y)), verbose=False, allow_writing_files=False)
+        model = catboost.CatBoostClassifier(**{**defaults, **params})
+        model.fit(self._catboost_pool(X[fit_idx], y[fit_idx], categorical),
+                  eval_set=self._catboost_pool(X[stop_idx], y[stop_idx], categorical),
+                  early_stopping_rounds=_EARLY_STOPPING_ROUNDS)
+        return model, int(model.get_best_iteration() or 0) + 1
+
+    @staticmethod
+    def _catboost_pool(X: NDArray, y: NDArray | None, categorical: int | None) -> Any:
+        import pandas as pd
+        from catboost import Pool
+
+        if categorical is None:
+            return Pool(X, y)
+        frame = pd.DataFrame(X)
+        frame[categorical] = frame[categorical].astype(np.int64)
+        return Pool(frame, y, cat_features=[categorical])
+
+    def _raw_scores(self, X: NDArray) -> NDArray:
+        """Margins (binary, class-wise) or per-class log-probabilities (wide)."""
+        if self.kind == "logreg":
+            if self.layout_ == "classwise":
+                return self.model_.decision_function(X)
+            return self.model_.predict_log_proba(X)
+        if self.kind == "lightgbm":
+            raw = self.model_.predict(X, raw_score=True, num_iteration=self.n_iterations_)
+            return raw if self.layout_ == "classwise" else log_softmax(raw)
+        pool = self._catboost_pool(X, None, X.shape[1] - 1 if self.layout_ == "classwise" else None)
+        if self.layout_ == "classwise":
+            return self.model_.predict(pool, prediction_type="RawFormulaVal")
+        return np.log(np.clip(self.model_.predict_proba(pool), 1e-12, None))

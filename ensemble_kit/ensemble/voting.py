@@ -1,0 +1,135 @@
+"""Weighted soft voting with Optuna-tuned weights on the simplex."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import optuna
+from numpy.typing import ArrayLike, NDArray
+
+from ensemble_kit.decision.calibration import fit_temperature
+from ensemble_kit.ensemble._base import BaseEnsembler
+from ensemble_kit.ensemble._optuna import run_study
+from ensemble_kit.ensemble._registry import register_ensembler
+from ensemble_kit.errors import ValidationError
+from ensemble_kit.metrics import get_metric, log_softmax
+
+
+def combine(log_probs: NDArray, weights: NDArray, space: str) -> NDArray:
+    """Weighted combination of per-model log-probs ``(M, n, C)``; returns log-probs ``(n, C)``."""
+    w = np.asarray(weights, dtype=np.float64)
+    w = w / w.sum()
+    if space == "prob":
+        mixed = np.tensordot(w.astype(np.float32), np.exp(log_probs), axes=1)
+        return np.log(np.clip(mixed / mixed.sum(axis=1, keepdims=True), 1e-12, 1.0))
+    return log_softmax(np.tensordot(w.astype(np.float32), log_probs, axes=1))
+
+
+@register_ensembler("soft_vote")
+class SoftVoting(BaseEnsembler):
+    """Weighted average of the models' probabilities (or logits), weights tuned with Optuna.
+
+    Parameters
+    ----------
+    weights : {"optuna", "equal"} or array-like of shape (n_models,)
+        ``"optuna"`` tunes weights on the simplex for ``metric``; ``"equal"`` averages; an
+        array gives fixed weights (normalised to sum to 1).
+    space : {"prob", "logit"}
+        Average probabilities (classic soft vote) or log-probabilities (geometric mean).
+    temperature : bool
+        Fit one temperature per model (on the fitting rows) before combining, so that
+        over- or under-confident models are put on the same scale.
+    metric : str
+        Metric the weights are tuned for (``"log_loss"``, ``"accuracy"``, ``"f1_macro"``).
+    n_trials : int
+        Optuna trials per tuning run.
+    seed : int
+        Seed of the sampler and of the default folds.
+    storage : str or optuna storage, optional
+        Where the studies live (``None``: in memory). Any Optuna storage URL works.
+    study_name : str, optional
+        Prefix of the study names (default ``"soft_vote-<space>-<metric>"``); each name ends in
+        a digest of the input and ``-final`` or ``-fold<k>``.
+
+    Attributes
+    ----------
+    weights_ : ndarray of shape (n_models,)
+    temperatures_ : ndarray of shape (n_models,)
+    study_names_ : list of str
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> y = rng.integers(0, 3, 300)
+    >>> good, noise = np.eye(3)[y] * 2 + rng.normal(size=(300, 3)), rng.normal(size=(300, 3))
+    >>> sv = SoftVoting(n_trials=30).fit({"good": good, "noise": noise}, y)
+    >>> bool(sv.weights_[0] > sv.weights_[1])
+    True
+    """
+
+    def __init__(self, weights: str | ArrayLike = "optuna", *, space: Literal["prob", "logit"] = "prob",
+                 temperature: bool = False, metric: str = "log_loss", n_trials: int = 100, seed: int = 0,
+                 storage: str | optuna.storages.BaseStorage | None = None, study_name: str | None = None) -> None:
+        self.weights = weights
+        self.space = space
+        self.temperature = temperature
+        self.metric = metric
+        self.n_trials = n_trials
+        self.seed = seed
+        self.storage = storage
+        self.study_name = study_name
+
+    def _fit_final(self, logits: NDArray, y: NDArray[np.int64]) -> None:
+        log_probs = log_softmax(logits)
+        if self.space not in ("prob", "logit"):
+            raise ValidationError(f"space must be 'prob' or 'logit'; got {self.space!r}.")
+        n_models = log_probs.shape[0]
+        self.temperatures_ = (np.array([fit_temperature(lp, y) for lp in log_probs]) if self.temperature
+                              else np.ones(n_models))
+        scaled = self._scale(log_probs)
+        self.study_names_: list[str] = []
+        if isinstance(self.weights, str) and self.weights == "equal":
+            self.weights_ = np.full(n_models, 1.0 / n_models)
+        elif isinstance(self.weights, str) and self.weights == "optuna":
+            self.weights_ = self._tune(scaled, y)
+        elif isinstance(self.weights, str):
+            raise ValidationError(f"weights must be 'optuna', 'equal' or an array; got {self.weights!r}.")
+        else:
+            w = np.asarray(self.weights, dtype=np.float64)
+            if w.shape != (n_models,) or (w < 0).any() or w.sum() <= 0:
+                raise ValidationError(f"weights must be {n_models} non-negative numbers with a positive sum; got {self.weights!r}.")
+            self.weights_ = w / w.sum()
+
+    def _scale(self, log_probs: NDArray) -> NDArray:
+        if not self.temperature:
+            return log_probs
+        return log_softmax(log_probs / self.temperatures_[:, None, None].astype(np.float32))
+
+    def _tune(self, log_probs: NDArray, y: NDArray[np.int64]) -> NDArray:
+        metric = get_metric(self.metric)
+        n_models = log_probs.shape[0]
+        keys = [f"w{i}" for i in range(n_models)]
+
+        def weights_of(params: dict) -> NDArray:
+            w = np.array([params[k] for k in keys])
+            return w / w.sum() if w.sum() > 0 else np.full(n_models, 1.0 / n_models)
+
+        def objective(trial: optuna.Trial) -> float:
+            w = weights_of({k: trial.suggest_float(k, 0.0, 1.0) for k in keys})
+            return metric.loss(y, combine(log_probs, w, self.space), kind="logits")
+
+        name = self._study_name(self.study_name or f"soft_vote-{self.space}-{metric.name}", log_probs, y,
+                                extra=f"temperature={self.temperature}")
+        study = run_study(name, objective, n_trials=self.n_trials, seed=self.seed, storage=self.storage,
+                          enqueue=[{k: 1.0 for k in keys}])
+        self.study_names_.append(name)
+        return weights_of(study.best_params)
+
+    def _predict_log_proba(self, logits: NDArray) -> NDArray:
+        return combine(self._scale(log_softmax(logits)), self.weights_, self.space)
+
+
+__all__: Sequence[str] = ["SoftVoting", "combine"]

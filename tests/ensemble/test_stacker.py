@@ -1,0 +1,105 @@
+import numpy as np
+import optuna
+import pytest
+
+from helpers import FAST_CATBOOST, FAST_GBM, make_logits
+from ensemble_kit import ClassThresholds, HillClimbing, LogitStore, MetaLearner, SoftVoting, Stacker
+from ensemble_kit.errors import ValidationError
+
+
+@pytest.fixture
+def fast_yandex(monkeypatch):
+    """The yandex recipe with short boosting, so tests run in seconds."""
+    import ensemble_kit.ensemble.blending as blending
+
+    original = blending.default_stages
+
+    def fast(**kwargs):
+        stages = original(**kwargs)
+        stages["catboost"].set_params(params=FAST_CATBOOST)
+        stages["lightgbm"].set_params(params=FAST_GBM)
+        return stages
+
+    monkeypatch.setattr(blending, "default_stages", fast)
+    import ensemble_kit.ensemble._recipes as recipes
+
+    monkeypatch.setattr(recipes, "default_stages", fast)
+
+
+def _store(tmp_path, logits, y, n_test=60):
+    store = LogitStore.create(tmp_path / "s", np.arange(len(y)), y, [0, 1, 2], n_folds=4, seed=0,
+                              test_ids=np.arange(n_test))
+    rng = np.random.default_rng(9)
+    for name, values in logits.items():
+        store.put(name, values, values[:n_test] + rng.normal(size=(n_test, 3)) * 0.1)
+    return store
+
+
+def test_yandex_recipe_report_and_predict(fast_yandex):
+    logits, y = make_logits(n=300)
+    stk = Stacker(recipe="yandex", n_trials=15).fit(logits, y)
+    steps = stk.report_["step"].tolist()
+    assert steps == ["m0", "m1", "m2", "mean_probs", "catboost", "lightgbm", "soft_vote", "blend", "+temperature", "+thresholds"]
+    assert set(stk.report_.columns) >= {"log_loss", "accuracy", "f1_macro", "fit_seconds", "kind"}
+    assert stk.blender_.weights_ == {"catboost": 0.4, "lightgbm": 0.3, "soft_vote": 0.3}
+    assert stk.temperature_ is not None and stk.thresholds_ is not None
+    proba = stk.predict_proba(logits)
+    np.testing.assert_allclose(proba.sum(1), 1, atol=1e-6)
+    assert stk.predict(logits).shape == (300,)
+    report = stk.report_.set_index("step")
+    assert report.loc["blend", "log_loss"] < report.loc["m0", "log_loss"]
+
+
+def test_aoi_recipe_applies_class_two_rule():
+    logits, y = make_logits(n=300)
+    stk = Stacker(recipe="aoi", n_trials=10).fit(logits, y)
+    assert stk.thresholds_.rules_ == {2: 0.4}
+    proba = stk.predict_proba(logits)
+    pred = stk.predict(logits)
+    assert (pred[proba[:, 2] > 0.4] == 2).all()
+
+
+def test_hill_climb_and_custom_recipes():
+    logits, y = make_logits(n=300)
+    assert Stacker(recipe="hill_climb").fit(logits, y).report_["step"].tolist()[-1] == "hill_climbing"
+    custom = Stacker(recipe=None, stages={"vote": SoftVoting("equal"), "hc": HillClimbing(n_iter=5),
+                                          "lr": MetaLearner("logreg")},
+                     blend="optuna", calibrate=True, thresholds=ClassThresholds(optimize="accuracy"), n_trials=10)
+    custom.fit(logits, y)
+    assert set(custom.blender_.weights_) == {"vote", "hc", "lr"}
+    assert custom.report_["step"].tolist()[-3:] == ["blend", "+temperature", "+thresholds"]
+
+
+def test_recipe_errors():
+    logits, y = make_logits(n=120)
+    with pytest.raises(ValidationError, match="Unknown recipe 'kaggle'"):
+        Stacker(recipe="kaggle").fit(logits, y)
+    with pytest.raises(ValidationError, match="either recipe"):
+        Stacker(recipe="aoi", stages={"v": SoftVoting()}).fit(logits, y)
+    with pytest.raises(ValidationError, match="recipe=None needs stages"):
+        Stacker(recipe=None).fit(logits, y)
+    with pytest.raises(ValidationError, match="at least 2 models"):
+        Stacker(recipe="aoi").fit({"m0": logits["m0"]}, y)
+
+
+def test_from_store_keeps_studies_in_store(tmp_path):
+    logits, y = make_logits(n=300)
+    store = _store(tmp_path, logits, y)
+    stk = Stacker.from_store(store, recipe="aoi", n_trials=8)
+    assert stk.storage_ == f"sqlite:///{(store.path / 'optuna.db').resolve()}"
+    summaries = optuna.get_all_study_summaries(stk.storage_)
+    assert {s.study_name for s in summaries} == set(stk.study_names_) and len(summaries) == 5  # 4 folds + final
+    proba = stk.predict_proba(store)
+    assert proba.shape == (60, 3)
+    np.testing.assert_array_equal(stk.folds_, store.folds)
+    with pytest.raises(ValidationError, match="Models differ"):
+        stk.predict_proba(store, models=["m0", "m1"])
+
+
+def test_study_names_are_deterministic():
+    logits, y = make_logits(n=200)
+    a = Stacker(recipe="aoi", n_trials=5).fit(logits, y)
+    b = Stacker(recipe="aoi", n_trials=5).fit(logits, y)
+    assert a.study_names_ == b.study_names_
+    c = Stacker(recipe="aoi", n_trials=5, metric="accuracy").fit(logits, y)
+    assert c.study_names_ != a.study_names_

@@ -1,0 +1,115 @@
+import numpy as np
+import pytest
+
+from helpers import FAST_GBM, make_logits
+from ensemble_kit import Blender, HillClimbing, MetaLearner, SoftVoting
+from ensemble_kit.ensemble._features import classwise_rows
+from ensemble_kit.errors import ValidationError
+from ensemble_kit.metrics import log_loss
+
+
+def test_soft_vote_weights_follow_model_quality():
+    logits, y = make_logits(n=600, strength=(0.0, 0.5, 3.0))
+    sv = SoftVoting(n_trials=60).fit(logits, y)
+    assert sv.weights_.argmax() == 2 and sv.weights_[2] > 0.5
+    assert np.isclose(sv.weights_.sum(), 1.0)
+    assert log_loss(y, sv.oof_proba_, kind="probs") < log_loss(y, np.exp(logits["m1"]) / np.exp(logits["m1"]).sum(1, keepdims=True), kind="probs")
+    prefix = sv.study_names_[0].rsplit("-", 1)[0]
+    assert prefix.startswith("soft_vote-prob-log_loss-")
+    assert sv.study_names_ == [f"{prefix}-final"] + [f"{prefix}-fold{k}" for k in range(5)]
+
+
+def test_soft_vote_fixed_equal_and_logit_space():
+    logits, y = make_logits()
+    np.testing.assert_allclose(SoftVoting("equal").fit(logits, y).weights_, 1 / 3)
+    fixed = SoftVoting([1, 0, 3], space="logit").fit(logits, y)
+    np.testing.assert_allclose(fixed.weights_, [0.25, 0.0, 0.75])
+    with pytest.raises(ValidationError, match="non-negative"):
+        SoftVoting([1, -1, 1]).fit(logits, y)
+    with pytest.raises(ValidationError, match="weights must be 'optuna', 'equal'"):
+        SoftVoting("best").fit(logits, y)
+
+
+def test_per_model_temperature_puts_models_on_one_scale():
+    logits, y = make_logits(n=600)
+    mixed = dict(logits, m0=logits["m0"] * 10)  # the weakest model is also 10x over-confident
+    plain = SoftVoting("equal", space="logit").fit(mixed, y)
+    tempered = SoftVoting("equal", space="logit", temperature=True).fit(mixed, y)
+    assert tempered.temperatures_[0] > 5 and (tempered.temperatures_[1:] < 3).all()
+    assert log_loss(y, tempered.oof_proba_, kind="probs") < log_loss(y, plain.oof_proba_, kind="probs") - 1.0
+
+
+def test_soft_vote_studies_persist_and_resume(tmp_path):
+    logits, y = make_logits()
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    first = SoftVoting(n_trials=10, storage=storage).fit(logits, y)
+    import optuna
+
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    assert set(first.study_names_) <= names and len(names) == 5 + 1  # 5 folds + final
+    again = SoftVoting(n_trials=10, storage=storage).fit(logits, y)
+    np.testing.assert_allclose(again.weights_, first.weights_)  # reused: no new trials
+    study = optuna.load_study(study_name=first.study_names_[0], storage=storage)
+    assert len(study.trials) == 10
+
+
+def test_hill_climbing_picks_the_best_and_bagging():
+    logits, y = make_logits(n=600, strength=(0.0, 0.5, 3.0))
+    hc = HillClimbing(n_iter=30).fit(logits, y)
+    assert hc.weights_.argmax() == 2
+    assert hc.trajectory_ == sorted(hc.trajectory_, reverse=True)[: len(hc.trajectory_)] or hc.trajectory_[-1] <= hc.trajectory_[0]
+    bagged = HillClimbing(n_iter=10, bagging=8, seed=1).fit(logits, y)
+    assert np.isclose(bagged.weights_.sum(), 1.0) and bagged.weights_[2] > 0
+    with pytest.raises(ValidationError, match="init must be"):
+        HillClimbing(init="worst").fit(logits, y)
+
+
+@pytest.mark.parametrize("layout", ["wide", "classwise"])
+def test_meta_learner_layouts_learn(layout):
+    logits, y = make_logits(n=600)
+    meta = MetaLearner("lightgbm", layout=layout, params=FAST_GBM).fit(logits, y)
+    assert meta.layout_ == layout
+    mean = np.mean([log_loss(y, v, kind="logits") for v in logits.values()])
+    assert log_loss(y, meta.oof_proba_, kind="probs") < mean
+
+
+def test_auto_layout_switches_to_classwise_for_many_classes():
+    logits, y = make_logits(n=900, n_classes=30)
+    meta = MetaLearner("lightgbm", max_candidates=5, params=FAST_GBM).fit(logits, y)
+    assert meta.layout_ == "classwise"
+    proba = meta.predict_proba(logits)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
+    rows = classwise_rows(np.stack(list(logits.values())).astype(np.float32), "logprobs", 5)
+    assert rows.candidates.shape == (900, 5) and rows.features.shape[0] == 900 * 5
+    # classes outside the candidates keep the plain-mean probability
+    outside = np.ones((900, 30), bool)
+    np.put_along_axis(outside, rows.candidates, False, axis=1)
+    np.testing.assert_allclose(np.log(proba[outside]), rows.ensemble_log_probs[outside], rtol=1e-3, atol=1e-4)
+
+
+def test_meta_learner_bad_params(logits_y):
+    logits, y = logits_y
+    with pytest.raises(ValidationError, match="kind must be one of"):
+        MetaLearner("xgboost").fit(logits, y)
+    with pytest.raises(ValidationError, match="layout must be one of"):
+        MetaLearner(layout="tall").fit(logits, y)
+    with pytest.raises(ValidationError, match="features must be one of"):
+        MetaLearner("logreg", features="ranks").fit(logits, y)
+
+
+def test_blender_fixed_weights_mix_stage_oof(logits_y):
+    logits, y = logits_y
+    stages = {"vote": SoftVoting("equal"), "hill": HillClimbing(n_iter=5)}
+    blend = Blender({"vote": 0.25, "hill": 0.75}, stages=stages).fit(logits, y)
+    expected = 0.25 * blend.stage_oof_["vote"] + 0.75 * blend.stage_oof_["hill"]
+    np.testing.assert_allclose(blend.oof_proba_, expected / expected.sum(1, keepdims=True), atol=1e-6)
+    with pytest.raises(ValidationError, match=r"stages \['lgbm'\] that do not exist"):
+        Blender({"lgbm": 1.0}, stages=stages).fit(logits, y)
+
+
+def test_blender_optuna_weights(logits_y):
+    logits, y = logits_y
+    stages = {"good": SoftVoting([0, 0, 1]), "bad": SoftVoting([1, 0, 0])}
+    blend = Blender("optuna", stages=stages, n_trials=25).fit(logits, y)
+    assert blend.weights_["good"] > blend.weights_["bad"]
+    assert np.isclose(sum(blend.weights_.values()), 1.0)

@@ -1,0 +1,30 @@
+"""Helpers shared by tests (importable as ``helpers``: tests/ is on pytest's pythonpath)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+FAST_GBM = {"num_boost_round": 60}
+FAST_CATBOOST = {"iterations": 60}
+
+
+def snapshot(path: Path) -> dict[str, str]:
+    """Every file under ``path`` with its SHA-256 (lock files excluded: they are not data)."""
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file() and p.suffix != ".lock"
+    }
+
+
+def make_logits(n=240, n_classes=3, n_models=3, seed=0, strength=(1.0, 1.6, 2.2)):
+    """OOF-like logits: model i sees the true class with strength[i] plus noise."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % n_classes
+    rng.shuffle(y)
+    logits = {f"m{i}": np.eye(n_classes)[y] * strength[i % len(strength)] + rng.normal(size=(n, n_classes)) * 1.5
+              for i in range(n_models)}
+    return logits, y
