@@ -28,3 +28,21 @@ def make_logits(n=240, n_classes=3, n_models=3, seed=0, strength=(1.0, 1.6, 2.2)
     logits = {f"m{i}": np.eye(n_classes)[y] * strength[i % len(strength)] + rng.normal(size=(n, n_classes)) * 1.5
               for i in range(n_models)}
     return logits, y
+
+
+def tiny_image_data(n_train=48, n_test=12, n_classes=3, size=16, seed=0):
+    """Coloured-square images whose class decides the colour: learnable in one epoch."""
+    from ensemble_kit.data import ArrayImageSource
+
+    rng = np.random.default_rng(seed)
+    palette = np.array([[220, 30, 30], [30, 220, 30], [30, 30, 220], [220, 220, 30]][:n_classes], dtype=np.float64)
+
+    def images(labels):
+        base = palette[labels][:, None, None, :] + rng.normal(0, 25, size=(len(labels), size, size, 3))
+        return np.clip(base, 0, 255).astype(np.uint8)
+
+    y = np.arange(n_train) % n_classes
+    y_test = np.arange(n_test) % n_classes
+    train = ArrayImageSource(images(y), y, ids=[f"tr{i}" for i in range(n_train)], classes=list(range(n_classes)))
+    test = ArrayImageSource(images(y_test), ids=[f"te{i}" for i in range(n_test)], classes=list(range(n_classes)))
+    return train, test, y_test

@@ -1,5 +1,24 @@
 """Data sources, fold assignment and transforms."""
 
 from ensemble_kit.data.folds import check_folds, make_folds
+from ensemble_kit.data.sources import (
+    ArrayImageSource,
+    ConcatSource,
+    CsvImageSource,
+    ImageDecodeError,
+    ImageFolderSource,
+    ImageSource,
+    SubsetSource,
+)
 
-__all__ = ["check_folds", "make_folds"]
+__all__ = [
+    "ArrayImageSource",
+    "ConcatSource",
+    "CsvImageSource",
+    "ImageDecodeError",
+    "ImageFolderSource",
+    "ImageSource",
+    "SubsetSource",
+    "check_folds",
+    "make_folds",
+]

@@ -28,6 +28,16 @@ def ensemble_log_probs(logits: NDArray) -> NDArray:
     return np.log(np.clip(mean, 1e-12, None))
 
 
+@dataclass(frozen=True)
+class WideRows:
+    """Rows of the wide layout: one per sample."""
+
+    features: NDArray[np.float32]  # (n, M*C + 2M)
+
+    def take(self, samples: NDArray) -> WideRows:
+        return WideRows(self.features[samples])
+
+
 def wide_features(logits: NDArray, features: str) -> NDArray[np.float32]:
     """``(n, M*C + 2M)``: every model's values for every class, plus its entropy and top value."""
     values = _per_model_values(logits, features)
@@ -47,6 +57,13 @@ class ClasswiseRows:
     outside_mass: NDArray           # (n,) plain-mean probability outside the candidates
     ensemble_log_probs: NDArray     # (n, C)
     class_column: int               # index of the categorical class-id feature
+
+    def take(self, samples: NDArray) -> ClasswiseRows:
+        """The rows of a subset of samples (every feature depends only on its own sample)."""
+        n, k = self.candidates.shape
+        per_sample = self.features.reshape(n, k, -1)[samples]
+        return ClasswiseRows(per_sample.reshape(-1, per_sample.shape[-1]), self.candidates[samples],
+                             self.outside_mass[samples], self.ensemble_log_probs[samples], self.class_column)
 
 
 def classwise_rows(logits: NDArray, features: str, max_candidates: int) -> ClasswiseRows:

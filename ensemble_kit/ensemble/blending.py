@@ -99,7 +99,7 @@ class Blender(BaseEnsembler):
             raise ValidationError(f"weights must be a dict of stage weights or 'optuna'; got {weights!r}.")
         self.stages_ = {}
         for name, stage in stages.items():
-            self.stages_[name] = clone(stage).fit(stack.logits, yy, folds=folds_array)
+            self.stages_[name] = clone(stage).fit(dict(zip(stack.names, stack.logits)), yy, folds=folds_array)
         self.stage_oof_ = {name: stage.oof_proba_ for name, stage in self.stages_.items()}
         if isinstance(weights, str):
             self.weights_ = self._tune(self.stage_oof_, yy, tag="final")

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
+from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ensemble_kit._optional import import_optional
 from ensemble_kit.ensemble._base import BaseEnsembler
-from ensemble_kit.ensemble._features import assemble_classwise, classwise_rows, wide_features
+from ensemble_kit.ensemble._features import ClasswiseRows, WideRows, assemble_classwise, classwise_rows, wide_features
+from ensemble_kit.ensemble._inputs import LogitInput
 from ensemble_kit.ensemble._registry import register_ensembler
 from ensemble_kit.errors import ValidationError
 from ensemble_kit.metrics import log_softmax
@@ -92,7 +96,32 @@ class MetaLearner(BaseEnsembler):
         self.n_jobs = n_jobs
 
     # ------------------------------------------------------------------ fit / predict
+    def fit(self, X: LogitInput, y: ArrayLike | None = None, *, folds: ArrayLike | None = None,
+            models: Sequence[str] | None = None) -> MetaLearner:
+        """As :meth:`BaseEnsembler.fit`; meta-features are built once and sliced per fold."""
+        start = time.perf_counter()
+        stack, yy, folds_array = self._validate_fit(X, y, folds, models)
+        self._input_digest = ""  # no Optuna studies here; fold clones inherit the (unused) digest
+        rows = self._rows(stack.logits)
+        self._fit_rows(rows, yy)
+        oof = np.zeros((stack.n_samples, stack.n_classes))
+        for k in np.unique(folds_array):
+            held = folds_array == k
+            fold_model = clone(self)
+            fold_model._inherit_fit_context(self, fold=int(k))
+            fold_model._fit_rows(rows.take(np.flatnonzero(~held)), yy[~held])
+            oof[held] = np.exp(fold_model._predict_rows(rows.take(np.flatnonzero(held))))
+        self.oof_proba_ = oof
+        self.fit_seconds_ = time.perf_counter() - start
+        return self
+
     def _fit_final(self, logits: NDArray, y: NDArray[np.int64]) -> None:
+        self._fit_rows(self._rows(logits), y)
+
+    def _predict_log_proba(self, logits: NDArray) -> NDArray:
+        return self._predict_rows(self._rows(logits))
+
+    def _rows(self, logits: NDArray) -> WideRows | ClasswiseRows:
         if self.kind not in META_KINDS:
             raise ValidationError(f"kind must be one of {META_KINDS}; got {self.kind!r}.")
         if self.layout not in LAYOUTS:
@@ -101,21 +130,24 @@ class MetaLearner(BaseEnsembler):
         self.layout_ = self.layout if self.layout != "auto" else (
             "classwise" if n_classes > AUTO_CLASSWISE_ABOVE else "wide")
         if self.layout_ == "wide":
-            X = wide_features(logits, self.features)
-            self.model_, self.n_iterations_ = self._fit_learner(X, y, n_classes=n_classes, groups=None,
+            return WideRows(wide_features(logits, self.features))
+        return classwise_rows(logits, self.features, self.max_candidates)
+
+    def _fit_rows(self, rows: WideRows | ClasswiseRows, y: NDArray[np.int64]) -> None:
+        self.layout_ = "wide" if isinstance(rows, WideRows) else "classwise"
+        if isinstance(rows, WideRows):
+            n_classes = self.n_classes_
+            self.model_, self.n_iterations_ = self._fit_learner(rows.features, y, n_classes=n_classes, groups=None,
                                                                 categorical=None)
         else:
-            rows = classwise_rows(logits, self.features, self.max_candidates)
             target = (rows.candidates == y[:, None]).reshape(-1).astype(np.int64)
             groups = np.repeat(np.arange(len(y)), rows.candidates.shape[1])
             self.model_, self.n_iterations_ = self._fit_learner(rows.features, target, n_classes=2, groups=groups,
                                                                 categorical=rows.class_column)
 
-    def _predict_log_proba(self, logits: NDArray) -> NDArray:
-        if self.layout_ == "wide":
-            scores = self._raw_scores(wide_features(logits, self.features))
-            return log_softmax(scores)
-        rows = classwise_rows(logits, self.features, self.max_candidates)
+    def _predict_rows(self, rows: WideRows | ClasswiseRows) -> NDArray:
+        if isinstance(rows, WideRows):
+            return log_softmax(self._raw_scores(rows.features))
         return assemble_classwise(rows, self._raw_scores(rows.features))
 
     # ------------------------------------------------------------------ learners

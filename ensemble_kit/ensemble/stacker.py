@@ -128,16 +128,17 @@ class Stacker(BaseEstimator):
         mean_probs = np.exp(log_softmax(stack.logits)).mean(axis=0)
         rows.append({"step": "mean_probs", "kind": "reference", **_scores(yy, mean_probs), "fit_seconds": 0.0})
 
+        named = dict(zip(stack.names, stack.logits))  # keep model names for predicting from a store
         if plan.blend_weights is None:
             if len(plan.stages) != 1:
                 raise ValidationError("Several stages need blend weights (a dict or 'optuna').")
             (stage_name, stage), = plan.stages.items()
-            self.blender_ = clone(stage).fit(stack.logits, yy, folds=folds_array)
+            self.blender_ = clone(stage).fit(named, yy, folds=folds_array)
             rows.append({"step": stage_name, "kind": "stage", **_scores(yy, self.blender_.oof_proba_),
                          "fit_seconds": self.blender_.fit_seconds_})
         else:
             self.blender_ = Blender(plan.blend_weights, stages=plan.stages, metric=self.metric, n_trials=self.n_trials,
-                                    seed=self.seed, storage=self.storage_).fit(stack.logits, yy, folds=folds_array)
+                                    seed=self.seed, storage=self.storage_).fit(named, yy, folds=folds_array)
             for name, stage in self.blender_.stages_.items():
                 rows.append({"step": name, "kind": "stage", **_scores(yy, stage.oof_proba_), "fit_seconds": stage.fit_seconds_})
             rows.append({"step": "blend", "kind": "blend", **_scores(yy, self.blender_.oof_proba_),

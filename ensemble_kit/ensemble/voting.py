@@ -117,9 +117,19 @@ class SoftVoting(BaseEnsembler):
             w = np.array([params[k] for k in keys])
             return w / w.sum() if w.sum() > 0 else np.full(n_models, 1.0 / n_models)
 
+        if metric.name == "log_loss" and self.space == "prob":
+            # A mixture of normalised members is normalised: only each model's probability of
+            # the true class matters, an (M, n) array instead of (M, n, C) per trial.
+            true_probs = np.exp(log_probs[:, np.arange(len(y)), y]).astype(np.float64)
+
+            def loss(w: NDArray) -> float:
+                return float(-np.mean(np.log(np.clip(w @ true_probs, 1e-12, None))))
+        else:
+            def loss(w: NDArray) -> float:
+                return metric.loss(y, combine(log_probs, w, self.space), kind="logits")
+
         def objective(trial: optuna.Trial) -> float:
-            w = weights_of({k: trial.suggest_float(k, 0.0, 1.0) for k in keys})
-            return metric.loss(y, combine(log_probs, w, self.space), kind="logits")
+            return loss(weights_of({k: trial.suggest_float(k, 0.0, 1.0) for k in keys}))
 
         name = self._study_name(self.study_name or f"soft_vote-{self.space}-{metric.name}", log_probs, y,
                                 extra=f"temperature={self.temperature}")

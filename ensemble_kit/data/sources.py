@@ -1,0 +1,285 @@
+"""Image sources: where images and labels come from (arrays, class folders, Kaggle CSVs).
+
+A source exposes ``ids`` (unique), ``labels`` (class indices, or ``None`` when unlabelled),
+``classes`` and ``load(i)`` returning an ``(H, W, 3)`` uint8 RGB array; grayscale and RGBA
+inputs are converted. Bad input is refused at construction with the offending entries listed.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike, NDArray
+from PIL import Image, UnidentifiedImageError
+
+from ensemble_kit.errors import ValidationError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+class ImageDecodeError(ValidationError):
+    """An image file is missing or cannot be decoded."""
+
+
+def to_rgb(array: NDArray) -> NDArray[np.uint8]:
+    """Grayscale ``(H, W)``/``(H, W, 1)``, RGB or RGBA (alpha dropped) -> ``(H, W, 3)`` uint8."""
+    a = np.asarray(array)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
+        raise ValidationError(f"An image must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got shape {a.shape}.")
+    if a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    elif a.shape[2] == 4:
+        a = a[..., :3]
+    if a.dtype != np.uint8:
+        if np.issubdtype(a.dtype, np.floating) and a.max(initial=0) <= 1.0:
+            a = a * 255.0
+        a = np.clip(a, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(a)
+
+
+class ImageSource(ABC):
+    """Base class: ids, optional labels (class indices), classes, ``load(i)``."""
+
+    def __init__(self, ids: ArrayLike, labels: NDArray[np.int64] | None, classes: Sequence[Any], *, cache: bool) -> None:
+        self.ids = np.asarray(ids)
+        self.labels = labels
+        self.classes = list(classes)
+        self.cache = cache
+        self._cache: dict[int, NDArray[np.uint8]] = {}
+        _check_unique(self.ids, type(self).__name__)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load(self, index: int) -> NDArray[np.uint8]:
+        """The image at ``index`` as ``(H, W, 3)`` uint8 (decoded once when ``cache=True``)."""
+        if self.cache and index in self._cache:
+            return self._cache[index]
+        image = self._load(index)
+        if self.cache:
+            self._cache[index] = image
+        return image
+
+    @abstractmethod
+    def _load(self, index: int) -> NDArray[np.uint8]: ...
+
+    @property
+    def is_labelled(self) -> bool:
+        return self.labels is not None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(n={len(self)}, classes={len(self.classes)}, labelled={self.is_labelled})"
+
+
+class ArrayImageSource(ImageSource):
+    """Images held in memory.
+
+    Parameters
+    ----------
+    images : array-like of shape (N, H, W), (N, H, W, 1|3|4)
+        uint8, or floats in [0, 1].
+    labels : array-like of shape (N,), optional
+        Labels, each one of ``classes`` (default classes: the sorted unique labels).
+    ids : array-like, optional
+        Sample ids (default ``0..N-1``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> src = ArrayImageSource(np.zeros((4, 8, 8), np.uint8), ["a", "b", "a", "b"])
+    >>> src.load(0).shape, src.labels.tolist(), src.classes
+    ((8, 8, 3), [0, 1, 0, 1], ['a', 'b'])
+    """
+
+    def __init__(self, images: ArrayLike, labels: ArrayLike | None = None, *, ids: ArrayLike | None = None,
+                 classes: Sequence[Any] | None = None) -> None:
+        self._images = np.asarray(images)
+        if self._images.ndim not in (3, 4):
+            raise ValidationError(f"images must be (N, H, W) or (N, H, W, C); got shape {self._images.shape}.")
+        n = len(self._images)
+        label_index, class_list = _encode_labels(labels, classes, n, where="ArrayImageSource")
+        super().__init__(np.arange(n) if ids is None else ids, label_index, class_list, cache=False)
+        if len(self.ids) != n:
+            raise ValidationError(f"ids has {len(self.ids)} entries for {n} images.")
+
+    def _load(self, index: int) -> NDArray[np.uint8]:
+        return to_rgb(self._images[index])
+
+
+class _FileImageSource(ImageSource):
+    def __init__(self, ids, paths: list[Path], labels, classes, *, cache: bool) -> None:
+        super().__init__(ids, labels, classes, cache=cache)
+        self.paths = paths
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise ImageDecodeError(
+                f"{type(self).__name__}: {len(missing)} image file(s) not found, e.g. {missing[:5]}."
+            )
+
+    def _load(self, index: int) -> NDArray[np.uint8]:
+        path = self.paths[index]
+        try:
+            with Image.open(path) as image:
+                return to_rgb(np.asarray(image.convert("RGBA" if image.mode in ("RGBA", "LA", "P") else "RGB")))
+        except (UnidentifiedImageError, OSError) as exc:
+            raise ImageDecodeError(f"Cannot decode image {str(path)!r} (id {self.ids[index]!r}): {exc}") from exc
+
+    def validate(self) -> None:
+        """Decode every image once; raises listing every file that cannot be decoded."""
+        bad = []
+        for i in range(len(self)):
+            try:
+                self.load(i)
+            except ImageDecodeError:
+                bad.append(str(self.paths[i]))
+        if bad:
+            raise ImageDecodeError(f"{len(bad)} image(s) cannot be decoded, e.g. {bad[:5]}.")
+
+
+class ImageFolderSource(_FileImageSource):
+    """``root/<class>/<image>`` layout (torchvision ImageFolder). Ids are ``<class>/<file>``.
+
+    Parameters
+    ----------
+    root : path
+    classes : sequence of str, optional
+        Class folder names in column order (default: sorted folder names).
+    cache : bool
+        Keep decoded images in RAM.
+    """
+
+    def __init__(self, root: str | Path, *, classes: Sequence[str] | None = None, cache: bool = False) -> None:
+        root = Path(root)
+        if not root.is_dir():
+            raise ValidationError(f"ImageFolderSource: {str(root)!r} is not a directory.")
+        folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+        class_list = list(classes) if classes is not None else folders
+        unknown = sorted(set(folders) - set(class_list))
+        if unknown:
+            raise ValidationError(f"ImageFolderSource: folders {unknown} are not in classes {class_list}.")
+        paths, labels = [], []
+        for index, name in enumerate(class_list):
+            files = sorted(p for p in (root / name).glob("*") if p.suffix.lower() in IMAGE_EXTENSIONS) if (root / name).is_dir() else []
+            paths += files
+            labels += [index] * len(files)
+        if not paths:
+            raise ValidationError(f"ImageFolderSource: no images with extensions {IMAGE_EXTENSIONS} under {str(root)!r}.")
+        ids = [f"{p.parent.name}/{p.name}" for p in paths]
+        super().__init__(ids, paths, np.asarray(labels, dtype=np.int64), class_list, cache=cache)
+
+
+class CsvImageSource(_FileImageSource):
+    """A CSV of ids (and labels) plus an image directory: the usual Kaggle layout.
+
+    Parameters
+    ----------
+    csv : path or DataFrame
+    image_dir : path
+    id_col : str
+        Column with the image id (file name, with or without extension).
+    label_col : str, optional
+        Column with the label; omit for an unlabelled (test) set.
+    ext : str, optional
+        Extension appended to ids that have none (e.g. ``".png"``).
+    classes : sequence, optional
+        Class labels in column order (default: sorted unique labels).
+    cache : bool
+    """
+
+    def __init__(self, csv: str | Path | pd.DataFrame, image_dir: str | Path, *, id_col: str = "id",
+                 label_col: str | None = None, ext: str | None = None, classes: Sequence[Any] | None = None,
+                 cache: bool = False) -> None:
+        frame = csv if isinstance(csv, pd.DataFrame) else pd.read_csv(csv)
+        where = f"CsvImageSource({csv if not isinstance(csv, pd.DataFrame) else 'DataFrame'})"
+        wanted = [id_col] + ([label_col] if label_col else [])
+        missing = [c for c in wanted if c not in frame.columns]
+        if missing:
+            raise ValidationError(f"{where}: missing column(s) {missing}; columns are {list(frame.columns)}.")
+        ids = frame[id_col].astype(str).to_numpy()
+        image_dir = Path(image_dir)
+        paths = [image_dir / (i if ext is None or Path(i).suffix else f"{i}{ext}") for i in ids]
+        labels = frame[label_col].to_numpy() if label_col else None
+        label_index, class_list = _encode_labels(labels, classes, len(ids), where=where)
+        if label_col is None and classes is not None:
+            class_list = list(classes)
+        super().__init__(ids, paths, label_index, class_list, cache=cache)
+
+
+class ConcatSource(ImageSource):
+    """Several labelled sources in a row (e.g. original + pseudo-labelled samples)."""
+
+    def __init__(self, *sources: ImageSource) -> None:
+        if not sources:
+            raise ValidationError("ConcatSource needs at least one source.")
+        classes = sources[0].classes
+        for s in sources[1:]:
+            if s.classes != classes:
+                raise ValidationError(f"ConcatSource: classes differ: {s.classes} vs {classes}.")
+        if any(s.labels is None for s in sources):
+            raise ValidationError("ConcatSource: every source must be labelled.")
+        self._sources = sources
+        self._offsets = np.cumsum([0] + [len(s) for s in sources])
+        super().__init__(np.concatenate([s.ids.astype(str) for s in sources]),
+                         np.concatenate([s.labels for s in sources]), classes, cache=False)
+
+    def _load(self, index: int) -> NDArray[np.uint8]:
+        part = int(np.searchsorted(self._offsets, index, side="right") - 1)
+        return self._sources[part].load(index - int(self._offsets[part]))
+
+
+class SubsetSource(ImageSource):
+    """Rows ``indices`` of a source, with optional replacement labels."""
+
+    def __init__(self, source: ImageSource, indices: ArrayLike, labels: ArrayLike | None = None) -> None:
+        self._source = source
+        self._indices = np.asarray(indices, dtype=np.int64)
+        new_labels = (np.asarray(labels, dtype=np.int64) if labels is not None
+                      else (source.labels[self._indices] if source.labels is not None else None))
+        super().__init__(source.ids[self._indices], new_labels, source.classes, cache=False)
+
+    def _load(self, index: int) -> NDArray[np.uint8]:
+        return self._source.load(int(self._indices[index]))
+
+
+def positions_of(ids: ArrayLike, source: ImageSource, *, what: str) -> NDArray[np.int64]:
+    """Index into ``source`` of every id in ``ids``; the source must hold exactly those ids."""
+    position = {str(s): i for i, s in enumerate(source.ids.tolist())}
+    wanted = [str(s) for s in np.asarray(ids).tolist()]
+    missing = [s for s in wanted if s not in position]
+    extra = sorted(set(position) - set(wanted))
+    if missing or extra:
+        raise ValidationError(
+            f"The {what} does not hold exactly the store's ids: {len(missing)} missing (e.g. {missing[:5]}), "
+            f"{len(extra)} not in the store (e.g. {extra[:5]})."
+        )
+    return np.array([position[s] for s in wanted], dtype=np.int64)
+
+
+def _check_unique(ids: NDArray, where: str) -> None:
+    values, counts = np.unique(ids.astype(str), return_counts=True)
+    if (counts > 1).any():
+        raise ValidationError(f"{where}: duplicate ids {values[counts > 1][:10].tolist()} ({int((counts > 1).sum())} in all).")
+
+
+def _encode_labels(labels: ArrayLike | None, classes: Sequence[Any] | None, n: int, *, where: str):
+    if labels is None:
+        return None, list(classes) if classes is not None else []
+    values = np.asarray(labels)
+    if len(values) != n:
+        raise ValidationError(f"{where}: {len(values)} labels for {n} images.")
+    class_list = list(classes) if classes is not None else sorted(pd.unique(values).tolist())
+    index = pd.Index(class_list).get_indexer(pd.Index(values.tolist()))
+    if (index < 0).any():
+        bad = sorted(set(values[index < 0].tolist()), key=str)[:10]
+        raise ValidationError(f"{where}: labels {bad} are not in classes {class_list[:20]} ({int((index < 0).sum())} rows).")
+    return index.astype(np.int64), class_list

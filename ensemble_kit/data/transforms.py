@@ -1,0 +1,108 @@
+"""Train/eval transforms: albumentations pipelines on arrays, then torchvision v2 on tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+from ensemble_kit.errors import ValidationError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def aoi_albumentations(img_size: int) -> Any:
+    """The AOI champion's augmentation set (Affine, blur-or-sharpen, CoarseDropout, colour)."""
+    import albumentations as A
+
+    hole = max(1, img_size // 10)
+    return A.Compose([
+        A.Affine(rotate=(-30, 30), scale=(0.85, 1.15), p=0.5),
+        # "dual-stream simulation": blur one time, sharpen another, never both
+        A.OneOf([A.Blur(blur_limit=3, p=1.0), A.Sharpen(alpha=(0.2, 0.5), p=1.0)], p=0.3),
+        A.CoarseDropout(num_holes_range=(8, 8), hole_height_range=(hole, hole), hole_width_range=(hole, hole), p=0.5),
+        A.OneOf([A.HueSaturationValue(hue_shift_limit=0.2 * 180, sat_shift_limit=0.2 * 255, val_shift_limit=0.2 * 255, p=1.0),
+                 A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=1.0)], p=0.5),
+    ])
+
+
+def build_train_transform(augment: Any, *, img_size: int, mean: Sequence[float], std: Sequence[float]) -> Callable:
+    """``augment`` is an :class:`~ensemble_kit.train.config.AugmentConfig`."""
+    album = aoi_albumentations(img_size) if augment.albumentations == "aoi" else None
+    steps: list[Any] = []
+    if augment.random_resized_crop:
+        steps.append(v2.RandomResizedCrop(img_size, scale=(augment.crop_scale_min, 1.0), antialias=True))
+    else:
+        steps.append(v2.Resize((img_size, img_size), antialias=True))
+    if augment.hflip:
+        steps.append(v2.RandomHorizontalFlip(augment.hflip))
+    if augment.vflip:
+        steps.append(v2.RandomVerticalFlip(augment.vflip))
+    policy = {None: None, "trivial": lambda: v2.TrivialAugmentWide(),
+              "randaugment": lambda: v2.RandAugment(num_ops=augment.randaugment_n, magnitude=augment.randaugment_m),
+              "autoaugment": lambda: v2.AutoAugment()}
+    if augment.policy not in policy:
+        raise ValidationError(f"augment.policy must be one of {list(policy)}; got {augment.policy!r}.")
+    if augment.policy:
+        steps.append(policy[augment.policy]())
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    if augment.random_erasing:
+        steps.append(v2.RandomErasing(p=augment.random_erasing))
+    tensor_steps = v2.Compose(steps)
+
+    def transform(image: NDArray[np.uint8]) -> torch.Tensor:
+        if album is not None:
+            # albumentations keeps its own generators; drawing their seed from torch's RNG makes
+            # them follow torch's per-worker seeding and the RNG state saved in checkpoints.
+            album.set_random_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
+            image = album(image=image)["image"]
+        return tensor_steps(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
+
+    return transform
+
+
+def build_eval_transform(*, img_size: int, mean: Sequence[float], std: Sequence[float]) -> Callable:
+    steps = v2.Compose([v2.Resize((img_size, img_size), antialias=True), v2.ToDtype(torch.float32, scale=True),
+                        v2.Normalize(list(mean), list(std))])
+    return lambda image: steps(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
+
+
+def dataset_mean_std(source: Any, indices: NDArray, *, max_images: int = 2000, seed: int = 0) -> tuple[tuple, tuple]:
+    """Per-channel mean/std of (a sample of) the training images, in [0, 1] units."""
+    rng = np.random.default_rng(seed)
+    chosen = indices if len(indices) <= max_images else rng.choice(indices, max_images, replace=False)
+    total = np.zeros(3)
+    total_sq = np.zeros(3)
+    count = 0
+    for i in chosen:
+        pixels = source.load(int(i)).reshape(-1, 3).astype(np.float64) / 255.0
+        total += pixels.sum(0)
+        total_sq += (pixels ** 2).sum(0)
+        count += len(pixels)
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 1e-12))
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+class TorchImageDataset(Dataset):
+    """Rows ``indices`` of a source, transformed; labels -1 where unlabelled."""
+
+    def __init__(self, source: Any, indices: NDArray, transform: Callable, labels: NDArray | None = None) -> None:
+        self.source, self.indices, self.transform = source, np.asarray(indices), transform
+        if labels is None and source.labels is not None:
+            labels = source.labels[self.indices]
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, int]:
+        image = self.source.load(int(self.indices[item]))
+        label = int(self.labels[item]) if self.labels is not None else -1
+        return self.transform(image), label

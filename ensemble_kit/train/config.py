@@ -1,0 +1,241 @@
+"""Typed, frozen training configuration; YAML only at the edges (load/save)."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from ensemble_kit.errors import ValidationError
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """Optimiser (any name timm's ``create_optimizer_v2`` knows: adamw, sgd, lamb, ...)."""
+
+    name: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = True
+    clip_grad_norm: Optional[float] = None
+    accumulation_steps: int = 1
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Learning-rate schedule, stepped every optimiser step: linear warmup, then ``name``."""
+
+    name: Literal["cosine", "onecycle", "cosine_restarts", "constant"] = "cosine"
+    warmup_epochs: float = 0.0
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-6
+    restart_epochs: int = 10
+    restart_mult: int = 1
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentation. ``policy`` is a torchvision auto-augment policy; ``albumentations``
+    names a pipeline (``"aoi"``: the AOI champion's set)."""
+
+    policy: Optional[Literal["trivial", "randaugment", "autoaugment"]] = None
+    randaugment_n: int = 2
+    randaugment_m: int = 9
+    albumentations: Optional[Literal["aoi"]] = None
+    random_resized_crop: bool = True
+    crop_scale_min: float = 0.5
+    hflip: float = 0.5
+    vflip: float = 0.0
+    random_erasing: float = 0.0
+    repeated_augment: int = 1
+    test_img_size: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class RegularizationConfig:
+    label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mix_prob: float = 1.0
+    switch_prob: float = 0.5
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    ema_decay: Optional[float] = None
+    early_stopping_patience: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class TTAConfig:
+    """Test-time augmentation views, averaged in logit space."""
+
+    views: tuple[str, ...] = ("identity",)
+    keep_views: bool = False
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines how one base model is trained, fold by fold.
+
+    Examples
+    --------
+    >>> cfg = TrainConfig(model="resnet10t", img_size=32, epochs=2)
+    >>> TrainConfig.from_dict(cfg.to_dict()) == cfg
+    True
+    >>> cfg.with_overrides(["optimizer.lr=0.1", "epochs=5"]).optimizer.lr
+    0.1
+    """
+
+    model: str = "resnet10t"
+    img_size: int = 224
+    epochs: int = 20
+    batch_size: int = 32
+    loss: Literal["ce", "focal", "bi_tempered"] = "ce"
+    focal_gamma: float = 2.0
+    bi_tempered_t1: float = 0.8
+    bi_tempered_t2: float = 1.2
+    class_weights: Optional[Literal["balanced"]] = None
+    balanced_sampler: bool = False
+    pooling: Literal["default", "gem"] = "default"
+    pretrained: bool = False
+    pretrained_path: Optional[str] = None
+    normalize: Literal["imagenet", "dataset"] = "imagenet"
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    num_workers: int = 0
+    seed: int = 0
+    keep_checkpoints: int = 2
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
+    tta: TTAConfig = field(default_factory=TTAConfig)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["tta"]["views"] = list(self.tta.views)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build from a plain dict; unknown keys and wrong types are errors naming the key."""
+        return _build(cls, data, prefix="")
+
+    def to_yaml(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
+        return path
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict):
+            raise ValidationError(f"{str(path)!r}: a training config must be a YAML mapping.")
+        return cls.from_dict(data)
+
+    def with_overrides(self, assignments: list[str]) -> TrainConfig:
+        """Apply ``key=value`` overrides (dotted keys for nested sections; values parsed as YAML)."""
+        data = self.to_dict()
+        for assignment in assignments:
+            key, sep, raw = assignment.partition("=")
+            if not sep:
+                raise ValidationError(f"Override {assignment!r} must look like key=value (e.g. optimizer.lr=0.01).")
+            target = data
+            parts = key.strip().split(".")
+            for part in parts[:-1]:
+                if not isinstance(target.get(part), dict):
+                    raise ValidationError(f"Override {assignment!r}: {part!r} is not a config section.")
+                target = target[part]
+            if parts[-1] not in target:
+                raise ValidationError(f"Override {assignment!r}: unknown key {key!r}.")
+            target[parts[-1]] = yaml.safe_load(raw)
+        return TrainConfig.from_dict(data)
+
+
+def _build(cls: type, data: Any, *, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ValidationError(f"Config section {prefix.rstrip('.') or '<root>'!r} must be a mapping; got {data!r}.")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValidationError(f"Unknown config key(s) {[prefix + k for k in unknown]}; valid keys here: {sorted(known)}.")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, prefix=f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, key=prefix + name)
+    try:
+        return cls(**kwargs)
+    except ValidationError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"Config section {prefix.rstrip('.') or '<root>'!r}: {exc}") from exc
+
+
+def _coerce(value: Any, hint: Any, *, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key=key)
+    if origin is Literal:
+        if value not in args:
+            raise ValidationError(f"Config key {key!r} must be one of {list(args)}; got {value!r}.")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ValidationError(f"Config key {key!r} must be a list of strings; got {value!r}.")
+        return tuple(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValidationError(f"Config key {key!r} must be true or false; got {value!r}.")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValidationError(f"Config key {key!r} must be an integer; got {value!r}.")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValidationError(f"Config key {key!r} must be a number; got {value!r}.")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValidationError(f"Config key {key!r} must be a string; got {value!r}.")
+        return value
+    return value
+
+
+def _validate(cfg: TrainConfig) -> None:
+    def positive(name: str, value: float) -> None:
+        if value <= 0:
+            raise ValidationError(f"Config key {name!r} must be positive; got {value!r}.")
+
+    positive("img_size", cfg.img_size)
+    positive("epochs", cfg.epochs)
+    positive("batch_size", cfg.batch_size)
+    positive("optimizer.lr", cfg.optimizer.lr)
+    positive("optimizer.accumulation_steps", cfg.optimizer.accumulation_steps)
+    positive("augment.repeated_augment", cfg.augment.repeated_augment)
+    if cfg.regularization.ema_decay is not None and not 0 < cfg.regularization.ema_decay < 1:
+        raise ValidationError(f"Config key 'regularization.ema_decay' must be in (0, 1); got {cfg.regularization.ema_decay}.")
+    if (cfg.regularization.mixup_alpha > 0 or cfg.regularization.cutmix_alpha > 0) and cfg.batch_size % 2:
+        raise ValidationError("mixup/cutmix need an even batch_size (timm Mixup pairs samples).")
+    from ensemble_kit.train.tta import check_views
+
+    check_views(cfg.tta.views)

@@ -1,0 +1,173 @@
+"""Model factory: any timm backbone by name, or a user's own factory registered under a name."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from ensemble_kit.errors import ValidationError
+
+logger = logging.getLogger(__name__)
+
+ModelFactory = Callable[..., nn.Module]
+_FACTORIES: dict[str, ModelFactory] = {}
+
+
+def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
+    """Register ``factory(num_classes=..., drop_rate=..., drop_path_rate=...) -> nn.Module``.
+
+    Registered names take precedence over timm's. Examples
+    --------
+    >>> @register_model("tiny_linear")
+    ... def tiny_linear(num_classes, **_):
+    ...     return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(num_classes))
+    >>> create_model("tiny_linear", num_classes=3).__class__.__name__
+    'Sequential'
+    """
+
+    def decorator(factory: ModelFactory) -> ModelFactory:
+        _FACTORIES[name] = factory
+        return factory
+
+    return decorator
+
+
+def list_registered_models() -> list[str]:
+    return sorted(_FACTORIES)
+
+
+class GeM(nn.Module):
+    """Generalised-mean pooling (Radenović et al.) with a learnable exponent ``p``."""
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.p = nn.Parameter(torch.tensor(float(p)))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(min=self.eps).pow(self.p).mean(dim=(2, 3)).pow(1.0 / self.p)
+
+
+class _GeMHead(nn.Module):
+    def __init__(self, backbone: nn.Module, num_classes: int, drop_rate: float) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.pool = GeM()
+        self.drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(backbone.num_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.backbone.forward_features(x)
+        if features.ndim != 4:
+            raise ValidationError(
+                f"GeM pooling needs a convolutional feature map (N, C, H, W); this backbone gives shape "
+                f"{tuple(features.shape)}. Use pooling='default' for transformers."
+            )
+        return self.fc(self.drop(self.pool(features)))
+
+
+def create_model(name: str, *, num_classes: int, img_size: int | None = None, drop_rate: float = 0.0,
+                 drop_path_rate: float = 0.0, pooling: str = "default", pretrained: bool = False,
+                 pretrained_path: str | None = None) -> nn.Module:
+    """Build a classifier with ``num_classes`` outputs.
+
+    ``pretrained=True`` asks timm for hub weights (needs network); ``pretrained_path`` loads a
+    local checkpoint (state dict in ``.pth``/``.pt``/``.safetensors``) with the classifier
+    head dropped when its shape differs.
+    """
+    if name in _FACTORIES:
+        model = _FACTORIES[name](num_classes=num_classes, drop_rate=drop_rate, drop_path_rate=drop_path_rate)
+    else:
+        if not timm.is_model(name):
+            raise ValidationError(
+                f"Unknown model {name!r}: neither registered with register_model() nor a timm model "
+                f"(see timm.list_models()). Registered: {list_registered_models()}."
+            )
+        kwargs: dict[str, Any] = dict(pretrained=pretrained, num_classes=num_classes, drop_rate=drop_rate)
+        if drop_path_rate:
+            kwargs["drop_path_rate"] = drop_path_rate
+        try:
+            # Vision transformers fix their input size at construction; CNNs reject the argument.
+            model = timm.create_model(name, img_size=img_size, **kwargs) if img_size else timm.create_model(name, **kwargs)
+        except TypeError:
+            model = timm.create_model(name, **kwargs)
+        if pooling == "gem":
+            model.reset_classifier(0, global_pool="")
+            model = _GeMHead(model, num_classes, drop_rate)
+    if pooling not in ("default", "gem"):
+        raise ValidationError(f"pooling must be 'default' or 'gem'; got {pooling!r}.")
+    if pooling == "gem" and name in _FACTORIES:
+        raise ValidationError("pooling='gem' applies to timm backbones; a registered factory builds its own head.")
+    if pretrained_path:
+        load_checkpoint(model, pretrained_path)
+    return model
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Load weights from a local file into ``model`` (never unpickles arbitrary objects)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValidationError(f"pretrained_path {str(path)!r} does not exist.")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        for key in ("state_dict", "model", "model_state"):
+            if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+                state = state[key]
+    own = model.state_dict()
+    prefix = "backbone." if isinstance(model, _GeMHead) else ""
+    usable = {}
+    for key, value in state.items():
+        target = prefix + key if prefix and prefix + key in own else key
+        if target in own and own[target].shape == value.shape:
+            usable[target] = value
+    skipped = sorted(set(state) - {k[len(prefix):] if k.startswith(prefix) else k for k in usable})
+    if not usable:
+        raise ValidationError(f"No tensor in {str(path)!r} matches the model's parameters (wrong architecture?).")
+    missing = sorted(set(own) - set(usable))
+    model.load_state_dict(usable, strict=False)
+    logger.info("Loaded %d tensors from %s; skipped %d (e.g. %s); %d left at init (e.g. %s)",
+                len(usable), path, len(skipped), skipped[:3], len(missing), missing[:3])
+
+
+@register_model("plain_cnn")
+def plain_cnn(num_classes: int, drop_rate: float = 0.0, **_: Any) -> nn.Module:
+    """The plain VGG-style CNN of the CIFAR-10 study (no skip connections)."""
+
+    def block(cin: int, cout: int) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                             nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                             nn.MaxPool2d(2))
+
+    return nn.Sequential(block(3, 32), block(32, 64), block(64, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Dropout(drop_rate), nn.Linear(128, num_classes))
+
+
+class _MultiScaleResNet(nn.Module):
+    """ResNet-18 whose head sees pooled features of its last three stages (multi-scale)."""
+
+    def __init__(self, num_classes: int, drop_rate: float, drop_path_rate: float) -> None:
+        super().__init__()
+        self.body = timm.create_model("resnet18", pretrained=False, features_only=True, out_indices=(2, 3, 4),
+                                      drop_path_rate=drop_path_rate)
+        width = sum(self.body.feature_info.channels())
+        self.head = nn.Sequential(nn.Dropout(drop_rate), nn.Linear(width, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = [f.mean(dim=(2, 3)) for f in self.body(x)]
+        return self.head(torch.cat(pooled, dim=1))
+
+
+@register_model("resnet18_multiscale")
+def resnet18_multiscale(num_classes: int, drop_rate: float = 0.0, drop_path_rate: float = 0.0, **_: Any) -> nn.Module:
+    """ResNet-18 with multi-scale features, as in the CIFAR-10 study."""
+    return _MultiScaleResNet(num_classes, drop_rate, drop_path_rate)

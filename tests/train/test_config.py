@@ -1,0 +1,40 @@
+import pytest
+
+from ensemble_kit.errors import ValidationError
+from ensemble_kit.train import OptimizerConfig, RegularizationConfig, TrainConfig, TTAConfig
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = TrainConfig(model="test_vit", img_size=32, optimizer=OptimizerConfig(name="sgd", lr=0.1),
+                      regularization=RegularizationConfig(ema_decay=0.995), tta=TTAConfig(views=("identity", "hflip")))
+    path = cfg.to_yaml(tmp_path / "c.yaml")
+    assert TrainConfig.from_yaml(path) == cfg
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"modle": "x"}, r"Unknown config key\(s\) \['modle'\]"),
+        ({"optimizer": {"learning_rate": 1}}, r"\['optimizer.learning_rate'\]"),
+        ({"epochs": "ten"}, "'epochs' must be an integer"),
+        ({"loss": "hinge"}, "'loss' must be one of"),
+        ({"amp": "yes"}, "'amp' must be true or false"),
+        ({"regularization": {"ema_decay": 1.5}}, "ema_decay"),
+        ({"batch_size": 7, "regularization": {"mixup_alpha": 0.2}}, "even batch_size"),
+        ({"tta": {"views": ["identity", "spin"]}}, "Unknown TTA view 'spin'"),
+        ({"optimizer": 3}, "must be a mapping"),
+        ({"epochs": 0}, "'epochs' must be positive"),
+    ],
+)
+def test_bad_config_names_the_key(data, message):
+    with pytest.raises(ValidationError, match=message):
+        TrainConfig.from_dict(data)
+
+
+def test_overrides():
+    cfg = TrainConfig().with_overrides(["optimizer.lr=0.5", "tta.views=[identity, vflip]", "pooling=gem"])
+    assert cfg.optimizer.lr == 0.5 and cfg.tta.views == ("identity", "vflip") and cfg.pooling == "gem"
+    with pytest.raises(ValidationError, match="unknown key 'optimizer.lrr'"):
+        TrainConfig().with_overrides(["optimizer.lrr=1"])
+    with pytest.raises(ValidationError, match="key=value"):
+        TrainConfig().with_overrides(["epochs"])

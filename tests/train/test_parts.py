@@ -1,0 +1,85 @@
+import numpy as np
+import pytest
+import torch
+
+from ensemble_kit.errors import ValidationError
+from ensemble_kit.train import GeM, TrainConfig, create_model, register_model
+from ensemble_kit.train.losses import BiTemperedLoss, CrossEntropy, FocalLoss, create_loss
+from ensemble_kit.train.trainer import _scheduler
+from ensemble_kit.train.tta import apply_view, check_views
+
+
+def test_soft_and_hard_targets_agree():
+    logits, target = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 0, 1])
+    soft = torch.nn.functional.one_hot(target, 4).float()
+    ce = CrossEntropy()
+    assert torch.allclose(ce(logits, target), ce(logits, soft), atol=1e-6)
+    assert torch.allclose(FocalLoss(gamma=0.0)(logits, target), ce(logits, target), atol=1e-5)
+    assert FocalLoss(gamma=2.0)(logits, target) < ce(logits, target)
+    assert torch.allclose(BiTemperedLoss(t1=1.0, t2=1.0)(logits, target), ce(logits, target), atol=1e-5)
+    assert torch.isfinite(BiTemperedLoss(t1=0.7, t2=1.3)(logits, soft))
+    with pytest.raises(ValidationError, match="t1 <= 1 <= t2"):
+        BiTemperedLoss(t1=1.2, t2=1.0)
+    with pytest.raises(ValidationError, match="Unknown loss"):
+        create_loss("hinge")
+
+
+def test_models_timm_registered_gem_and_local_checkpoint(tmp_path):
+    model = create_model("resnet10t", num_classes=5)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 5)
+    gem = create_model("resnet10t", num_classes=5, pooling="gem")
+    assert isinstance(gem.pool, GeM) and gem(torch.randn(2, 3, 32, 32)).shape == (2, 5)
+    vit = create_model("test_vit", num_classes=3, img_size=32)
+    assert vit(torch.randn(1, 3, 32, 32)).shape == (1, 3)
+    assert create_model("plain_cnn", num_classes=4)(torch.randn(2, 3, 16, 16)).shape == (2, 4)
+    assert create_model("resnet18_multiscale", num_classes=4)(torch.randn(2, 3, 32, 32)).shape == (2, 4)
+
+    # a "pretrained" checkpoint with a different head: the backbone loads, the head is skipped
+    source = create_model("resnet10t", num_classes=7)
+    torch.save(source.state_dict(), tmp_path / "weights.pth")
+    loaded = create_model("resnet10t", num_classes=5, pretrained_path=str(tmp_path / "weights.pth"))
+    assert torch.equal(loaded.conv1[0].weight, source.conv1[0].weight)
+    with pytest.raises(ValidationError, match="does not exist"):
+        create_model("resnet10t", num_classes=5, pretrained_path=str(tmp_path / "nope.pth"))
+    with pytest.raises(ValidationError, match="Unknown model 'resnet9000'"):
+        create_model("resnet9000", num_classes=2)
+
+
+def test_register_model():
+    @register_model("unit_test_linear")
+    def factory(num_classes, **_):
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, num_classes))
+
+    assert create_model("unit_test_linear", num_classes=2)(torch.randn(1, 3, 8, 8)).shape == (1, 2)
+
+
+def test_tta_views():
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    assert torch.equal(apply_view("hflip", x), x.flip(3))
+    assert torch.equal(apply_view("hvflip", x), x.flip(2).flip(3))
+    assert apply_view("scale1.5", x).shape == (2, 3, 6, 6)
+    check_views(("identity", "rot90", "scale0.9"))
+    with pytest.raises(ValidationError, match="twice"):
+        check_views(("hflip", "hflip"))
+
+
+@pytest.mark.parametrize("name", ["cosine", "onecycle", "cosine_restarts", "constant"])
+def test_schedules_warm_up_then_follow_their_shape(name):
+    cfg = TrainConfig.from_dict({"epochs": 4, "optimizer": {"lr": 0.1},
+                                 "schedule": {"name": name, "warmup_epochs": 1, "warmup_lr": 1e-4, "restart_epochs": 1}})
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    opt = torch.optim.SGD(params, lr=0.1)
+    sched = _scheduler(opt, cfg, steps_per_epoch=10)
+    lrs = []
+    for _ in range(40):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] < 0.02  # warm-up starts low
+    assert max(lrs) == pytest.approx(0.1, rel=0.05)
+    if name == "cosine":
+        assert lrs[10] == pytest.approx(0.1, rel=1e-3) and lrs[-1] < 0.01
+    if name == "constant":
+        assert lrs[20] == pytest.approx(0.1)
+    if name == "cosine_restarts":
+        assert lrs[20] > lrs[19]  # restarted

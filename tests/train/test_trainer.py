@@ -1,0 +1,188 @@
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ensemble_kit import LogitStore
+from ensemble_kit.errors import ValidationError
+from ensemble_kit.train import TrainConfig, pseudo_label, train_cv
+from ensemble_kit.train.trainer import _FoldRun, resolve_device
+from helpers import tiny_image_data
+
+BASE = {"model": "plain_cnn", "img_size": 16, "epochs": 2, "batch_size": 16, "seed": 0,
+        "optimizer": {"lr": 0.01}, "augment": {"random_resized_crop": False}}
+
+
+def _cfg(**sections):
+    data = {**BASE}
+    for key, value in sections.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    return TrainConfig.from_dict(data)
+
+
+def _store(tmp_path, n_folds=2):
+    train, test, y_test = tiny_image_data()
+    store = LogitStore.create(tmp_path / "store", train.ids, train.labels, [0, 1, 2], n_folds=n_folds, seed=0,
+                              test_ids=test.ids)
+    return store, train, test, y_test
+
+
+def test_train_cv_writes_entry_history_and_config(tmp_path):
+    store, train, test, y_test = _store(tmp_path)
+    info = train_cv(_cfg(epochs=3), store, train, test, name="cnn")
+    assert info.complete and store.oof("cnn").shape == (48, 3) and store.test("cnn").shape == (12, 3)
+    assert np.mean(store.oof("cnn").argmax(1) == store.y) > 0.6
+    run = store.path / "runs" / "cnn"
+    assert TrainConfig.from_yaml(run / "config.yaml").epochs == 3
+    history = pd.read_csv(run / "fold0" / "history.csv")
+    assert history["epoch"].tolist() == [0, 1, 2] and {"lr", "train_loss", "val_loss", "val_accuracy"} <= set(history)
+    meta = store.entry("cnn").meta
+    assert meta["config"]["model"] == "plain_cnn" and meta["library_version"] and meta["device"] == "cpu"
+    assert len(list((run / "fold0").glob("epoch_*.pt"))) == 2  # keep_checkpoints
+
+
+def test_folds_as_separate_jobs_and_completed_folds_never_retrained(tmp_path, monkeypatch):
+    store, train, test, _ = _store(tmp_path)
+    train_cv(_cfg(epochs=1), store, train, test, name="cnn", folds=[1])
+    assert store.incomplete() == {"cnn": (0,)}
+    calls = []
+    original = _FoldRun.run
+    monkeypatch.setattr(_FoldRun, "run", lambda self: calls.append(self.fold) or original(self))
+    train_cv(_cfg(epochs=1), store, train, test, name="cnn")
+    assert calls == [0] and store.models() == ["cnn"]
+    train_cv(_cfg(epochs=1), store, train, test, name="cnn")
+    assert calls == [0]
+    with pytest.raises(ValidationError, match="fold 5 is out of range"):
+        train_cv(_cfg(), store, train, test, name="x", folds=[5])
+
+
+OPTIONS = {
+    "sgd_onecycle_clip_accum": dict(optimizer={"name": "sgd", "lr": 0.05, "clip_grad_norm": 1.0, "accumulation_steps": 2},
+                                    schedule={"name": "onecycle"}),
+    "cosine_restarts_warmup": dict(schedule={"name": "cosine_restarts", "warmup_epochs": 0.5, "restart_epochs": 1}),
+    "focal_balanced": dict(loss="focal", balanced_sampler=True, class_weights="balanced"),
+    "bi_tempered_smoothing": dict(loss="bi_tempered", regularization={"label_smoothing": 0.1}),
+    "mixup_cutmix_ema": dict(regularization={"mixup_alpha": 0.4, "cutmix_alpha": 1.0, "switch_prob": 0.5, "ema_decay": 0.9}),
+    "trivial_erasing_repeated": dict(augment={"policy": "trivial", "random_erasing": 0.5, "repeated_augment": 2}),
+    "randaugment_vflip": dict(augment={"policy": "randaugment", "randaugment_n": 2, "randaugment_m": 5, "vflip": 0.5}),
+    "autoaugment_crop": dict(augment={"policy": "autoaugment", "random_resized_crop": True, "crop_scale_min": 0.6}),
+    "albumentations_aoi": dict(augment={"albumentations": "aoi"}),
+    "fixres_test_size": dict(augment={"test_img_size": 24}),
+    "gem_droppath_timm": dict(model="resnet10t", img_size=32, pooling="gem", regularization={"drop_path_rate": 0.1, "drop_rate": 0.1}),
+    "vit_dataset_norm": dict(model="test_vit", img_size=16, normalize="dataset"),
+    "early_stopping": dict(epochs=4, regularization={"early_stopping_patience": 1}),
+    "tta_views_kept": dict(tta={"views": ["identity", "hflip", "vflip", "rot90", "scale1.25"], "keep_views": True}),
+}
+
+
+@pytest.mark.parametrize("option", sorted(OPTIONS))
+def test_recipe_option_trains(tmp_path, option):
+    store, train, test, _ = _store(tmp_path)
+    cfg = _cfg(**OPTIONS[option])
+    train_cv(cfg, store, train, test, name="m", folds=[0])
+    meta = store.entry("m").fold_meta[0]
+    assert meta["config"] == cfg.to_dict()
+    history = pd.read_csv(store.path / "runs" / "m" / "fold0" / "history.csv")
+    assert np.isfinite(history["train_loss"]).all()
+    if option == "early_stopping":
+        assert meta["epochs_run"] <= 4 and meta["best_epoch"] >= 0
+    if option == "tta_views_kept":
+        views = np.load(meta["tta_views_file"])
+        assert views["oof"].shape == (5, len(store.fold_indices(0)), 3) and views["test"].shape == (5, 12, 3)
+    if option == "vit_dataset_norm":
+        assert meta["normalize_mean"] != [0.485, 0.456, 0.406]
+    if option == "trivial_erasing_repeated":
+        assert history["images_per_second"].iloc[0] > 0
+
+
+RUN = textwrap.dedent(
+    """
+    import os, signal, sys
+    import numpy as np
+    sys.path.insert(0, sys.argv[3])
+    from helpers import tiny_image_data
+    from ensemble_kit import LogitStore
+    from ensemble_kit.train import TrainConfig, train_cv
+    import ensemble_kit.train.trainer as trainer
+    kill_after = int(sys.argv[2])
+    if kill_after >= 0:
+        original = trainer._FoldRun.save
+        def save_then_die(self, progress):
+            path = original(self, progress)
+            if self.fold == 0 and progress.epoch == kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return path
+        trainer._FoldRun.save = save_then_die
+    train, test, _ = tiny_image_data()
+    store = LogitStore.open(sys.argv[1])
+    cfg = TrainConfig.from_dict({"model": "plain_cnn", "img_size": 16, "epochs": 3, "batch_size": 16,
+        "augment": {"policy": "trivial", "random_erasing": 0.3, "albumentations": "aoi"},
+        "regularization": {"mixup_alpha": 0.4, "ema_decay": 0.9}, "optimizer": {"lr": 0.01}})
+    train_cv(cfg, store, train, test, name="cnn")
+    """
+)
+
+
+def test_killed_run_resumes_to_identical_logits(tmp_path):
+    from pathlib import Path
+
+    helpers_dir = str(Path(__file__).resolve().parents[1])
+    results = {}
+    for label, kill_after in [("straight", -1), ("killed", 0)]:
+        store, train, test, _ = _store(tmp_path / label)
+        proc = subprocess.run([sys.executable, "-c", RUN, str(store.path), str(kill_after), helpers_dir])
+        if kill_after >= 0:
+            assert proc.returncode == -signal.SIGKILL
+            assert store.models() == [] and list((store.path / "runs" / "cnn" / "fold0").glob("epoch_0000.pt"))
+            proc = subprocess.run([sys.executable, "-c", RUN, str(store.path), "-1", helpers_dir])
+        assert proc.returncode == 0
+        results[label] = (store.oof("cnn"), store.test("cnn"))
+    np.testing.assert_array_equal(results["straight"][0], results["killed"][0])
+    np.testing.assert_array_equal(results["straight"][1], results["killed"][1])
+
+
+def test_pseudo_labels_never_reach_validation(tmp_path):
+    store, train, test, y_test = _store(tmp_path)
+    train_cv(_cfg(epochs=3), store, train, test, name="teacher")
+    pseudo = pseudo_label(store, ["teacher"], test, top_fraction=0.5, per_class_cap=3)
+    assert 0 < len(pseudo) <= 6 and set(pseudo.ids) <= set(store.test_ids)
+    assert (np.bincount(pseudo.labels, minlength=3) <= 3).all()
+    cfg = _cfg(epochs=1)
+    for k in range(store.n_folds):
+        run = _FoldRun(cfg, store, train, np.arange(48), test, np.arange(12), pseudo, k, tmp_path / f"f{k}",
+                       resolve_device("cpu"), "student")
+        train_set, valid_set = run.datasets()
+        valid_ids = set(valid_set.source.ids[valid_set.indices])
+        assert valid_ids == set(store.train_ids[store.fold_indices(k)])
+        assert not valid_ids & set(pseudo.ids)
+        assert len(train_set) == len(store.train_ids) - len(valid_ids) + len(pseudo)
+    train_cv(cfg, store, train, test, name="student", extra_train=pseudo)
+    assert store.oof("student").shape == (48, 3)
+    assert store.entry("student").fold_meta[0]["n_extra_train"] == len(pseudo)
+
+
+def test_pseudo_label_errors(tmp_path):
+    store, train, test, _ = _store(tmp_path)
+    store.put("t", np.zeros((48, 3)), np.tile([5.0, 0.0, 0.0], (12, 1)))
+    assert pseudo_label(store, ["t"], test, threshold=0.9).labels.tolist() == [0] * 12
+    with pytest.raises(ValidationError, match="exactly one of"):
+        pseudo_label(store, ["t"], test)
+    with pytest.raises(ValidationError, match="unlabeled source .* does not hold exactly the store's ids"):
+        pseudo_label(store, ["t"], train, threshold=0.9)
+
+
+def test_bad_sources_are_refused(tmp_path):
+    store, train, test, _ = _store(tmp_path)
+    with pytest.raises(ValidationError, match="does not hold exactly the store's ids"):
+        train_cv(_cfg(), store, test, test, name="x")
+    with pytest.raises(ValidationError, match="pass test="):
+        train_cv(_cfg(), store, train, None, name="x")
+    from ensemble_kit.data import ArrayImageSource
+
+    relabelled = ArrayImageSource(np.zeros((48, 16, 16, 3), np.uint8), (train.labels + 1) % 3, ids=train.ids, classes=[0, 1, 2])
+    with pytest.raises(ValidationError, match="48 source labels disagree"):
+        train_cv(_cfg(), store, relabelled, test, name="x")
