@@ -1,7 +1,7 @@
 """Image sources: where images and labels come from (arrays, class folders, Kaggle CSVs).
 
-A source exposes ``ids`` (unique), ``labels`` (class indices, or ``None`` when unlabelled),
-``classes`` and ``load(i)`` returning an ``(H, W, 3)`` uint8 RGB array; grayscale and RGBA
+A source exposes ``ids`` (unique), ``labels`` (each one of ``classes``, or ``None`` when
+unlabelled), ``targets`` (the same as class indices), ``classes`` and ``load(i)`` returning an ``(H, W, 3)`` uint8 RGB array; grayscale and RGBA
 inputs are converted. Bad input is refused at construction with the offending entries listed.
 """
 
@@ -48,11 +48,15 @@ def to_rgb(array: NDArray) -> NDArray[np.uint8]:
 
 
 class ImageSource(ABC):
-    """Base class: ids, optional labels (class indices), classes, ``load(i)``."""
+    """Base class: ids, optional labels, classes, ``load(i)``.
 
-    def __init__(self, ids: ArrayLike, labels: NDArray[np.int64] | None, classes: Sequence[Any], *, cache: bool) -> None:
+    ``labels`` holds class values (``LogitStore.create(y=src.labels, classes=src.classes)``
+    works as is); ``targets`` holds the same labels as indices into ``classes``.
+    """
+
+    def __init__(self, ids: ArrayLike, targets: NDArray[np.int64] | None, classes: Sequence[Any], *, cache: bool) -> None:
         self.ids = np.asarray(ids)
-        self.labels = labels
+        self.targets = targets
         self.classes = list(classes)
         self.cache = cache
         self._cache: dict[int, NDArray[np.uint8]] = {}
@@ -74,8 +78,18 @@ class ImageSource(ABC):
     def _load(self, index: int) -> NDArray[np.uint8]: ...
 
     @property
+    def labels(self) -> NDArray | None:
+        """Class value of every sample (``classes[targets]``), or ``None`` when unlabelled."""
+        if self.targets is None:
+            return None
+        values = np.empty(len(self.classes), dtype=object)
+        values[:] = self.classes
+        out = values[self.targets]
+        return out.astype(type(self.classes[0])) if self.classes and isinstance(self.classes[0], (int, str)) else out
+
+    @property
     def is_labelled(self) -> bool:
-        return self.labels is not None
+        return self.targets is not None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(n={len(self)}, classes={len(self.classes)}, labelled={self.is_labelled})"
@@ -97,8 +111,8 @@ class ArrayImageSource(ImageSource):
     --------
     >>> import numpy as np
     >>> src = ArrayImageSource(np.zeros((4, 8, 8), np.uint8), ["a", "b", "a", "b"])
-    >>> src.load(0).shape, src.labels.tolist(), src.classes
-    ((8, 8, 3), [0, 1, 0, 1], ['a', 'b'])
+    >>> src.load(0).shape, src.targets.tolist(), src.labels.tolist(), src.classes
+    ((8, 8, 3), [0, 1, 0, 1], ['a', 'b', 'a', 'b'], ['a', 'b'])
     """
 
     def __init__(self, images: ArrayLike, labels: ArrayLike | None = None, *, ids: ArrayLike | None = None,
@@ -225,12 +239,12 @@ class ConcatSource(ImageSource):
         for s in sources[1:]:
             if s.classes != classes:
                 raise ValidationError(f"ConcatSource: classes differ: {s.classes} vs {classes}.")
-        if any(s.labels is None for s in sources):
+        if any(s.targets is None for s in sources):
             raise ValidationError("ConcatSource: every source must be labelled.")
         self._sources = sources
         self._offsets = np.cumsum([0] + [len(s) for s in sources])
         super().__init__(np.concatenate([s.ids.astype(str) for s in sources]),
-                         np.concatenate([s.labels for s in sources]), classes, cache=False)
+                         np.concatenate([s.targets for s in sources]), classes, cache=False)
 
     def _load(self, index: int) -> NDArray[np.uint8]:
         part = int(np.searchsorted(self._offsets, index, side="right") - 1)
@@ -238,14 +252,14 @@ class ConcatSource(ImageSource):
 
 
 class SubsetSource(ImageSource):
-    """Rows ``indices`` of a source, with optional replacement labels."""
+    """Rows ``indices`` of a source, with optional replacement targets (class indices)."""
 
-    def __init__(self, source: ImageSource, indices: ArrayLike, labels: ArrayLike | None = None) -> None:
+    def __init__(self, source: ImageSource, indices: ArrayLike, targets: ArrayLike | None = None) -> None:
         self._source = source
         self._indices = np.asarray(indices, dtype=np.int64)
-        new_labels = (np.asarray(labels, dtype=np.int64) if labels is not None
-                      else (source.labels[self._indices] if source.labels is not None else None))
-        super().__init__(source.ids[self._indices], new_labels, source.classes, cache=False)
+        new_targets = (np.asarray(targets, dtype=np.int64) if targets is not None
+                       else (source.targets[self._indices] if source.targets is not None else None))
+        super().__init__(source.ids[self._indices], new_targets, source.classes, cache=False)
 
     def _load(self, index: int) -> NDArray[np.uint8]:
         return self._source.load(int(self._indices[index]))

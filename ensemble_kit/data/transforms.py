@@ -91,18 +91,18 @@ def dataset_mean_std(source: Any, indices: NDArray, *, max_images: int = 2000, s
 
 
 class TorchImageDataset(Dataset):
-    """Rows ``indices`` of a source, transformed; labels -1 where unlabelled."""
+    """Rows ``indices`` of a source, transformed, with class-index targets (-1 where unlabelled)."""
 
-    def __init__(self, source: Any, indices: NDArray, transform: Callable, labels: NDArray | None = None) -> None:
+    def __init__(self, source: Any, indices: NDArray, transform: Callable, targets: NDArray | None = None) -> None:
         self.source, self.indices, self.transform = source, np.asarray(indices), transform
-        if labels is None and source.labels is not None:
-            labels = source.labels[self.indices]
-        self.labels = labels
+        if targets is None and source.targets is not None:
+            targets = source.targets[self.indices]
+        self.targets = targets
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, item: int) -> tuple[torch.Tensor, int]:
         image = self.source.load(int(self.indices[item]))
-        label = int(self.labels[item]) if self.labels is not None else -1
-        return self.transform(image), label
+        target = int(self.targets[item]) if self.targets is not None else -1
+        return self.transform(image), target

@@ -141,25 +141,45 @@ class ClassThresholds(BaseEstimator):
         return float(np.clip((scores[order[cut]] + lower) / 2, 1e-6, 1 - 1e-6))
 
     def _coordinate_ascent(self, p: NDArray, y: NDArray[np.int64], metric) -> NDArray:
+        """Per-class offsets by coordinate ascent; each class's whole grid is scored at once.
+
+        Moving class c's offset only switches rows between c and their best other class, so the
+        predictions for every grid value form one (G, n) matrix scored with one bincount.
+        """
         log_p = np.log(np.clip(p, 1e-12, None))
-        offsets = np.zeros(p.shape[1])
+        n, n_classes = log_p.shape
+        offsets = np.zeros(n_classes)
         grid = np.linspace(-self.max_offset, self.max_offset, self.grid_size)
-
-        def score(o: NDArray) -> float:
-            return metric(y, log_p + o, kind="logits")
-
-        best = score(offsets)
+        best = _batch_score((log_p + offsets).argmax(axis=1)[None], y, n_classes, metric.name)[0]
         for _ in range(self.n_passes):
             improved = False
-            for c in range(p.shape[1]):
-                trial = offsets.copy()
-                for value in grid:
-                    trial[c] = value
-                    s = score(trial)
-                    if s > best + 1e-12:
-                        best, offsets[c], improved = s, value, True
-                trial[c] = offsets[c]
+            for c in range(n_classes):
+                shifted = log_p + offsets
+                others = shifted.copy()
+                others[:, c] = -np.inf
+                other_arg = others.argmax(axis=1)
+                other_best = others[np.arange(n), other_arg]
+                preds = np.where(log_p[None, :, c] + grid[:, None] > other_best[None], c, other_arg[None])
+                scores = _batch_score(preds, y, n_classes, metric.name)
+                g = int(np.argmax(scores))
+                if scores[g] > best + 1e-12:
+                    best, offsets[c], improved = float(scores[g]), grid[g], True
             if not improved:
                 break
         self.score_ = best
         return offsets
+
+
+def _batch_score(preds: NDArray, y: NDArray[np.int64], n_classes: int, metric: str) -> NDArray:
+    """Accuracy or macro F1 of each row of ``preds`` (G, n) against ``y``."""
+    hit = preds == y[None]
+    if metric == "accuracy":
+        return hit.mean(axis=1)
+    n_grid = preds.shape[0]
+    base = (np.arange(n_grid) * n_classes)[:, None]
+    tp = np.bincount((base + preds)[hit], minlength=n_grid * n_classes).reshape(n_grid, n_classes)
+    predicted = np.bincount((base + preds).ravel(), minlength=n_grid * n_classes).reshape(n_grid, n_classes)
+    actual = np.bincount(y, minlength=n_classes)[None]
+    denominator = predicted + actual
+    f1 = np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)
+    return f1.mean(axis=1)

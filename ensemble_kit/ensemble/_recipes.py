@@ -29,8 +29,9 @@ class StackPlan:
     extras: Mapping[str, Any] = field(default_factory=dict)
 
 
-def _label_thresholds(metric: str) -> ClassThresholds:
-    return ClassThresholds(optimize=metric if metric in ("f1_macro", "accuracy") else "f1_macro")
+def _label_thresholds(metric: str) -> ClassThresholds | None:
+    """Class offsets when labels are what is scored; a log-loss competition scores probabilities."""
+    return ClassThresholds(optimize=metric) if metric in ("f1_macro", "accuracy") else None
 
 
 def build_plan(recipe: str, *, metric: str, n_trials: int, seed: int, storage: Any) -> StackPlan:
@@ -40,8 +41,8 @@ def build_plan(recipe: str, *, metric: str, n_trials: int, seed: int, storage: A
         return StackPlan(
             stages=default_stages(**common), blend_weights=dict(YANDEX_WEIGHTS), calibrate=metric == "log_loss",
             thresholds=_label_thresholds(metric),
-            description="soft vote + CatBoost + LightGBM -> 0.4/0.3/0.3 blend (+ temperature for log loss, "
-                        "class offsets for labels)",
+            description="soft vote + CatBoost + LightGBM -> 0.4/0.3/0.3 blend, then temperature scaling when "
+                        "the metric is log loss, or class offsets tuned for the metric when labels are scored",
         )
     if recipe == "aoi":
         return StackPlan(

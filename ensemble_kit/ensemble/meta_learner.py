@@ -34,6 +34,10 @@ AUTO_CLASSWISE_ABOVE = 20
 # synchronisation, which degrades badly (100x measured) when other processes share the cores.
 _SINGLE_THREAD_BELOW_ROWS = 20_000
 _EARLY_STOPPING_FRACTION = 0.1
+# Class-wise layouts are mostly negative rows (all candidates but the true class). Above this
+# many rows, negatives are subsampled and the kept ones weighted by 1/q, which keeps the
+# expected loss (hence calibration) unchanged at a fraction of the cost.
+_CLASSWISE_MAX_ROWS = 200_000
 _EARLY_STOPPING_ROUNDS = 50
 
 
@@ -142,8 +146,21 @@ class MetaLearner(BaseEnsembler):
         else:
             target = (rows.candidates == y[:, None]).reshape(-1).astype(np.int64)
             groups = np.repeat(np.arange(len(y)), rows.candidates.shape[1])
-            self.model_, self.n_iterations_ = self._fit_learner(rows.features, target, n_classes=2, groups=groups,
-                                                                categorical=rows.class_column)
+            keep, weight = self._negative_subsample(target)
+            self.model_, self.n_iterations_ = self._fit_learner(
+                rows.features[keep], target[keep], n_classes=2, groups=groups[keep], categorical=rows.class_column,
+                weight=weight)
+
+    def _negative_subsample(self, target: NDArray) -> tuple[NDArray, NDArray | None]:
+        n_neg = int((target == 0).sum())
+        budget = _CLASSWISE_MAX_ROWS - int(target.sum())
+        if len(target) <= _CLASSWISE_MAX_ROWS or budget >= n_neg or self.kind == "logreg":
+            return np.arange(len(target)), None
+        q = max(budget, 1) / n_neg
+        rng = np.random.default_rng(self.seed + 1)
+        keep = np.flatnonzero((target == 1) | (rng.random(len(target)) < q))
+        weight = np.where(target[keep] == 1, 1.0, 1.0 / q)
+        return keep, weight
 
     def _predict_rows(self, rows: WideRows | ClasswiseRows) -> NDArray:
         if isinstance(rows, WideRows):
@@ -166,48 +183,53 @@ class MetaLearner(BaseEnsembler):
         return np.flatnonzero(~mask), np.flatnonzero(mask)
 
     def _fit_learner(self, X: NDArray, y: NDArray, *, n_classes: int, groups: NDArray | None,
-                     categorical: int | None) -> tuple[Any, int | None]:
+                     categorical: int | None, weight: NDArray | None = None) -> tuple[Any, int | None]:
         params = dict(self.params or {})
         if self.kind == "logreg":
             c = params.pop("C", 1.0)
             model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=params.pop("max_iter", 1000), **params))
-            model.fit(X, y)
+            model.fit(X, y, logisticregression__sample_weight=weight)
             return model, None
         fit_idx, stop_idx = self._split(len(y), groups)
+        w_fit = None if weight is None else weight[fit_idx]
+        w_stop = None if weight is None else weight[stop_idx]
         binary = groups is not None  # class-wise rows; the wide layout is always multi-class
         if self.kind == "lightgbm":
             lgb = import_optional("lightgbm", feature="The LightGBM meta-learner")
-            defaults = dict(learning_rate=0.05, num_leaves=15, min_data_in_leaf=50, feature_fraction=0.8,
+            defaults = dict(learning_rate=0.1, num_leaves=15, min_data_in_leaf=50, feature_fraction=0.8,
                             bagging_fraction=0.8, bagging_freq=1, lambda_l2=5.0, seed=self.seed,
                             num_threads=self._threads(len(y)), verbosity=-1, deterministic=True, force_row_wise=True,
                             **({"objective": "binary"} if binary else {"objective": "multiclass", "num_class": n_classes}))
-            rounds = params.pop("num_boost_round", 2000)
+            rounds = params.pop("num_boost_round", 1000)
             categorical_features = [categorical] if categorical is not None else "auto"
-            train_set = lgb.Dataset(X[fit_idx], y[fit_idx], categorical_feature=categorical_features, free_raw_data=True)
-            stop_set = lgb.Dataset(X[stop_idx], y[stop_idx], reference=train_set, categorical_feature=categorical_features)
+            train_set = lgb.Dataset(X[fit_idx], y[fit_idx], weight=w_fit, categorical_feature=categorical_features,
+                                    free_raw_data=True)
+            stop_set = lgb.Dataset(X[stop_idx], y[stop_idx], weight=w_stop, reference=train_set,
+                                   categorical_feature=categorical_features)
             booster = lgb.train({**defaults, **params}, train_set, num_boost_round=rounds, valid_sets=[stop_set],
                                 callbacks=[lgb.early_stopping(_EARLY_STOPPING_ROUNDS, verbose=False)])
             return booster, int(booster.best_iteration or rounds)
         catboost = import_optional("catboost", feature="The CatBoost meta-learner")
-        defaults = dict(iterations=2000, learning_rate=0.08, depth=5, l2_leaf_reg=5.0,
+        defaults = dict(iterations=1000, learning_rate=0.1, depth=5, l2_leaf_reg=5.0, bootstrap_type="Bernoulli",
+                        subsample=0.8, border_count=128,
                         loss_function="Logloss" if binary else "MultiClass", random_seed=self.seed,
                         thread_count=self._threads(len(y)), verbose=False, allow_writing_files=False)
         model = catboost.CatBoostClassifier(**{**defaults, **params})
-        model.fit(self._catboost_pool(X[fit_idx], y[fit_idx], categorical),
-                  eval_set=self._catboost_pool(X[stop_idx], y[stop_idx], categorical),
+        model.fit(self._catboost_pool(X[fit_idx], y[fit_idx], categorical, w_fit),
+                  eval_set=self._catboost_pool(X[stop_idx], y[stop_idx], categorical, w_stop),
                   early_stopping_rounds=_EARLY_STOPPING_ROUNDS)
         return model, int(model.get_best_iteration() or 0) + 1
 
     @staticmethod
-    def _catboost_pool(X: NDArray, y: NDArray | None, categorical: int | None) -> Any:
+    def _catboost_pool(X: NDArray, y: NDArray | None, categorical: int | None, weight: NDArray | None = None) -> Any:
         import pandas as pd
         from catboost import Pool
 
         if categorical is None:
-            return Pool(X, y)
+            return Pool(X, y, weight=weight)
         frame = pd.DataFrame(X)
         frame[categorical] = frame[categorical].astype(np.int64)
-        return Pool(frame, y, cat_features=[categorical])
+        return Pool(frame, y, cat_features=[categorical], weight=weight)
 
     def _raw_scores(self, X: NDArray) -> NDArray:
         """Margins (binary, class-wise) or per-class log-probabilities (wide)."""

@@ -46,8 +46,9 @@ class Stacker(BaseEstimator):
     Parameters
     ----------
     recipe : {"yandex", "aoi", "hill_climb", "logloss"} or None
-        ``"yandex"``: Optuna soft vote + CatBoost + LightGBM -> 0.4/0.3/0.3 blend (+ temperature
-        scaling when the metric is log loss; class offsets tuned for the label metric).
+        ``"yandex"``: Optuna soft vote + CatBoost + LightGBM -> 0.4/0.3/0.3 blend, then temperature
+        scaling when the metric is log loss, or class offsets tuned for the metric when it scores
+        labels (``"f1_macro"``, ``"accuracy"``).
         ``"aoi"``: weighted soft vote + the "class 2 when p > 0.4" rule. ``"hill_climb"``:
         Caruana selection. ``"logloss"``: all stages + logistic stack -> Optuna blend ->
         temperature. ``None``: give ``stages`` (and optionally ``blend``, ``calibrate``,

@@ -39,7 +39,7 @@ def pseudo_label(store: LogitStore, models: Sequence[str], unlabeled: ImageSourc
     Returns
     -------
     SubsetSource
-        With ``labels`` (the pseudo labels) and attribute ``confidence``.
+        With the pseudo labels as ``targets``/``labels`` and attribute ``confidence``.
     """
     if (threshold is None) == (top_fraction is None):
         raise ValidationError("Give exactly one of threshold=... or top_fraction=...")
@@ -70,7 +70,7 @@ def pseudo_label(store: LogitStore, models: Sequence[str], unlabeled: ImageSourc
                 drop = members[np.argsort(-confidence[members], kind="stable")[per_class_cap:]]
                 keep[drop] = False
     rows = np.flatnonzero(keep)
-    source = SubsetSource(unlabeled, source_index[rows], labels=labels[rows])
+    source = SubsetSource(unlabeled, source_index[rows], targets=labels[rows])
     source.classes = list(store.classes)
     source.confidence = confidence[rows]
     logger.info("pseudo-labelled %d of %d test samples (per class: %s)", len(rows), len(confidence),

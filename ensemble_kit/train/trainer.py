@@ -119,18 +119,18 @@ def train_cv(cfg: TrainConfig, store: LogitStore, source: ImageSource, test: Ima
 def _check_labels(store: LogitStore, source: ImageSource, index: NDArray) -> None:
     if [str(c) for c in source.classes] != [str(c) for c in store.classes]:
         raise ValidationError(f"Source classes {source.classes} differ from the store's {store.classes}.")
-    if source.labels is None:
+    if source.targets is None:
         raise ValidationError("The training source has no labels.")
-    wrong = np.flatnonzero(source.labels[index] != store.y)
+    wrong = np.flatnonzero(source.targets[index] != store.y)
     if len(wrong):
         raise ValidationError(
             f"{len(wrong)} source labels disagree with the store's, e.g. id {store.train_ids[wrong[0]]!r}: "
-            f"source {source.classes[source.labels[index[wrong[0]]]]!r}, store {store.classes[store.y[wrong[0]]]!r}."
+            f"source {source.classes[source.targets[index[wrong[0]]]]!r}, store {store.classes[store.y[wrong[0]]]!r}."
         )
 
 
 def _check_extra(store: LogitStore, source: ImageSource, extra: ImageSource) -> None:
-    if extra.labels is None or [str(c) for c in extra.classes] != [str(c) for c in store.classes]:
+    if extra.targets is None or [str(c) for c in extra.classes] != [str(c) for c in store.classes]:
         raise ValidationError("extra_train must be labelled with the store's classes.")
     clash = set(map(str, extra.ids.tolist())) & set(map(str, store.train_ids.tolist()))
     if clash:
@@ -171,15 +171,15 @@ class _FoldRun:
         self.mean, self.std = mean, std
         train_tf = build_train_transform(cfg.augment, img_size=cfg.img_size, mean=mean, std=std)
         self.eval_tf = build_eval_transform(img_size=cfg.augment.test_img_size or cfg.img_size, mean=mean, std=std)
-        parts = [TorchImageDataset(self.source, self.train_src_idx, train_tf, labels=self.train_labels)]
+        parts = [TorchImageDataset(self.source, self.train_src_idx, train_tf, targets=self.train_labels)]
         if self.extra is not None:
             parts.append(TorchImageDataset(self.extra, np.arange(len(self.extra)), train_tf))
         train = ConcatDataset(parts * cfg.augment.repeated_augment)
-        valid = TorchImageDataset(self.source, self.valid_src_idx, self.eval_tf, labels=self.valid_labels)
+        valid = TorchImageDataset(self.source, self.valid_src_idx, self.eval_tf, targets=self.valid_labels)
         return train, valid
 
     def _train_labels_all(self) -> NDArray:
-        labels = [self.train_labels] + ([self.extra.labels] if self.extra is not None else [])
+        labels = [self.train_labels] + ([self.extra.targets] if self.extra is not None else [])
         return np.concatenate(labels * self.cfg.augment.repeated_augment)
 
     def loader(self, dataset: Any, epoch: int) -> DataLoader:
@@ -358,14 +358,16 @@ class _FoldRun:
             history_path.unlink()
         patience = cfg.regularization.early_stopping_patience
         start = time.perf_counter()
-        images_seen = 0
+        images_seen, train_seconds = 0, 0.0
         y_valid = torch.as_tensor(self.valid_labels)
         epochs = tqdm(range(progress.epoch, cfg.epochs), desc=f"{self.name} fold {self.fold}", disable=None)
         for epoch in epochs:
             progress.epoch = epoch
             t0 = time.perf_counter()
             train_loss, seen = self.train_epoch(self.loader(train_set, epoch), progress)
+            train_time = time.perf_counter() - t0
             images_seen += seen
+            train_seconds += train_time
             valid_logits = torch.from_numpy(self.predict(valid_set, ("identity",))[0])
             val_loss = float(nn.functional.cross_entropy(valid_logits, y_valid))
             val_acc = float((valid_logits.argmax(1) == y_valid).float().mean())
@@ -375,7 +377,7 @@ class _FoldRun:
                     progress.best_state = copy.deepcopy(self.eval_model().state_dict())
             row = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
                    "val_loss": val_loss, "val_accuracy": val_acc, "seconds": time.perf_counter() - t0,
-                   "images_per_second": seen / max(time.perf_counter() - t0, 1e-9)}
+                   "train_images_per_second": seen / max(train_time, 1e-9)}
             _append_csv(history_path, row)
             epochs.set_postfix(val_loss=f"{val_loss:.4f}", val_acc=f"{val_acc:.4f}")
             self.save(progress)
@@ -395,7 +397,7 @@ class _FoldRun:
             "model": cfg.model, "img_size": cfg.img_size, "device": str(self.device),
             "best_epoch": progress.best_epoch, "epochs_run": progress.epoch + 1,
             "val_loss": progress.best_loss, "train_seconds": time.perf_counter() - start,
-            "images_per_second": images_seen / max(time.perf_counter() - start, 1e-9),
+            "train_images_per_second": images_seen / max(train_seconds, 1e-9),
             "normalize_mean": list(self.mean), "normalize_std": list(self.std),
             "n_train": len(self.train_labels), "n_extra_train": 0 if self.extra is None else len(self.extra),
             "tta_views": list(views),

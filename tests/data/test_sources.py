@@ -26,7 +26,8 @@ def test_image_folder(tmp_path):
     _write(tmp_path / "cat" / "b.jpg", mode="L")
     _write(tmp_path / "dog" / "c.png", mode="RGBA")
     src = ImageFolderSource(tmp_path)
-    assert src.classes == ["cat", "dog"] and src.labels.tolist() == [0, 0, 1]
+    assert src.classes == ["cat", "dog"] and src.targets.tolist() == [0, 0, 1]
+    assert src.labels.tolist() == ["cat", "cat", "dog"]
     assert src.ids.tolist() == ["cat/a.png", "cat/b.jpg", "dog/c.png"]
     assert all(src.load(i).shape == (8, 10, 3) for i in range(3))
     with pytest.raises(ValidationError, match=r"folders \['dog'\] are not in classes"):
@@ -38,7 +39,7 @@ def test_csv_source_and_its_errors(tmp_path):
         _write(tmp_path / "img" / f"{name}.png")
     frame = pd.DataFrame({"ID": ["a", "b", "c"], "Label": [2, 0, 2]})
     src = CsvImageSource(frame, tmp_path / "img", id_col="ID", label_col="Label", ext=".png", cache=True)
-    assert src.classes == [0, 2] and src.labels.tolist() == [1, 0, 1]
+    assert src.classes == [0, 2] and src.targets.tolist() == [1, 0, 1] and src.labels.tolist() == [2, 0, 2]
     assert src.load(1) is src.load(1)  # cached
     unlabelled = CsvImageSource(frame[["ID"]], tmp_path / "img", id_col="ID", ext=".png")
     assert unlabelled.labels is None
@@ -63,3 +64,14 @@ def test_concat_source():
     both = ConcatSource(a, b)
     assert both.ids.tolist() == ["a0", "a1", "b0"] and both.labels.tolist() == [0, 1, 1]
     assert both.load(2)[0, 0, 0] == 1
+
+
+def test_sources_plug_into_store_create(tmp_path):
+    from ensemble_kit import LogitStore
+
+    for name in ["a", "b", "c", "d"]:
+        _write(tmp_path / "img" / f"{name}.png")
+    frame = pd.DataFrame({"ID": ["a", "b", "c", "d"], "Label": ["ok", "scratch", "ok", "scratch"]})
+    src = CsvImageSource(frame, tmp_path / "img", id_col="ID", label_col="Label", ext=".png")
+    store = LogitStore.create(tmp_path / "s", train_ids=src.ids, y=src.labels, classes=src.classes, n_folds=2)
+    assert store.classes == ["ok", "scratch"] and store.y.tolist() == src.targets.tolist()

@@ -38,11 +38,14 @@ def _store(tmp_path, logits, y, n_test=60):
 def test_yandex_recipe_report_and_predict(fast_yandex):
     logits, y = make_logits(n=300)
     stk = Stacker(recipe="yandex", n_trials=15).fit(logits, y)
+    labels_stk = Stacker(recipe="yandex", metric="f1_macro", n_trials=15).fit(logits, y)
+    assert labels_stk.thresholds_ is not None and labels_stk.temperature_ is None
     steps = stk.report_["step"].tolist()
-    assert steps == ["m0", "m1", "m2", "mean_probs", "catboost", "lightgbm", "soft_vote", "blend", "+temperature", "+thresholds"]
+    assert steps == ["m0", "m1", "m2", "mean_probs", "catboost", "lightgbm", "soft_vote", "blend", "+temperature"]
+    assert labels_stk.report_["step"].tolist()[-1] == "+thresholds"
     assert set(stk.report_.columns) >= {"log_loss", "accuracy", "f1_macro", "fit_seconds", "kind"}
     assert stk.blender_.weights_ == {"catboost": 0.4, "lightgbm": 0.3, "soft_vote": 0.3}
-    assert stk.temperature_ is not None and stk.thresholds_ is not None
+    assert stk.temperature_ is not None and stk.thresholds_ is None
     proba = stk.predict_proba(logits)
     np.testing.assert_allclose(proba.sum(1), 1, atol=1e-6)
     assert stk.predict(logits).shape == (300,)

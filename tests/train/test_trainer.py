@@ -96,7 +96,7 @@ def test_recipe_option_trains(tmp_path, option):
     if option == "vit_dataset_norm":
         assert meta["normalize_mean"] != [0.485, 0.456, 0.406]
     if option == "trivial_erasing_repeated":
-        assert history["images_per_second"].iloc[0] > 0
+        assert history["train_images_per_second"].iloc[0] > 0
 
 
 RUN = textwrap.dedent(
@@ -183,6 +183,6 @@ def test_bad_sources_are_refused(tmp_path):
         train_cv(_cfg(), store, train, None, name="x")
     from ensemble_kit.data import ArrayImageSource
 
-    relabelled = ArrayImageSource(np.zeros((48, 16, 16, 3), np.uint8), (train.labels + 1) % 3, ids=train.ids, classes=[0, 1, 2])
+    relabelled = ArrayImageSource(np.zeros((48, 16, 16, 3), np.uint8), (train.targets + 1) % 3, ids=train.ids, classes=[0, 1, 2])
     with pytest.raises(ValidationError, match="48 source labels disagree"):
         train_cv(_cfg(), store, relabelled, test, name="x")
