@@ -74,8 +74,9 @@ def main() -> None:
     print(f"  yandex stacker: {stack_seconds:.1f}s", flush=True)
     stage_test = stk.blender_.stage_proba(store)
     for name, stage in stk.blender_.stages_.items():
-        label = {"soft_vote": "soft vote (Optuna, per-model T)", "catboost": "CatBoost meta (class-wise)",
-                 "lightgbm": "LightGBM meta (class-wise)"}.get(name, name)
+        layout = getattr(stage, "layout_", None)
+        label = {"soft_vote": "soft vote (Optuna, per-model T)", "catboost": f"CatBoost meta ({layout})",
+                 "lightgbm": f"LightGBM meta ({layout})"}.get(name, name)
         rows.append((label, _scores(y, stage.oof_proba_), _scores(y_test, stage_test[name]), stage.fit_seconds_))
     blend_test = np.exp(stk.blender_._predict_log_proba(test))
     rows.append(("yandex blend 0.4/0.3/0.3", _scores(y, stk.blender_.oof_proba_), _scores(y_test, blend_test), stk.blender_.fit_seconds_))
@@ -87,6 +88,15 @@ def main() -> None:
     if stk.thresholds_ is not None:
         rows.append(("yandex + class thresholds (labels)", report.loc["+thresholds", ["log_loss", "accuracy", "f1_macro"]].to_dict(),
                      _scores(y_test, final_test, stk.predict(store)), stack_seconds))
+
+    start = time.perf_counter()
+    logloss = Stacker(recipe="logloss", n_trials=args.n_trials, seed=0).fit(store, models=models)
+    logloss_seconds = time.perf_counter() - start
+    print(f"  logloss stacker: {logloss_seconds:.1f}s", flush=True)
+    ll_report = logloss.report_.set_index("step")
+    rows.append(("logloss recipe (+LR stage, Optuna blend, temperature)",
+                 ll_report.loc["+temperature", ["log_loss", "accuracy", "f1_macro"]].to_dict(),
+                 _scores(y_test, logloss.predict_proba(store)), logloss_seconds))
 
     table = pd.DataFrame([
         {"method": label, **{f"oof_{k}": v for k, v in o.items()}, **{f"test_{k}": v for k, v in t.items()}, "fit_s": s}
@@ -104,6 +114,9 @@ def main() -> None:
                       "LR stack": float(table.loc[table["method"].str.startswith("LR stack"), "test_log_loss"].iloc[0])}
         for name, value in contenders.items():
             print(f"default recipe test log loss {d:.4f} vs {name} {value:.4f}: {'BEATS' if d < value else 'DOES NOT BEAT'}")
+        ll = float(table.loc[table["method"].str.startswith("logloss recipe"), "test_log_loss"].iloc[0])
+        for name, value in contenders.items():
+            print(f"logloss recipe test log loss {ll:.4f} vs {name} {value:.4f}: {'BEATS' if ll < value else 'DOES NOT BEAT'}")
     if args.out:
         table.to_csv(args.out, index=False)
 
