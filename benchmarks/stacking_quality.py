@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ensemble_kit import HillClimbing, LogitStore, MetaLearner, SoftVoting, Stacker
-from ensemble_kit.metrics import accuracy, f1_macro, log_loss, log_softmax
+from ensemble_kit import HillClimbing, LogitStore, MetaLearner, Stacker
+from ensemble_kit.metrics import f1_macro, log_loss, log_softmax
 
 
 def _scores(y, probs, labels=None):

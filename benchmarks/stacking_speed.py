@@ -38,8 +38,6 @@ def synthetic(n: int, m: int, c: int, seed: int = 0):
 
 def _run(args) -> tuple[float, float, float]:
     n, m, c, stage, n_trials = args
-    import numpy as np  # noqa: F401
-
     from ensemble_kit import HillClimbing, MetaLearner, SoftVoting, Stacker
 
     logits, y = synthetic(n, m, c)

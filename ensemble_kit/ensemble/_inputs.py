@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Union
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -146,6 +146,3 @@ def default_folds(y: NDArray[np.int64], folds: ArrayLike | None, *, n_folds: int
         return make_folds(y, n, seed=seed)
     return check_folds(folds, len(y))
 
-
-def describe(X: Any) -> str:
-    return type(X).__name__

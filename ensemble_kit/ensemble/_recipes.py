@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ensemble_kit.decision.thresholds import ClassThresholds
@@ -26,7 +26,6 @@ class StackPlan:
     calibrate: bool
     thresholds: ClassThresholds | None = None
     description: str = ""
-    extras: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _label_thresholds(metric: str) -> ClassThresholds | None:

@@ -151,6 +151,3 @@ def _json_default(value: Any) -> Any:
         f"got {type(value).__name__}: {value!r}"
     )
 
-
-def is_temporary(path: Path) -> bool:
-    return path.name.endswith(_TMP_SUFFIX)

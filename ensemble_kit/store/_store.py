@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 from filelock import FileLock
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import ArrayLike
 
 from ensemble_kit._version import __version__
 from ensemble_kit.data.folds import check_folds, make_folds
@@ -38,7 +38,6 @@ from ensemble_kit.errors import (
 from ensemble_kit.metrics import get_metric, list_metrics
 from ensemble_kit.store._files import (
     check_npy_size,
-    is_temporary,
     read_json,
     read_npy,
     file_matches,
@@ -196,7 +195,6 @@ class LogitStore:
         self._test_ids: np.ndarray | None = base["test_ids"]
         self._n_folds = int(manifest["n_folds"])
         self._fold_rows = [np.flatnonzero(self._folds == k) for k in range(self._n_folds)]
-        self._train_index: dict[str, int] | None = None
 
     # ------------------------------------------------------------------ creation / opening
     @classmethod
@@ -951,11 +949,6 @@ class LogitStore:
     def _not_found_message(self, name: str) -> str:
         known = sorted(self._entries())
         return f"No entry {name!r} in store {str(self._path)!r}. Stored entries: {known or 'none'}."
-
-    def _id_positions(self) -> dict[str, int]:
-        if self._train_index is None:
-            self._train_index = {str(s): i for i, s in enumerate(self._train_ids.tolist())}
-        return self._train_index
 
 
 # ---------------------------------------------------------------------- helpers

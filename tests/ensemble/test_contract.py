@@ -5,7 +5,7 @@ import pytest
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
-from helpers import FAST_CATBOOST, FAST_GBM, make_logits
+from helpers import FAST_CATBOOST, FAST_GBM
 from ensemble_kit import LogitStore, create_ensembler, list_ensemblers
 from ensemble_kit.errors import ValidationError
 
