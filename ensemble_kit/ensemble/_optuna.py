@@ -24,6 +24,22 @@ def input_hash(*arrays: np.ndarray, extra: str = "") -> str:
     return digest.hexdigest()[:12]
 
 
+MIN_WEIGHT = 1e-3
+
+
+def suggest_weights(trial: optuna.Trial, keys: list[str]) -> dict[str, float]:
+    """Raw weights on a log scale in [1e-3, 1]: near-zero weights (one model dominating) are as
+    easy to reach as balanced ones, which uniform sampling in 7+ dimensions almost never is."""
+    return {k: trial.suggest_float(k, MIN_WEIGHT, 1.0, log=True) for k in keys}
+
+
+def starting_points(keys: list[str], n_trials: int) -> list[dict[str, float]]:
+    """Equal weights and every one-hot corner, so a study never ends worse than the plain average
+    or the best single member."""
+    points = [{k: 1.0 for k in keys}] + [{k: (1.0 if k == chosen else MIN_WEIGHT) for k in keys} for chosen in keys]
+    return points[:n_trials]
+
+
 def run_study(
     name: str,
     objective: Callable[[optuna.Trial], float],

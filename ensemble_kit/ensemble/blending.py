@@ -14,7 +14,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ensemble_kit.ensemble._base import BaseEnsembler
 from ensemble_kit.ensemble._inputs import LogitInput, as_logit_stack
-from ensemble_kit.ensemble._optuna import input_hash, run_study
+from ensemble_kit.ensemble._optuna import input_hash, run_study, starting_points, suggest_weights
 from ensemble_kit.ensemble._registry import register_ensembler
 from ensemble_kit.ensemble.meta_learner import MetaLearner
 from ensemble_kit.ensemble.voting import SoftVoting
@@ -121,15 +121,12 @@ class Blender(BaseEnsembler):
         names = list(stage_probs)
 
         def objective(trial: optuna.Trial) -> float:
-            w = {n: trial.suggest_float(n, 0.0, 1.0) for n in names}
-            if sum(w.values()) <= 0:
-                return float("inf")
-            return metric.loss(y, mix(stage_probs, w), kind="logits")
+            return metric.loss(y, mix(stage_probs, suggest_weights(trial, names)), kind="logits")
 
         name = f"blend-{metric.name}-{input_hash(extra=self._input_digest + ','.join(names))}-{tag}"
         self.study_names_.append(name)
         study = run_study(name, objective, n_trials=self.n_trials, seed=self.seed,
-                          storage=self.storage, enqueue=[{n: 1.0 for n in names}])
+                          storage=self.storage, enqueue=starting_points(names, self.n_trials))
         total = sum(study.best_params.values())
         return {n: study.best_params[n] / total for n in names}
 

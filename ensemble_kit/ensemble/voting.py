@@ -11,7 +11,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from ensemble_kit.decision.calibration import fit_temperature
 from ensemble_kit.ensemble._base import BaseEnsembler
-from ensemble_kit.ensemble._optuna import run_study
+from ensemble_kit.ensemble._optuna import run_study, starting_points, suggest_weights
 from ensemble_kit.ensemble._registry import register_ensembler
 from ensemble_kit.errors import ValidationError
 from ensemble_kit.metrics import get_metric, log_softmax
@@ -129,12 +129,12 @@ class SoftVoting(BaseEnsembler):
                 return metric.loss(y, combine(log_probs, w, self.space), kind="logits")
 
         def objective(trial: optuna.Trial) -> float:
-            return loss(weights_of({k: trial.suggest_float(k, 0.0, 1.0) for k in keys}))
+            return loss(weights_of(suggest_weights(trial, keys)))
 
         name = self._study_name(self.study_name or f"soft_vote-{self.space}-{metric.name}", log_probs, y,
                                 extra=f"temperature={self.temperature}")
         study = run_study(name, objective, n_trials=self.n_trials, seed=self.seed, storage=self.storage,
-                          enqueue=[{k: 1.0 for k in keys}])
+                          enqueue=starting_points(keys, self.n_trials))
         self.study_names_.append(name)
         return weights_of(study.best_params)
 

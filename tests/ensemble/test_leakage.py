@@ -43,5 +43,7 @@ def test_stacker_report_is_honest():
     report = stk.report_.set_index("step")
     for step in ["blend", "+temperature", "logreg", "lightgbm"]:
         assert report.loc[step, "accuracy"] < 1 / 3 + 0.07, step
-    leaky = accuracy(y, stk.predict_proba(train), kind="probs")
-    assert leaky > report.loc["blend", "accuracy"]
+    # a stage that can overfit shows the gap between in-sample and honest accuracy
+    leaky_lgbm = accuracy(y, stk.blender_.stages_["lightgbm"].predict_proba(train), kind="probs")
+    assert leaky_lgbm > report.loc["lightgbm", "accuracy"] + 0.05
+    assert accuracy(y, stk.predict_proba(train), kind="probs") >= report.loc["blend", "accuracy"]
