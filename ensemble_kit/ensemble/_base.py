@@ -13,7 +13,7 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.utils.validation import check_is_fitted
 
 from ensemble_kit.ensemble._inputs import LogitInput, as_logit_stack, check_same_models, resolve_fit_inputs
-from ensemble_kit.ensemble._optuna import input_hash
+from ensemble_kit.ensemble._optuna import SEARCH_SPACE_VERSION, input_hash
 
 logger = logging.getLogger(__name__)
 
@@ -112,4 +112,5 @@ class BaseEnsembler(BaseEstimator, ABC):
     def _study_name(self, stage: str, *arrays: NDArray, extra: str = "") -> str:
         """``<stage>-<digest of the fit's whole input>-<final|foldK>``: one prefix per fit."""
         digest = getattr(self, "_input_digest", None) or input_hash(*arrays)
-        return f"{stage}-{input_hash(extra=digest + extra) if extra else digest}-{getattr(self, '_fold_tag', 'final')}"
+        digest = input_hash(extra=digest + extra + SEARCH_SPACE_VERSION)
+        return f"{stage}-{digest}-{getattr(self, '_fold_tag', 'final')}"

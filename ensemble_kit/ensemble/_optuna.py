@@ -25,6 +25,9 @@ def input_hash(*arrays: np.ndarray, extra: str = "") -> str:
 
 
 MIN_WEIGHT = 1e-3
+# Part of every study name: bump it whenever a search space or objective changes, so studies
+# stored by an older version are never reused for a different search.
+SEARCH_SPACE_VERSION = "s2"
 
 
 def suggest_weights(trial: optuna.Trial, keys: list[str]) -> dict[str, float]:

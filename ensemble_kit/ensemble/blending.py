@@ -14,7 +14,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ensemble_kit.ensemble._base import BaseEnsembler
 from ensemble_kit.ensemble._inputs import LogitInput, as_logit_stack
-from ensemble_kit.ensemble._optuna import input_hash, run_study, starting_points, suggest_weights
+from ensemble_kit.ensemble._optuna import SEARCH_SPACE_VERSION, input_hash, run_study, starting_points, suggest_weights
 from ensemble_kit.ensemble._registry import register_ensembler
 from ensemble_kit.ensemble.meta_learner import MetaLearner
 from ensemble_kit.ensemble.voting import SoftVoting
@@ -123,7 +123,8 @@ class Blender(BaseEnsembler):
         def objective(trial: optuna.Trial) -> float:
             return metric.loss(y, mix(stage_probs, suggest_weights(trial, names)), kind="logits")
 
-        name = f"blend-{metric.name}-{input_hash(extra=self._input_digest + ','.join(names))}-{tag}"
+        digest = input_hash(extra=self._input_digest + ",".join(names) + SEARCH_SPACE_VERSION)
+        name = f"blend-{metric.name}-{digest}-{tag}"
         self.study_names_.append(name)
         study = run_study(name, objective, n_trials=self.n_trials, seed=self.seed,
                           storage=self.storage, enqueue=starting_points(names, self.n_trials))
