@@ -13,7 +13,7 @@ from sklearn.base import clone
 from sklearn.utils.validation import check_is_fitted
 
 from ensemble_kit.ensemble._base import BaseEnsembler
-from ensemble_kit.ensemble._inputs import LogitInput, as_logit_stack
+from ensemble_kit.ensemble._inputs import LogitInput, as_logit_stack, check_same_models, default_folds
 from ensemble_kit.ensemble._optuna import SEARCH_SPACE_VERSION, input_hash, run_study, starting_points, suggest_weights
 from ensemble_kit.ensemble._registry import register_ensembler
 from ensemble_kit.ensemble.meta_learner import MetaLearner
@@ -83,6 +83,12 @@ class Blender(BaseEnsembler):
         start = time.perf_counter()
         stack, yy, folds_array = self._validate_fit(X, y, folds, models)
         self._input_digest = input_hash(stack.logits, yy, folds_array)
+        self._fit_blend(dict(zip(stack.names, stack.logits)), yy, folds_array)
+        self.fit_seconds_ = time.perf_counter() - start
+        return self
+
+    def _fit_blend(self, named: Mapping[str, NDArray], yy: NDArray[np.int64], folds_array: NDArray[np.int64]) -> None:
+        """Fit every stage on the same folds, then the blend weights (nested by fold)."""
         self.study_names_: list[str] = []
         stages = dict(self.stages) if self.stages is not None else default_stages(
             metric=self.metric, n_trials=self.n_trials, seed=self.seed, storage=self.storage)
@@ -99,7 +105,7 @@ class Blender(BaseEnsembler):
             raise ValidationError(f"weights must be a dict of stage weights or 'optuna'; got {weights!r}.")
         self.stages_ = {}
         for name, stage in stages.items():
-            self.stages_[name] = clone(stage).fit(dict(zip(stack.names, stack.logits)), yy, folds=folds_array)
+            self.stages_[name] = clone(stage).fit(named, yy, folds=folds_array)
         self.stage_oof_ = {name: stage.oof_proba_ for name, stage in self.stages_.items()}
         if isinstance(weights, str):
             self.weights_ = self._tune(self.stage_oof_, yy, tag="final")
@@ -113,8 +119,6 @@ class Blender(BaseEnsembler):
             total = float(sum(weights.values()))
             self.weights_ = {n: float(w) / total for n, w in weights.items()}
             self.oof_proba_ = np.exp(mix(self.stage_oof_, self.weights_))
-        self.fit_seconds_ = time.perf_counter() - start
-        return self
 
     def _tune(self, stage_probs: Mapping[str, NDArray], y: NDArray[np.int64], *, tag: str) -> dict[str, float]:
         metric = get_metric(self.metric)
@@ -135,13 +139,14 @@ class Blender(BaseEnsembler):
         """Each fitted stage's probabilities for ``X``."""
         check_is_fitted(self, "stages_")
         stack = as_logit_stack(X, models=models if models is not None else self._store_models(X), split="test")
-        from ensemble_kit.ensemble._inputs import check_same_models
-
         check_same_models(self.model_names_, stack.names, self.n_classes_, stack)
         return {name: np.exp(stage._predict_log_proba(stack.logits)) for name, stage in self.stages_.items()}
 
-    def _fit_final(self, logits: NDArray, y: NDArray[np.int64]) -> None:  # pragma: no cover - fit is overridden
-        raise NotImplementedError
+    def _fit_final(self, logits: NDArray, y: NDArray[np.int64]) -> None:
+        """Fit on these rows alone (e.g. as a fold clone), with stratified folds seeded by ``seed``."""
+        if not getattr(self, "_input_digest", None):
+            self._input_digest = input_hash(logits, y)
+        self._fit_blend(dict(zip(self.model_names_, logits)), y, default_folds(y, None, seed=self.seed))
 
     def _predict_log_proba(self, logits: NDArray) -> NDArray:
         probs = {name: np.exp(stage._predict_log_proba(logits)) for name, stage in self.stages_.items()}

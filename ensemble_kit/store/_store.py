@@ -614,8 +614,9 @@ class LogitStore:
         """
         main = get_metric(metric)
         rows = []
-        for name in self.models():
-            info = self.entry(name)
+        complete = {n: doc for n, doc in self._entries().items() if doc["complete"]}
+        for name in sorted(complete):
+            info = self._info(complete[name])
             logits = self._read_complete(name, "oof", mmap=True)
             row: dict[str, Any] = {"model": name}
             for metric_name in [main.name] + [m for m in list_metrics() if m != main.name]:

@@ -31,7 +31,7 @@ from ensemble_kit.data.transforms import (
     build_train_transform,
     dataset_mean_std,
 )
-from ensemble_kit.errors import ValidationError
+from ensemble_kit.errors import EntryNotFoundError, ValidationError
 from ensemble_kit.store import EntryInfo, LogitStore
 from ensemble_kit.train.config import TrainConfig
 from ensemble_kit.train.losses import create_loss
@@ -103,7 +103,10 @@ def train_cv(cfg: TrainConfig, store: LogitStore, source: ImageSource, test: Ima
     run_dir = Path(output_dir) if output_dir is not None else store.path / "runs" / name
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.to_yaml(run_dir / "config.yaml")
-    done = set(store.entry(name).folds_present) if name in store.models() or name in store.incomplete() else set()
+    try:
+        done = set(store.entry(name).folds_present)
+    except EntryNotFoundError:
+        done = set()
     device = resolve_device(cfg.device)
     for k in fold_list:
         if k in done:

@@ -113,3 +113,18 @@ def test_blender_optuna_weights(logits_y):
     blend = Blender("optuna", stages=stages, n_trials=25).fit(logits, y)
     assert blend.weights_["good"] > blend.weights_["bad"]
     assert np.isclose(sum(blend.weights_.values()), 1.0)
+
+
+def test_blender_fits_as_a_fold_clone(logits_y):
+    from sklearn.base import clone
+
+    logits, y = logits_y
+    stages = {"vote": SoftVoting("equal"), "hill": HillClimbing(n_iter=5)}
+    parent = Blender({"vote": 0.5, "hill": 0.5}, stages=stages).fit(logits, y)
+    fold = clone(parent)
+    fold._inherit_fit_context(parent, fold=0)
+    stacked = np.stack(list(logits.values())).astype(np.float32)
+    fold._fit_final(stacked[:, :160], y[:160])
+    proba = np.exp(fold._predict_log_proba(stacked[:, 160:]))
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
+    assert set(fold.stages_) == {"vote", "hill"}
