@@ -13,7 +13,7 @@ from sklearn.base import clone
 from sklearn.utils.validation import check_is_fitted
 
 from ensemble_kit.ensemble._base import BaseEnsembler
-from ensemble_kit.ensemble._inputs import LogitInput, as_logit_stack, check_same_models, default_folds
+from ensemble_kit.ensemble._inputs import LogitInput, as_logit_stack, check_same_models, default_folds, nested_by_fold
 from ensemble_kit.ensemble._optuna import SEARCH_SPACE_VERSION, input_hash, run_study, starting_points, suggest_weights
 from ensemble_kit.ensemble._registry import register_ensembler
 from ensemble_kit.ensemble.meta_learner import MetaLearner
@@ -109,12 +109,12 @@ class Blender(BaseEnsembler):
         self.stage_oof_ = {name: stage.oof_proba_ for name, stage in self.stages_.items()}
         if isinstance(weights, str):
             self.weights_ = self._tune(self.stage_oof_, yy, tag="final")
-            oof = np.zeros_like(next(iter(self.stage_oof_.values())))
-            for k in np.unique(folds_array):
-                held = folds_array == k
-                w = self._tune({n: p[~held] for n, p in self.stage_oof_.items()}, yy[~held], tag=f"fold{k}")
-                oof[held] = np.exp(mix({n: p[held] for n, p in self.stage_oof_.items()}, w))
-            self.oof_proba_ = oof
+
+            def fit_predict(fit: NDArray, held: NDArray, k: int) -> NDArray:
+                w = self._tune({n: p[fit] for n, p in self.stage_oof_.items()}, yy[fit], tag=f"fold{k}")
+                return np.exp(mix({n: p[held] for n, p in self.stage_oof_.items()}, w))
+
+            self.oof_proba_ = nested_by_fold(folds_array, fit_predict)
         else:
             total = float(sum(weights.values()))
             self.weights_ = {n: float(w) / total for n, w in weights.items()}

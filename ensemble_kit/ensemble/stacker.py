@@ -17,7 +17,7 @@ from sklearn.utils.validation import check_is_fitted
 from ensemble_kit.decision.calibration import TemperatureScaling, fit_temperature
 from ensemble_kit.decision.thresholds import ClassThresholds
 from ensemble_kit.ensemble._base import BaseEnsembler
-from ensemble_kit.ensemble._inputs import LogitInput, as_logit_stack, check_same_models, resolve_fit_inputs
+from ensemble_kit.ensemble._inputs import LogitInput, as_logit_stack, check_same_models, nested_by_fold, resolve_fit_inputs
 from ensemble_kit.ensemble._recipes import StackPlan, build_plan
 from ensemble_kit.ensemble.blending import Blender
 from ensemble_kit.errors import ValidationError
@@ -151,11 +151,8 @@ class Stacker(BaseEstimator):
             t0 = time.perf_counter()
             log_oof = np.log(np.clip(oof, 1e-12, None))
             self.temperature_ = fit_temperature(log_oof, yy)
-            nested = np.zeros_like(oof)
-            for k in np.unique(folds_array):
-                held = folds_array == k
-                nested[held] = np.exp(log_softmax(log_oof[held] / fit_temperature(log_oof[~held], yy[~held])))
-            oof = nested
+            oof = nested_by_fold(folds_array, lambda fit, held, _k: np.exp(
+                log_softmax(log_oof[held] / fit_temperature(log_oof[fit], yy[fit]))))
             rows.append({"step": "+temperature", "kind": "calibration", **_scores(yy, oof),
                          "fit_seconds": time.perf_counter() - t0})
 
@@ -167,10 +164,8 @@ class Stacker(BaseEstimator):
             if plan.thresholds.rules is not None:
                 labels = self.thresholds_.predict(oof)  # fixed rules learn nothing: no nesting needed
             else:
-                labels = np.empty(len(yy), dtype=np.int64)
-                for k in np.unique(folds_array):
-                    held = folds_array == k
-                    labels[held] = clone(plan.thresholds).fit(oof[~held], yy[~held]).predict(oof[held])
+                labels = nested_by_fold(folds_array, lambda fit, held, _k: clone(plan.thresholds).fit(
+                    oof[fit], yy[fit]).predict(oof[held]))
             rows.append({"step": "+thresholds", "kind": "decision", **_scores(yy, oof, labels),
                          "fit_seconds": time.perf_counter() - t0})
         self.oof_proba_ = oof
