@@ -229,6 +229,33 @@ class CsvImageSource(_FileImageSource):
         super().__init__(ids, paths, label_index, class_list, cache=cache)
 
 
+class ImageDirSource(_FileImageSource):
+    """Every image directly inside one folder, unlabelled (a competition's ``test/`` folder).
+
+    Ids are the file names without extension, in sorted order.
+
+    Parameters
+    ----------
+    root : path
+    classes : sequence, optional
+        The training classes, so the source can be paired with a labelled one.
+    cache : bool
+    """
+
+    def __init__(self, root: str | Path, *, classes: Sequence[Any] | None = None, cache: bool = False) -> None:
+        root = Path(root)
+        if not root.is_dir():
+            raise ValidationError(f"ImageDirSource: {str(root)!r} is not a directory.")
+        paths = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not paths:
+            raise ValidationError(f"ImageDirSource: no images with extensions {IMAGE_EXTENSIONS} in {str(root)!r}.")
+        stems = [p.stem for p in paths]
+        if len(set(stems)) != len(stems):
+            clash = sorted({s for s in stems if stems.count(s) > 1})
+            raise ValidationError(f"ImageDirSource: file names differing only by extension in {str(root)!r}: {clash[:5]}.")
+        super().__init__(stems, paths, None, list(classes) if classes is not None else [], cache=cache)
+
+
 class ConcatSource(ImageSource):
     """Several labelled sources in a row (e.g. original + pseudo-labelled samples)."""
 

@@ -62,7 +62,7 @@ def build_train_transform(augment: Any, *, img_size: int, mean: Sequence[float],
             # them follow torch's per-worker seeding and the RNG state saved in checkpoints.
             album.set_random_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
             image = album(image=image)["image"]
-        return tensor_steps(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
+        return tensor_steps(_chw_tensor(image))
 
     return transform
 
@@ -70,7 +70,7 @@ def build_train_transform(augment: Any, *, img_size: int, mean: Sequence[float],
 def build_eval_transform(*, img_size: int, mean: Sequence[float], std: Sequence[float]) -> Callable:
     steps = v2.Compose([v2.Resize((img_size, img_size), antialias=True), v2.ToDtype(torch.float32, scale=True),
                         v2.Normalize(list(mean), list(std))])
-    return lambda image: steps(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
+    return lambda image: steps(_chw_tensor(image))
 
 
 def dataset_mean_std(source: Any, indices: NDArray, *, max_images: int = 2000, seed: int = 0) -> tuple[tuple, tuple]:
@@ -106,3 +106,11 @@ class TorchImageDataset(Dataset):
         image = self.source.load(int(self.indices[item]))
         target = int(self.targets[item]) if self.targets is not None else -1
         return self.transform(image), target
+
+
+def _chw_tensor(image: NDArray[np.uint8]) -> torch.Tensor:
+    """``(H, W, 3)`` uint8 -> ``(3, H, W)`` tensor; read-only (cached, shared) arrays are copied, never aliased."""
+    image = np.ascontiguousarray(image)
+    if not image.flags.writeable:
+        image = image.copy()
+    return torch.from_numpy(image).permute(2, 0, 1)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
 
+from ensemble_kit._config import build_dataclass, set_dotted
 from ensemble_kit.errors import ValidationError
 
 
@@ -104,6 +102,7 @@ class TrainConfig:
     pooling: Literal["default", "gem"] = "default"
     pretrained: bool = False
     pretrained_path: Optional[str] = None
+    model_kwargs: Optional[dict[str, Any]] = None
     normalize: Literal["imagenet", "dataset"] = "imagenet"
     device: str = "auto"
     amp: bool = True
@@ -129,7 +128,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Build from a plain dict; unknown keys and wrong types are errors naming the key."""
-        return _build(cls, data, prefix="")
+        return build_dataclass(cls, data, prefix="")
 
     def to_yaml(self, path: str | Path) -> Path:
         path = Path(path)
@@ -148,77 +147,8 @@ class TrainConfig:
         """Apply ``key=value`` overrides (dotted keys for nested sections; values parsed as YAML)."""
         data = self.to_dict()
         for assignment in assignments:
-            key, sep, raw = assignment.partition("=")
-            if not sep:
-                raise ValidationError(f"Override {assignment!r} must look like key=value (e.g. optimizer.lr=0.01).")
-            target = data
-            parts = key.strip().split(".")
-            for part in parts[:-1]:
-                if not isinstance(target.get(part), dict):
-                    raise ValidationError(f"Override {assignment!r}: {part!r} is not a config section.")
-                target = target[part]
-            if parts[-1] not in target:
-                raise ValidationError(f"Override {assignment!r}: unknown key {key!r}.")
-            target[parts[-1]] = yaml.safe_load(raw)
+            set_dotted(data, assignment)
         return TrainConfig.from_dict(data)
-
-
-def _build(cls: type, data: Any, *, prefix: str) -> Any:
-    if not isinstance(data, dict):
-        raise ValidationError(f"Config section {prefix.rstrip('.') or '<root>'!r} must be a mapping; got {data!r}.")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ValidationError(f"Unknown config key(s) {[prefix + k for k in unknown]}; valid keys here: {sorted(known)}.")
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for name, value in data.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, prefix=f"{prefix}{name}.")
-        else:
-            kwargs[name] = _coerce(value, hint, key=prefix + name)
-    try:
-        return cls(**kwargs)
-    except ValidationError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise ValidationError(f"Config section {prefix.rstrip('.') or '<root>'!r}: {exc}") from exc
-
-
-def _coerce(value: Any, hint: Any, *, key: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key=key)
-    if origin is Literal:
-        if value not in args:
-            raise ValidationError(f"Config key {key!r} must be one of {list(args)}; got {value!r}.")
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise ValidationError(f"Config key {key!r} must be a list of strings; got {value!r}.")
-        return tuple(value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ValidationError(f"Config key {key!r} must be true or false; got {value!r}.")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValidationError(f"Config key {key!r} must be an integer; got {value!r}.")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValidationError(f"Config key {key!r} must be a number; got {value!r}.")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ValidationError(f"Config key {key!r} must be a string; got {value!r}.")
-        return value
-    return value
 
 
 def _validate(cfg: TrainConfig) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +74,11 @@ class _GeMHead(nn.Module):
 
 def create_model(name: str, *, num_classes: int, img_size: int | None = None, drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, pooling: str = "default", pretrained: bool = False,
-                 pretrained_path: str | None = None) -> nn.Module:
+                 pretrained_path: str | None = None, model_kwargs: Mapping[str, Any] | None = None) -> nn.Module:
     """Build a classifier with ``num_classes`` outputs.
+
+    ``model_kwargs`` go to the timm constructor as they are (e.g. ``{"patch_size": 4}`` for a
+    ViT on 32 px images); a keyword the model does not take is an error naming it.
 
     ``pretrained=True`` asks timm for hub weights (needs network); ``pretrained_path`` loads a
     local checkpoint (state dict in ``.pth``/``.pt``/``.safetensors``) with the classifier
@@ -89,14 +92,19 @@ def create_model(name: str, *, num_classes: int, img_size: int | None = None, dr
                 f"Unknown model {name!r}: neither registered with register_model() nor a timm model "
                 f"(see timm.list_models()). Registered: {list_registered_models()}."
             )
-        kwargs: dict[str, Any] = dict(pretrained=pretrained, num_classes=num_classes, drop_rate=drop_rate)
+        kwargs: dict[str, Any] = dict(pretrained=pretrained, num_classes=num_classes, drop_rate=drop_rate,
+                                      **(model_kwargs or {}))
         if drop_path_rate:
             kwargs["drop_path_rate"] = drop_path_rate
         try:
             # Vision transformers fix their input size at construction; CNNs reject the argument.
             model = timm.create_model(name, img_size=img_size, **kwargs) if img_size else timm.create_model(name, **kwargs)
         except TypeError:
-            model = timm.create_model(name, **kwargs)
+            try:
+                model = timm.create_model(name, **kwargs)
+            except TypeError as exc:
+                raise ValidationError(f"Model {name!r} rejected its arguments (model_kwargs={dict(model_kwargs or {})}): "
+                                      f"{exc}") from exc
         if pooling == "gem":
             model.reset_classifier(0, global_pool="")
             model = _GeMHead(model, num_classes, drop_rate)

@@ -216,7 +216,8 @@ class _FoldRun:
         random.seed(fold_seed)
         self.model = create_model(cfg.model, num_classes=self.store.n_classes, img_size=cfg.img_size,
                                   drop_rate=reg.drop_rate, drop_path_rate=reg.drop_path_rate, pooling=cfg.pooling,
-                                  pretrained=cfg.pretrained, pretrained_path=cfg.pretrained_path).to(self.device)
+                                  pretrained=cfg.pretrained, pretrained_path=cfg.pretrained_path,
+                                  model_kwargs=cfg.model_kwargs).to(self.device)
         if cfg.channels_last and self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         from timm.optim import create_optimizer_v2
