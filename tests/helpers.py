@@ -46,3 +46,23 @@ def tiny_image_data(n_train=48, n_test=12, n_classes=3, size=16, seed=0):
     train = ArrayImageSource(images(y), y, ids=[f"tr{i}" for i in range(n_train)], classes=list(range(n_classes)))
     test = ArrayImageSource(images(y_test), ids=[f"te{i}" for i in range(n_test)], classes=list(range(n_classes)))
     return train, test, y_test
+
+
+def class_image(label: int, rng: np.random.Generator, size: int = 16) -> np.ndarray:
+    """One noisy image whose colour and stripe phase encode ``label`` (up to 8 classes learnable)."""
+    hue = np.array([(label * 97) % 256, (label * 53 + 80) % 256, (label * 181 + 160) % 256], dtype=np.float64)
+    image = hue[None, None, :] + rng.normal(0, 20, size=(size, size, 3))
+    image[(np.arange(size) + label) % 4 == 0] *= 0.5
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def write_images(folder: Path, names_labels: list[tuple[str, int]], *, seed: int = 0, size: int = 16) -> None:
+    """Write one image file per ``(file name, label)`` under ``folder`` (format from the suffix)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, label in names_labels:
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(class_image(label, rng, size)).save(target)

@@ -1,0 +1,290 @@
+"""The project config: one YAML file naming the data, the folds, the models and the stack.
+
+Everything is a frozen dataclass; YAML is read and written only here. Unknown keys and bad
+values are errors naming the full dotted key (``models.resnet.optimizer.lr``). Relative paths
+are relative to the working directory the command runs in.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from ensemble_kit._config import build_dataclass, set_dotted
+from ensemble_kit.errors import ValidationError
+from ensemble_kit.train.config import TrainConfig
+
+DATA_FORMATS = ("digits", "folder", "csv", "cifar10_batches")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from.
+
+    ``format``:
+
+    - ``digits``: scikit-learn's handwritten digits rendered as ``image_size`` images (embedded,
+      no files; a stratified ``test_fraction`` is held out as the labelled test set).
+    - ``folder``: ``train`` is an ImageFolder (``<class>/<image>``); ``test`` is either an
+      ImageFolder (labelled, scored in reports) or a flat folder of images (ids = file names).
+    - ``csv``: ``train`` is a CSV with ``id_col`` and ``label_col``, images in ``train_images``;
+      ``test`` is a CSV with ``id_col`` (images in ``test_images``) or, without ``test``, every
+      image in ``test_images``. ``ext`` is appended to ids that have no extension.
+    - ``cifar10_batches``: ``root`` holds the pickled ``cifar-10-batches-py`` files.
+    """
+
+    format: Literal["digits", "folder", "csv", "cifar10_batches"] = "digits"
+    root: str = "."
+    train: Optional[str] = None
+    test: Optional[str] = None
+    train_images: Optional[str] = None
+    test_images: Optional[str] = None
+    id_col: str = "id"
+    label_col: str = "label"
+    ext: Optional[str] = None
+    image_size: int = 32
+    test_fraction: float = 0.2
+    cache: bool = True
+
+    def __post_init__(self) -> None:
+        if self.format == "folder" and not self.train:
+            raise ValidationError("Config key 'data.train' is required for format 'folder' (the ImageFolder root).")
+        if self.format == "csv":
+            if not self.train or not self.train_images:
+                raise ValidationError("Format 'csv' needs 'data.train' (the labels CSV) and 'data.train_images' "
+                                      "(its image folder).")
+            if self.test and not self.test_images:
+                raise ValidationError("Config key 'data.test_images' is required when 'data.test' names a test CSV.")
+        if self.format == "digits" and not 8 <= self.image_size <= 256:
+            raise ValidationError(f"Config key 'data.image_size' must be in [8, 256]; got {self.image_size}.")
+        if not 0 < self.test_fraction < 1:
+            raise ValidationError(f"Config key 'data.test_fraction' must be in (0, 1); got {self.test_fraction}.")
+
+    def path(self, relative: str) -> Path:
+        return Path(self.root) / relative
+
+
+@dataclass(frozen=True)
+class FoldsConfig:
+    """Stratified K-fold assignment of the training rows (fixed once the store exists)."""
+
+    n_folds: int = 5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n_folds < 2:
+            raise ValidationError(f"Config key 'folds.n_folds' must be at least 2; got {self.n_folds}.")
+
+
+@dataclass(frozen=True)
+class PseudoLabelConfig:
+    """Train a model on the labelled data plus the teachers' confident test predictions (Noisy Student)."""
+
+    teachers: tuple[str, ...] = ()
+    threshold: Optional[float] = 0.9
+    top_fraction: Optional[float] = None
+    per_class_cap: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if not self.teachers:
+            raise ValidationError("pseudo_label.teachers must name at least one model of the config.")
+        if self.top_fraction is not None and self.threshold is not None:
+            raise ValidationError("pseudo_label: give threshold or top_fraction, not both (set threshold: null).")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One base model: its store entry name, how it is trained, and optional pseudo-labels."""
+
+    name: str
+    train: TrainConfig
+    pseudo_label: Optional[PseudoLabelConfig] = None
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """The stacking step (see :class:`~ensemble_kit.Stacker`)."""
+
+    recipe: Literal["yandex", "aoi", "hill_climb", "logloss"] = "yandex"
+    metric: Literal["log_loss", "accuracy", "f1_macro"] = "log_loss"
+    models: Optional[tuple[str, ...]] = None
+    n_trials: int = 200
+    seed: int = 0
+    name: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.n_trials < 1:
+            raise ValidationError(f"Config key 'stack.n_trials' must be positive; got {self.n_trials}.")
+
+    @property
+    def result_name(self) -> str:
+        """Folder name of the saved result under ``STORE/stacks/`` (default: the recipe)."""
+        return self.name or self.recipe
+
+
+@dataclass(frozen=True)
+class SubmissionConfig:
+    """Competition file: ``labels`` (id + label) or ``probs`` (id + one column per class).
+
+    ``auto`` writes probabilities when the stack's metric is log loss, labels otherwise.
+    """
+
+    format: Literal["auto", "labels", "probs"] = "auto"
+    id_col: str = "id"
+    label_col: str = "label"
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    """Data, folds, models and stack of one competition, as one YAML file.
+
+    Examples
+    --------
+    >>> cfg = ProjectConfig.from_dict({"store": "runs/store", "models": {"r10": {"model": "resnet10t", "epochs": 1}}})
+    >>> cfg.models[0].name, cfg.models[0].train.epochs, cfg.folds.n_folds
+    ('r10', 1, 5)
+    >>> ProjectConfig.from_dict(cfg.to_dict(), overrides=["models.*.img_size=16"]).models[0].train.img_size
+    16
+    """
+
+    store: str
+    models: tuple[ModelSpec, ...]
+    data: DataConfig = field(default_factory=DataConfig)
+    folds: FoldsConfig = field(default_factory=FoldsConfig)
+    stack: StackConfig = field(default_factory=StackConfig)
+    submission: SubmissionConfig = field(default_factory=SubmissionConfig)
+
+    def __post_init__(self) -> None:
+        names = [m.name for m in self.models]
+        if not names:
+            raise ValidationError("Config key 'models' must name at least one model.")
+        for spec in self.models:
+            if spec.pseudo_label is None:
+                continue
+            unknown = [t for t in spec.pseudo_label.teachers if t not in names]
+            if unknown:
+                raise ValidationError(f"Config key 'models.{spec.name}.pseudo_label.teachers': {unknown} are not "
+                                      f"models of this config ({names}).")
+            if spec.name in spec.pseudo_label.teachers:
+                raise ValidationError(f"Model {spec.name!r} cannot be its own pseudo-label teacher.")
+        if self.stack.models is not None:
+            unknown = [m for m in self.stack.models if m not in names]
+            if unknown:
+                raise ValidationError(f"Config key 'stack.models': {unknown} are not models of this config ({names}).")
+
+    def model(self, name: str) -> ModelSpec:
+        for spec in self.models:
+            if spec.name == name:
+                return spec
+        raise ValidationError(f"No model {name!r} in the config; models are {[m.name for m in self.models]}.")
+
+    # ------------------------------------------------------------------ YAML edge
+    def to_dict(self) -> dict[str, Any]:
+        models = {}
+        for spec in self.models:
+            entry = spec.train.to_dict()
+            if spec.pseudo_label is not None:
+                entry["pseudo_label"] = _plain(asdict(spec.pseudo_label))
+            models[spec.name] = entry
+        return {"store": self.store, "data": asdict(self.data), "folds": asdict(self.folds), "models": models,
+                "stack": _plain(asdict(self.stack)), "submission": asdict(self.submission)}
+
+    @classmethod
+    def from_dict(cls, data: Any, *, overrides: Sequence[str] = ()) -> ProjectConfig:
+        """Validate a plain mapping (after applying ``key=value`` overrides)."""
+        if not isinstance(data, dict):
+            raise ValidationError(f"A project config must be a YAML mapping; got {type(data).__name__}.")
+        data = _with_defaults(copy.deepcopy(data))
+        for assignment in overrides:
+            set_dotted(data, assignment)
+        known = {"store", "data", "folds", "models", "stack", "submission"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValidationError(f"Unknown config key(s) {unknown}; valid top-level keys: {sorted(known)}.")
+        if not isinstance(data.get("store"), str) or not data["store"]:
+            raise ValidationError("Config key 'store' must be the path of the logit store (a string).")
+        models = data.get("models")
+        if not isinstance(models, dict) or not models:
+            raise ValidationError("Config key 'models' must map model names to training configs.")
+        specs = []
+        for name, entry in models.items():
+            if not isinstance(entry, dict):
+                raise ValidationError(f"Config key 'models.{name}' must be a mapping of training settings; got {entry!r}.")
+            entry = dict(entry)
+            pseudo = entry.pop("pseudo_label", None)
+            train = build_dataclass(TrainConfig, entry, prefix=f"models.{name}.")
+            pseudo_cfg = build_dataclass(PseudoLabelConfig, pseudo, prefix=f"models.{name}.pseudo_label.") if pseudo else None
+            specs.append(ModelSpec(str(name), train, pseudo_cfg))
+        return cls(
+            store=data["store"], models=tuple(specs),
+            data=build_dataclass(DataConfig, data["data"], prefix="data."),
+            folds=build_dataclass(FoldsConfig, data["folds"], prefix="folds."),
+            stack=build_dataclass(StackConfig, data["stack"], prefix="stack."),
+            submission=build_dataclass(SubmissionConfig, data["submission"], prefix="submission."),
+        )
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, *, overrides: Sequence[str] = ()) -> ProjectConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise ValidationError(f"Config file {str(path)!r} does not exist.")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ValidationError(f"Config file {str(path)!r} is not valid YAML: {exc}") from exc
+        try:
+            return cls.from_dict(data, overrides=overrides)
+        except ValidationError as exc:
+            raise type(exc)(f"{path}: {exc}") from exc
+
+    def to_yaml(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
+        return path
+
+
+def _with_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """Fill absent sections and model keys with their defaults, so overrides can address any key."""
+    defaults = {"data": DataConfig, "folds": FoldsConfig, "stack": StackConfig, "submission": SubmissionConfig}
+    for key, section in defaults.items():
+        given = data.get(key)
+        if given is None:
+            given = {}
+        if isinstance(given, dict):
+            data[key] = {**_plain(asdict(section())), **given}
+    models = data.get("models")
+    if isinstance(models, dict):
+        base = TrainConfig().to_dict()
+        for name, entry in list(models.items()):
+            if entry is None:
+                entry = {}
+            if isinstance(entry, dict):
+                models[name] = _deep_merge(base, entry)
+                if isinstance(entry.get("pseudo_label"), dict):
+                    models[name]["pseudo_label"] = {**_pseudo_defaults(), **entry["pseudo_label"]}
+    return data
+
+
+def _pseudo_defaults() -> dict[str, Any]:
+    return {f.name: f.default for f in fields(PseudoLabelConfig) if f.name != "teachers"}
+
+
+def _deep_merge(base: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in given.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _plain(data: dict[str, Any]) -> dict[str, Any]:
+    """Tuples as lists, so the YAML stays plain."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}

@@ -1,0 +1,165 @@
+"""Run a project config: open its data, create or reopen its store, train its models fold by fold."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ensemble_kit.data.cifar import load_cifar10_batches
+from ensemble_kit.data.embedded import load_digits_images
+from ensemble_kit.data.sources import (
+    ArrayImageSource,
+    CsvImageSource,
+    ImageDirSource,
+    ImageFolderSource,
+    ImageSource,
+)
+from ensemble_kit.errors import NotAStoreError, ValidationError
+from ensemble_kit.project.config import DataConfig, ProjectConfig
+from ensemble_kit.store import EntryInfo, LogitStore
+from ensemble_kit.train.pseudo import pseudo_label
+from ensemble_kit.train.trainer import train_cv
+
+logger = logging.getLogger(__name__)
+
+PROJECT_DIR = "project"
+RESOLVED_CONFIG = "project.yaml"
+TEST_LABELS = "test_labels.npy"
+
+
+def open_sources(data: DataConfig) -> tuple[ImageSource, ImageSource | None]:
+    """The labelled training source and the test source (``None`` when the data has no test set)."""
+    if data.format == "digits":
+        train, test = load_digits_images(image_size=data.image_size, test_fraction=data.test_fraction)
+        return (ArrayImageSource(train.images, [train.classes[k] for k in train.labels], ids=train.ids, classes=train.classes),
+                ArrayImageSource(test.images, [test.classes[k] for k in test.labels], ids=test.ids, classes=test.classes))
+    if data.format == "cifar10_batches":
+        return load_cifar10_batches(data.root)
+    if data.format == "folder":
+        train_src = ImageFolderSource(data.path(data.train), cache=data.cache)
+        if not data.test:
+            return train_src, None
+        test_root = data.path(data.test)
+        has_class_folders = test_root.is_dir() and any(p.is_dir() for p in test_root.iterdir())
+        if has_class_folders:
+            return train_src, ImageFolderSource(test_root, classes=train_src.classes, cache=data.cache)
+        return train_src, ImageDirSource(test_root, classes=train_src.classes, cache=data.cache)
+    train_src = CsvImageSource(data.path(data.train), data.path(data.train_images), id_col=data.id_col,
+                               label_col=data.label_col, ext=data.ext, cache=data.cache)
+    if data.test:
+        test_src: ImageSource | None = CsvImageSource(data.path(data.test), data.path(data.test_images), id_col=data.id_col,
+                                                      ext=data.ext, classes=train_src.classes, cache=data.cache)
+    elif data.test_images:
+        test_src = ImageDirSource(data.path(data.test_images), classes=train_src.classes, cache=data.cache)
+    else:
+        test_src = None
+    return train_src, test_src
+
+
+def open_project_store(cfg: ProjectConfig, train: ImageSource, test: ImageSource | None) -> LogitStore:
+    """Create the config's store, or reopen it after checking it matches the data and folds.
+
+    The resolved config is written to ``STORE/project/project.yaml``; when the test source
+    is labelled, its labels are kept beside it (``test_labels.npy``) for held-out scores in
+    reports. They are never used for fitting.
+    """
+    path = Path(cfg.store)
+    try:
+        store = LogitStore.open(path)
+    except NotAStoreError:
+        if path.exists() and any(path.iterdir()):
+            raise
+        store = LogitStore.create(path, train.ids, train.labels, classes=train.classes, n_folds=cfg.folds.n_folds,
+                                  seed=cfg.folds.seed, test_ids=None if test is None else test.ids)
+    else:
+        _check_store_matches(store, cfg, train, test)
+    project_dir = store.path / PROJECT_DIR
+    project_dir.mkdir(exist_ok=True)
+    cfg.to_yaml(project_dir / RESOLVED_CONFIG)
+    if test is not None and test.is_labelled:
+        order = {str(i): k for k, i in enumerate(test.ids.tolist())}
+        labels = np.asarray([test.targets[order[str(i)]] for i in store.test_ids.tolist()], dtype=np.int64)
+        np.save(project_dir / TEST_LABELS, labels)
+    return store
+
+
+def _check_store_matches(store: LogitStore, cfg: ProjectConfig, train: ImageSource, test: ImageSource | None) -> None:
+    where = f"Store {str(store.path)!r}"
+    if [str(c) for c in store.classes] != [str(c) for c in train.classes]:
+        raise ValidationError(f"{where} has classes {store.classes}, the data has {train.classes}.")
+    if sorted(map(str, store.train_ids.tolist())) != sorted(map(str, train.ids.tolist())):
+        extra = sorted(set(map(str, train.ids.tolist())) - set(map(str, store.train_ids.tolist())))
+        raise ValidationError(f"{where} was created for other training images ({len(store.train_ids)} ids vs "
+                              f"{len(train)} in the data; e.g. not in the store: {extra[:5]}). Use a new store path.")
+    if store.n_folds != cfg.folds.n_folds:
+        raise ValidationError(f"{where} has {store.n_folds} folds; the config asks for folds.n_folds="
+                              f"{cfg.folds.n_folds}. Folds are fixed when a store is created.")
+    store_test = None if store.test_ids is None else sorted(map(str, store.test_ids.tolist()))
+    data_test = None if test is None else sorted(map(str, test.ids.tolist()))
+    if store_test != data_test:
+        raise ValidationError(f"{where} holds a different test set than the data "
+                              f"({0 if store_test is None else len(store_test)} vs {0 if data_test is None else len(data_test)} ids).")
+
+
+def training_order(cfg: ProjectConfig, names: Sequence[str] | None = None) -> list[str]:
+    """Models to train, teachers before their pseudo-labelled students."""
+    wanted = [m.name for m in cfg.models] if names is None else list(names)
+    for name in wanted:
+        cfg.model(name)
+    order: list[str] = []
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in order:
+            return
+        if name in path:
+            raise ValidationError(f"Pseudo-label teachers form a cycle: {' -> '.join(path + (name,))}.")
+        spec = cfg.model(name)
+        for teacher in (spec.pseudo_label.teachers if spec.pseudo_label else ()):
+            visit(teacher, path + (name,))
+        order.append(name)
+
+    for name in wanted:
+        visit(name, ())
+    return [n for n in order if n in wanted]
+
+
+def train_project(cfg: ProjectConfig, *, models: Sequence[str] | None = None,
+                  folds: Sequence[int] | None = None) -> dict[str, EntryInfo]:
+    """Train the config's models (or ``models``) into its store; finished folds are skipped.
+
+    Students with ``pseudo_label`` are trained after their teachers, whose test logits must be
+    complete by then (when only some folds are requested, train the teachers' folds first).
+    """
+    train, test = open_sources(cfg.data)
+    store = open_project_store(cfg, train, test)
+    results = {}
+    for name in training_order(cfg, models):
+        spec = cfg.model(name)
+        extra = None
+        if spec.pseudo_label is not None:
+            missing = {t: store.incomplete().get(t) for t in spec.pseudo_label.teachers if t not in store.models()}
+            if missing:
+                detail = ", ".join(f"{t} (missing folds {list(f) if f else 'all'})" for t, f in missing.items())
+                raise ValidationError(f"Model {name!r} is pseudo-labelled by teachers that are not complete in the "
+                                      f"store: {detail}. Train every fold of the teachers first.")
+            if test is None:
+                raise ValidationError(f"Model {name!r} uses pseudo-labels, but the data has no test images.")
+            p = spec.pseudo_label
+            extra = pseudo_label(store, p.teachers, test, threshold=p.threshold, top_fraction=p.top_fraction,
+                                 per_class_cap=p.per_class_cap)
+            if len(extra) == 0:
+                logger.warning("%s: no test image reaches the pseudo-label threshold %s; training on labelled "
+                               "data only", name, p.threshold)
+                extra = None
+        logger.info("training %s (%s)", name, spec.train.model)
+        results[name] = train_cv(spec.train, store, train, test, name=name, folds=folds, extra_train=extra)
+    return results
+
+
+def held_out_labels(store: LogitStore) -> np.ndarray | None:
+    """Test labels saved by :func:`open_project_store` (``None`` when the test set is unlabelled)."""
+    path = store.path / PROJECT_DIR / TEST_LABELS
+    return np.load(path) if path.is_file() else None

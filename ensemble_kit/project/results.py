@@ -1,0 +1,223 @@
+"""Fitted stacks saved inside the store (``STORE/stacks/<name>/``), for reports and submissions.
+
+A saved stack is plain files: ``stack.json`` (recipe, metric, models, what was fitted: weights,
+temperatures, class offsets or rules, and held-out test scores when the test labels are known),
+``report.csv`` (the Stacker's honest CV report) and ``.npy`` arrays of OOF and test
+probabilities and decided labels. It is written to a staging folder and moved into place, so
+a crash never leaves a half-written stack under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+
+from ensemble_kit.ensemble.stacker import Stacker
+from ensemble_kit.errors import StoreError
+from ensemble_kit.metrics import get_metric, list_metrics
+from ensemble_kit.project.config import StackConfig
+from ensemble_kit.project.pipeline import held_out_labels
+from ensemble_kit.store import LogitStore
+
+logger = logging.getLogger(__name__)
+
+STACKS_DIR = "stacks"
+_ARRAYS = ("oof_proba", "oof_labels", "test_proba", "test_labels")
+
+
+@dataclass(frozen=True)
+class StackResult:
+    """A fitted stack as saved in the store."""
+
+    name: str
+    path: Path
+    summary: dict[str, Any]
+    report: pd.DataFrame
+    oof_proba: NDArray
+    oof_labels: NDArray
+    test_proba: NDArray | None
+    test_labels: NDArray | None
+
+    @property
+    def metric(self) -> str:
+        return self.summary["metric"]
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.summary["models"])
+
+
+def fit_stack(store: LogitStore, config: StackConfig) -> StackResult:
+    """Fit :class:`~ensemble_kit.Stacker` on the store as ``config`` says, save it, return it."""
+    stacker = Stacker.from_store(store, models=list(config.models) if config.models else None, recipe=config.recipe,
+                                 metric=config.metric, n_trials=config.n_trials, seed=config.seed)
+    has_test = store.test_ids is not None
+    test_proba = stacker.predict_proba(store) if has_test else None
+    test_labels = stacker.predict(store) if has_test else None
+    summary = {
+        "name": config.result_name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.__dict__.items()},
+        "recipe": config.recipe, "metric": config.metric, "description": stacker.plan_.description,
+        "models": list(stacker.model_names_), "classes": list(store.classes), "fit_seconds": stacker.fit_seconds_,
+        "optuna_storage": str(stacker.storage_), "study_names": stacker.study_names_,
+        "fitted": describe_stacker(stacker),
+    }
+    y_test = held_out_labels(store)
+    if y_test is not None and test_proba is not None:
+        summary["held_out_test"] = _scores(y_test, test_proba, test_labels)
+    arrays = {"oof_proba": stacker.oof_proba_, "oof_labels": stacker.oof_labels_, "test_proba": test_proba,
+              "test_labels": test_labels}
+    _save(store, config.result_name, summary, stacker.report_, arrays)
+    return load_stack(store, config.result_name)
+
+
+def describe_stacker(stacker: Stacker) -> dict[str, Any]:
+    """What a fitted Stacker learned, as plain JSON-able values (weights per model/stage, decisions)."""
+    names = list(stacker.model_names_)
+    out: dict[str, Any] = {"stages": {}}
+    blender = stacker.blender_
+    stages = getattr(blender, "stages_", None) or dict(zip(stacker.plan_.stages, [blender]))
+    for stage_name, stage in stages.items():
+        info: dict[str, Any] = {"type": type(stage).__name__}
+        weights = getattr(stage, "weights_", None)
+        if weights is not None and not isinstance(weights, dict):
+            info["model_weights"] = dict(zip(names, np.asarray(weights, dtype=float).round(6).tolist()))
+        temperatures = getattr(stage, "temperatures_", None)
+        if temperatures is not None:
+            info["model_temperatures"] = dict(zip(names, np.asarray(temperatures, dtype=float).round(6).tolist()))
+        for attr in ("layout_", "n_iterations_"):
+            if getattr(stage, attr, None) is not None:
+                info[attr.rstrip("_")] = getattr(stage, attr)
+        out["stages"][stage_name] = info
+    blend = getattr(blender, "weights_", None)
+    if isinstance(blend, dict):
+        out["blend_weights"] = {k: round(float(v), 6) for k, v in blend.items()}
+    if stacker.temperature_ is not None:
+        out["temperature"] = float(stacker.temperature_)
+    thresholds = stacker.thresholds_
+    if thresholds is not None:
+        if thresholds.rules is not None:
+            out["class_rules"] = {str(k): float(v) for k, v in thresholds.rules.items()}
+        else:
+            out["class_offsets"] = np.asarray(thresholds.offsets_, dtype=float).round(6).tolist()
+            out["thresholds_optimize"] = thresholds.optimize
+    return out
+
+
+def _scores(y: NDArray, probs: NDArray, labels: NDArray) -> dict[str, float]:
+    scores = {}
+    for name in list_metrics():
+        metric = get_metric(name)
+        if metric.name == "log_loss":
+            scores[name] = float(metric(y, probs, kind="probs"))
+        else:
+            scores[name] = float(metric(y, np.eye(probs.shape[1])[labels], kind="probs"))
+    return scores
+
+
+def _save(store: LogitStore, name: str, summary: dict[str, Any], report: pd.DataFrame,
+          arrays: dict[str, NDArray | None]) -> Path:
+    root = store.path / STACKS_DIR
+    root.mkdir(exist_ok=True)
+    final = root / name
+    staging = root / f".{name}.writing-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        for key, array in arrays.items():
+            if array is not None:
+                np.save(staging / f"{key}.npy", np.asarray(array), allow_pickle=False)
+        report.to_csv(staging / "report.csv", index=False)
+        (staging / "stack.json").write_text(json.dumps(summary, indent=2, default=_json_default), encoding="utf-8")
+        retired = None
+        if final.exists():
+            retired = root / f".{name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(final, retired)
+        os.rename(staging, final)
+        if retired is not None:
+            shutil.rmtree(retired, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("saved stack %r to %s", name, final)
+    return final
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def list_stacks(store: LogitStore) -> list[str]:
+    """Names of the stacks saved in the store, oldest first."""
+    root = store.path / STACKS_DIR
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        manifest = child / "stack.json"
+        if child.is_dir() and not child.name.startswith(".") and manifest.is_file():
+            found.append((json.loads(manifest.read_text(encoding="utf-8")).get("created", ""), child.name))
+    return [name for _, name in sorted(found)]
+
+
+def load_stack(store: LogitStore, name: str | None = None) -> StackResult:
+    """A saved stack (default: the most recently fitted one)."""
+    available = list_stacks(store)
+    if not available:
+        raise StoreError(f"Store {str(store.path)!r} has no fitted stack yet: run `ensemble-kit stack "
+                         f"{store.path}` first.")
+    name = available[-1] if name is None else name
+    if name not in available:
+        raise StoreError(f"Store {str(store.path)!r} has no stack {name!r}; saved stacks: {available}.")
+    path = store.path / STACKS_DIR / name
+    summary = json.loads((path / "stack.json").read_text(encoding="utf-8"))
+    loaded = {key: np.load(path / f"{key}.npy", allow_pickle=False) if (path / f"{key}.npy").is_file() else None
+              for key in _ARRAYS}
+    return StackResult(name=name, path=path, summary=summary, report=pd.read_csv(path / "report.csv"), **loaded)
+
+
+def leaderboard(store: LogitStore, stack: StackResult | None = None) -> pd.DataFrame:
+    """Every base model and every stack step with honest OOF scores, plus held-out test scores.
+
+    Without a stack, the base models' OOF scores. Columns ``test_<metric>`` appear when the
+    project kept the test labels (:func:`~ensemble_kit.project.held_out_labels`); the last row
+    then scores the stack's submitted test predictions (decided labels included).
+    """
+    metrics = list_metrics()
+    if stack is not None:
+        table = stack.report[["step", "kind", *[m for m in metrics if m in stack.report.columns], "fit_seconds"]].copy()
+        models = stack.models
+    else:
+        board = store.leaderboard("log_loss")
+        table = board[["model", *metrics]].rename(columns={"model": "step"})
+        table.insert(1, "kind", "base model")
+        models = list(board["model"])
+    y_test = held_out_labels(store)
+    if y_test is None or store.test_ids is None:
+        return table
+    test_scores = {name: _scores_from_logits(y_test, store.test(name)) for name in models}
+    for m in metrics:
+        table[f"test_{m}"] = [test_scores.get(step, {}).get(m, np.nan) for step in table["step"]]
+    if stack is not None and "held_out_test" in stack.summary:
+        final = {"step": "final (as submitted)", "kind": "held-out test",
+                 **{f"test_{m}": v for m, v in stack.summary["held_out_test"].items()}}
+        table = pd.concat([table, pd.DataFrame([final])], ignore_index=True)
+    return table
+
+
+def _scores_from_logits(y: NDArray, logits: NDArray) -> dict[str, float]:
+    return {m: float(get_metric(m)(y, logits, kind="logits")) for m in list_metrics()}

@@ -1,0 +1,68 @@
+import pytest
+
+from ensemble_kit.errors import ValidationError
+from ensemble_kit.project import ProjectConfig
+
+BASE = {"store": "s", "models": {"a": {"model": "resnet10t", "epochs": 2}, "b": {"model": "test_vit"}}}
+
+
+def test_defaults_roundtrip_and_resolved_yaml(tmp_path):
+    cfg = ProjectConfig.from_dict(BASE)
+    assert [m.name for m in cfg.models] == ["a", "b"]
+    assert cfg.model("a").train.epochs == 2 and cfg.model("b").train.epochs == 20
+    assert cfg.stack.recipe == "yandex" and cfg.folds.n_folds == 5 and cfg.data.format == "digits"
+    path = cfg.to_yaml(tmp_path / "p.yaml")
+    assert ProjectConfig.from_yaml(path) == cfg
+
+
+def test_overrides_with_wildcards_and_sections():
+    cfg = ProjectConfig.from_dict(BASE, overrides=["models.*.img_size=48", "models.a.optimizer.lr=0.5",
+                                                   "stack.metric=f1_macro", "stack.models=[a]", "folds.n_folds=3"])
+    assert [m.train.img_size for m in cfg.models] == [48, 48]
+    assert cfg.model("a").train.optimizer.lr == 0.5 and cfg.model("b").train.optimizer.lr == 1e-3
+    assert cfg.stack.metric == "f1_macro" and cfg.stack.models == ("a",) and cfg.folds.n_folds == 3
+
+
+@pytest.mark.parametrize("data, overrides, message", [
+    ({**BASE, "stak": {}}, [], r"\['stak'\]"),
+    ({**BASE, "models": {"a": {"epochz": 1}}}, [], r"models\.a\.epochz"),
+    ({**BASE, "models": {"a": {"optimizer": {"lrr": 1}}}}, [], r"models\.a\.optimizer\.lrr"),
+    ({**BASE, "models": {"a": {"epochs": "many"}}}, [], r"'models\.a\.epochs' must be an integer"),
+    ({**BASE, "stack": {"recipe": "magic"}}, [], r"'stack\.recipe' must be one of"),
+    ({**BASE, "stack": {"models": ["a", "zzz"]}}, [], r"stack\.models.*zzz"),
+    ({**BASE, "data": {"format": "csv", "train": "t.csv"}}, [], r"data\.train_images"),
+    ({**BASE, "folds": {"n_folds": 1}}, [], r"folds\.n_folds"),
+    ({**BASE, "models": {}}, [], r"'models'"),
+    ({"models": BASE["models"]}, [], r"'store'"),
+    ({**BASE, "models": {"a": {}, "b": {"pseudo_label": {"teachers": ["nobody"]}}}}, [], r"pseudo_label\.teachers.*nobody"),
+    ({**BASE, "models": {"a": {"pseudo_label": {"teachers": ["a"]}}}}, [], "its own pseudo-label teacher"),
+    (BASE, ["models.*.epochz=1"], r"unknown key 'models\.a\.epochz'"),
+    (BASE, ["models.c.epochs=1"], r"unknown key 'models\.c'"),
+    (BASE, ["stack.recipe"], "must look like key=value"),
+    (BASE, ["models.a.epochs=-1"], r"'epochs' must be positive"),
+])
+def test_bad_config_names_the_key(data, overrides, message):
+    with pytest.raises(ValidationError, match=message):
+        ProjectConfig.from_dict(data, overrides=overrides)
+
+
+def test_yaml_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("store: s\nmodels: {a: {model: resnet10t, lr: 1}}\n")
+    with pytest.raises(ValidationError, match=r"bad\.yaml.*models\.a\.lr"):
+        ProjectConfig.from_yaml(bad)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("store: [unclosed\n")
+    with pytest.raises(ValidationError, match="not valid YAML"):
+        ProjectConfig.from_yaml(broken)
+    with pytest.raises(ValidationError, match="does not exist"):
+        ProjectConfig.from_yaml(tmp_path / "missing.yaml")
+
+
+def test_example_configs_are_valid():
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    for name in ("aoi", "cifar10", "yandex", "cars"):
+        cfg = ProjectConfig.from_yaml(examples / name / "config.yaml")
+        assert len(cfg.models) >= 3, name
