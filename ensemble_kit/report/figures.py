@@ -1,0 +1,164 @@
+"""The report's figures, each a function of plain arrays/tables returning a matplotlib Figure.
+
+matplotlib is optional (``pip install "ensemble_kit[report]"``) and imported lazily, with the
+non-interactive Agg backend so reports render on headless machines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+
+from ensemble_kit._optional import import_optional
+
+
+def _pyplot() -> Any:
+    matplotlib = import_optional("matplotlib", feature="The HTML report")
+    matplotlib.use("Agg", force=True)
+    return import_optional("matplotlib.pyplot", feature="The HTML report")
+
+
+def leaderboard_figure(table: pd.DataFrame, metric: str) -> Any:
+    """Horizontal bars of ``metric`` (honest OOF) for every base model, reference and stage."""
+    plt = _pyplot()
+    rows = table.dropna(subset=[metric])
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.2))
+    colours = rows["kind"].map({"base model": "#7f8c8d", "reference": "#bdc3c7"}).fillna("#2e86de")
+    ax.barh(rows["step"], rows[metric], color=colours)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"OOF {metric} (honest, nested CV)")
+    ax.set_title("Base models (grey) and ensemble steps (blue)")
+    fig.tight_layout()
+    return fig
+
+
+def correlation_figure(names: Sequence[str], oof_log_probs: NDArray) -> Any:
+    """Pearson correlation between the models' OOF log-probabilities (all samples and classes)."""
+    plt = _pyplot()
+    flat = oof_log_probs.reshape(len(names), -1).astype(np.float64)
+    corr = np.corrcoef(flat) if len(names) > 1 else np.ones((1, 1))
+    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(names), 0.8 + 0.6 * len(names)))
+    image = ax.imshow(corr, vmin=min(0.0, float(corr.min())), vmax=1.0, cmap="viridis")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, f"{corr[i, j]:.2f}", ha="center", va="center", color="w" if corr[i, j] < 0.8 else "k", fontsize=8)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    ax.set_title("Correlation of OOF log-probabilities")
+    fig.tight_layout()
+    return fig
+
+
+def weights_figure(weights: Mapping[str, Mapping[str, float]]) -> Any:
+    """One bar panel per weighting: model weights of each stage, and the blend's stage weights."""
+    plt = _pyplot()
+    panels = [(title, values) for title, values in weights.items() if values]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
+    for ax, (title, values) in zip(axes[0], panels):
+        ax.bar(list(values), list(values.values()), color="#2e86de")
+        ax.set_title(title, fontsize=10)
+        ax.set_ylim(0, max(1.0, max(values.values()) * 1.1))
+        ax.tick_params(axis="x", rotation=45)
+        for k, v in enumerate(values.values()):
+            ax.text(k, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(y: NDArray, labels: NDArray, classes: Sequence[Any]) -> Any:
+    """Row-normalised confusion matrix (true class rows, predicted class columns)."""
+    plt = _pyplot()
+    n = len(classes)
+    counts = np.zeros((n, n), dtype=np.int64)
+    np.add.at(counts, (y, labels), 1)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    size = min(12.0, 1.5 + 0.45 * n)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    image = ax.imshow(rates, vmin=0, vmax=1, cmap="Blues")
+    if n <= 30:
+        ax.set_xticks(range(n), [str(c) for c in classes], rotation=90)
+        ax.set_yticks(range(n), [str(c) for c in classes])
+        for i in range(n):
+            for j in range(n):
+                if counts[i, j]:
+                    ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7,
+                            color="w" if rates[i, j] > 0.5 else "k")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    ax.set_title("Confusion matrix of the stack's OOF decisions (counts; colour = row rate)")
+    fig.tight_layout()
+    return fig
+
+
+def threshold_figure(classes: Sequence[Any], before: pd.DataFrame, after: pd.DataFrame, setting: Sequence[str]) -> Any:
+    """Per-class precision / recall / F1 with plain argmax vs with the stack's class decisions."""
+    plt = _pyplot()
+    n = len(classes)
+    fig, axes = plt.subplots(1, 3, figsize=(max(9.0, 0.5 * n * 3), 3.4), sharey=True)
+    x = np.arange(n)
+    for ax, column in zip(axes, ("precision", "recall", "f1")):
+        ax.bar(x - 0.2, before[column], width=0.4, label="argmax", color="#bdc3c7")
+        ax.bar(x + 0.2, after[column], width=0.4, label="with thresholds", color="#2e86de")
+        ax.set_title(column)
+        ax.set_xticks(x, [f"{c}\n{s}" for c, s in zip(classes, setting)] if n <= 20 else [""] * n, fontsize=7)
+        ax.set_ylim(0, 1.05)
+    axes[0].legend(fontsize=8, loc="lower left")
+    fig.suptitle("Effect of each class threshold on OOF decisions (class, setting)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def reliability_figure(curves: Mapping[str, tuple[NDArray, NDArray, NDArray]]) -> Any:
+    """Top-label reliability: mean confidence vs accuracy per confidence bin, one line per predictor."""
+    plt = _pyplot()
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5.5, 6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
+    for name, (confidence, accuracy, count) in curves.items():
+        keep = count > 0
+        ax.plot(confidence[keep], accuracy[keep], marker="o", ms=3, label=name)
+        hist.plot(confidence[keep], count[keep], marker=".", label=name)
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=8)
+    ax.set_title("Reliability diagram (OOF, top label)")
+    hist.set_xlabel("confidence")
+    hist.set_ylabel("samples")
+    fig.tight_layout()
+    return fig
+
+
+def reliability_curve(probs: NDArray, y: NDArray, n_bins: int = 15) -> tuple[NDArray, NDArray, NDArray]:
+    """Mean confidence, accuracy and count per equal-width confidence bin."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y
+    bins = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
+    count = np.bincount(bins, minlength=n_bins).astype(float)
+    mean_conf = np.bincount(bins, weights=confidence, minlength=n_bins) / np.maximum(count, 1)
+    accuracy = np.bincount(bins, weights=correct.astype(float), minlength=n_bins) / np.maximum(count, 1)
+    return mean_conf, accuracy, count
+
+
+def training_curves_figure(histories: Mapping[str, Mapping[int, pd.DataFrame]]) -> Any:
+    """Train and validation loss per epoch; one panel per model, one line per fold."""
+    plt = _pyplot()
+    names = list(histories)
+    cols = min(3, len(names))
+    rows = int(np.ceil(len(names) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        for fold, frame in sorted(histories[name].items()):
+            line, = ax.plot(frame["epoch"], frame["val_loss"], marker="o", ms=3, label=f"fold {fold} val")
+            ax.plot(frame["epoch"], frame["train_loss"], ls="--", color=line.get_color(), alpha=0.6)
+        ax.set_title(f"{name} (solid: validation, dashed: train)", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(names):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,72 @@
+import re
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ensemble_kit import LogitStore
+from ensemble_kit.errors import MissingDependencyError, StoreError
+from ensemble_kit.project import StackConfig, fit_stack
+from ensemble_kit.report import SECTIONS, write_report
+
+
+@pytest.fixture
+def store(tmp_path):
+    rng = np.random.default_rng(0)
+    y = np.arange(120) % 4
+    classes = ["ok", "scratch", "dent", "stain"]
+    store = LogitStore.create(tmp_path / "s", np.arange(120), [classes[k] for k in y], classes=classes,
+                              n_folds=3, test_ids=np.arange(20))
+    for i in range(3):
+        store.put(f"m{i}", np.eye(4)[y] * (1 + i) + rng.normal(size=(120, 4)) * 1.5, rng.normal(size=(20, 4)))
+    for fold in range(3):  # a training history, as train_cv writes it, for one model
+        run = store.path / "runs" / "m1" / f"fold{fold}"
+        run.mkdir(parents=True)
+        pd.DataFrame({"epoch": [0, 1, 2], "lr": 1e-3, "train_loss": [1.3, 1.0, 0.8], "val_loss": [1.2, 1.0, 0.9],
+                      "val_accuracy": [0.4, 0.5, 0.6]}).to_csv(run / "history.csv", index=False)
+    return store
+
+
+def _sections(html):
+    return re.findall(r'<section id="([a-z-]+)">', html)
+
+
+def test_report_with_thresholded_stack_has_every_section(store):
+    fit_stack(store, StackConfig(recipe="aoi", metric="accuracy", n_trials=5))
+    path = write_report(store)
+    html = path.read_text()
+    assert _sections(html) == list(SECTIONS)
+    assert html.count('src="data:image/png;base64,') == 7  # self-contained: every figure embedded
+    assert sorted(p.name for p in path.parent.glob("*.png")) == sorted(
+        ["leaderboard.png", "correlation.png", "weights.png", "confusion.png", "thresholds.png", "reliability.png",
+         "training_curves.png"])
+    assert "class dent: predict when p &gt; 0.4" in html  # the AOI rule on class index 2
+    assert "soft_vote: model weights" in html
+    assert "No training history for [&#x27;m0&#x27;, &#x27;m2&#x27;]" in html
+
+
+def test_report_without_stack_or_thresholds_says_so(store, tmp_path):
+    html = write_report(store, out_dir=tmp_path / "r").read_text()
+    assert _sections(html) == list(SECTIONS)
+    assert "No stack fitted yet" in html and "applies no class thresholds" in html
+    fit_stack(store, StackConfig(recipe="hill_climb", metric="log_loss"))
+    html = write_report(store, stack="hill_climb", out_dir=tmp_path / "r2").read_text()
+    assert "hill_climbing: model weights" in html and "applies no class thresholds" in html
+    with pytest.raises(StoreError, match="no stack 'missing'"):
+        write_report(store, stack="missing")
+
+
+def test_missing_matplotlib_gives_install_hint(store, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(MissingDependencyError, match=r'pip install "ensemble_kit\[report\]"'):
+        write_report(store)
+
+
+def test_report_cli(store, capsys):
+    from ensemble_kit.cli.main import main
+
+    assert main(["stack", str(store.path), "--recipe", "hill_climb"]) == 0
+    assert main(["report", str(store.path)]) == 0
+    assert "report.html" in capsys.readouterr().out
+    assert (store.path / "report" / "reliability.png").is_file()
