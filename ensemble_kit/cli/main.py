@@ -19,11 +19,18 @@ logger = logging.getLogger("ensemble_kit")
 def _cmd_ls(args: argparse.Namespace) -> int:
     from ensemble_kit import LogitStore
 
+    from ensemble_kit.project import leaderboard, list_stacks, load_stack
+
     store = LogitStore.open(args.store)
     print(store)
     board = store.leaderboard(metric=args.metric)
     with pd.option_context("display.max_columns", 20, "display.width", 160):
         print(board.to_string(index=False, float_format=lambda v: f"{v:.5f}") if len(board) else "(no complete entries)")
+        stacks = list_stacks(store)
+        if stacks and len(board):
+            stack = load_stack(store, stacks[-1])
+            print(f"\nstack {stack.name!r} (recipe {stack.summary['recipe']}, metric {stack.metric}); honest OOF CV:")
+            print(_format(leaderboard(store, stack)))
     for name, missing in store.incomplete().items():
         print(f"incomplete: {name} (missing folds {list(missing)})")
     return 0
@@ -56,16 +63,56 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _format(table: pd.DataFrame) -> str:
+    with pd.option_context("display.max_columns", 30, "display.width", 200):
+        return table.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from ensemble_kit.project import ProjectConfig, train_project
+
+    cfg = ProjectConfig.from_yaml(args.config, overrides=args.set)
+    models = args.models.split(",") if args.models else None
+    folds = None if args.fold is None else [args.fold]
+    entries = train_project(cfg, models=models, folds=folds)
+    for name, info in entries.items():
+        state = "complete" if info.complete else f"folds {list(info.folds_present)} of {info.n_folds}"
+        print(f"{name}: {state}")
+    print(f"store: {cfg.store}  (next: ensemble-kit stack {cfg.store})")
+    return 0
+
+
 def _cmd_stack(args: argparse.Namespace) -> int:
-    from ensemble_kit import LogitStore, Stacker
+    from ensemble_kit import LogitStore
+    from ensemble_kit.project import StackConfig, fit_stack, leaderboard
 
     store = LogitStore.open(args.store)
-    models = args.models.split(",") if args.models else None
-    stacker = Stacker.from_store(store, models=models, recipe=args.recipe, metric=args.metric,
-                                 n_trials=args.n_trials, seed=args.seed)
-    with pd.option_context("display.max_columns", 20, "display.width", 160):
-        print(stacker.report_.to_string(index=False, float_format=lambda v: f"{v:.5f}"))
-    print(f"Optuna studies: {stacker.storage_}  (open with: ensemble-kit dashboard {store.path})")
+    config = StackConfig(recipe=args.recipe, metric=args.metric, n_trials=args.n_trials, seed=args.seed,
+                         models=tuple(args.models.split(",")) if args.models else None, name=args.name)
+    stack = fit_stack(store, config)
+    print(_format(leaderboard(store, stack)))
+    print(f"saved: {stack.path}")
+    print(f"Optuna studies: {stack.summary['optuna_storage']}  (open with: ensemble-kit dashboard {store.path})")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from ensemble_kit import LogitStore
+    from ensemble_kit.report import write_report
+
+    path = write_report(LogitStore.open(args.store), stack=args.stack, out_dir=args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from ensemble_kit import LogitStore
+    from ensemble_kit.project import load_stack, write_submission
+
+    store = LogitStore.open(args.store)
+    stack = load_stack(store, args.stack)
+    out = write_submission(store, stack, args.out, format=args.format, id_col=args.id_col, label_col=args.label_col)
+    print(f"wrote {out} ({len(store.test_ids)} rows, stack {stack.name!r})")
     return 0
 
 
@@ -80,12 +127,15 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ensemble_kit.cli._demo import run_demo
 
-    result = run_demo(args.out, seed=args.seed)
-    print(f"\nStore: {result.store.path}")
-    with pd.option_context("display.max_columns", 20, "display.width", 160):
-        print(result.leaderboard.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    for line in result.next_steps:
-        print(line)
+    result = run_demo(args.out, seed=args.seed, n_folds=args.folds, n_trials=args.n_trials, overrides=args.set)
+    print(f"\nLeaderboard (honest OOF CV on {len(result.store.train_ids)} digits; test_* on "
+          f"{len(result.store.test_ids)} held-out digits):")
+    print(_format(result.leaderboard))
+    print(f"\nstore:      {result.store.path}")
+    print(f"config:     {result.config}   (rerun: ensemble-kit train {result.config})")
+    print(f"report:     {result.report}")
+    print(f"submission: {result.submission}")
+    print(f"dashboard:  ensemble-kit dashboard {result.store.path}")
     return 0
 
 
@@ -124,14 +174,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=["probs", "logits"], default="probs")
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("stack", help="fit a stacking recipe on a store's OOF logits; print the honest report")
+    p = sub.add_parser("train", help="train the models of a project config into its store, fold by fold")
+    p.add_argument("config", type=Path, help="project YAML (data, folds, models, stack)")
+    p.add_argument("--fold", type=int, default=None, help="train only this fold (separate jobs share one store)")
+    p.add_argument("--models", default=None, help="comma-separated model names (default: all, teachers first)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set models.resnet.epochs=3 or models.*.img_size=64")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("stack", help="fit a stacking recipe on a store's OOF logits; save it; print the honest report")
     p.add_argument("store", type=Path)
     p.add_argument("--recipe", default="yandex", choices=["yandex", "aoi", "hill_climb", "logloss"])
     p.add_argument("--models", default=None, help="comma-separated entries (default: all complete)")
     p.add_argument("--metric", default="log_loss", choices=["log_loss", "accuracy", "f1_macro"])
     p.add_argument("--n-trials", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default=None, help="name of the saved stack (default: the recipe)")
     p.set_defaults(func=_cmd_stack)
+
+    p = sub.add_parser("report", help="write a self-contained HTML report (plus PNGs) of a store and its stack")
+    p.add_argument("store", type=Path)
+    p.add_argument("--stack", default=None, help="saved stack to report (default: the latest)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: STORE/report)")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("submit", help="write the competition submission of a saved stack")
+    p.add_argument("store", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="CSV to write")
+    p.add_argument("--stack", default=None, help="saved stack (default: the latest)")
+    p.add_argument("--format", default="auto", choices=["auto", "labels", "probs"],
+                   help="labels (id + label) or per-class probabilities; auto: probs for log-loss stacks")
+    p.add_argument("--id-col", default="id")
+    p.add_argument("--label-col", default="label")
+    p.set_defaults(func=_cmd_submit)
 
     p = sub.add_parser("dashboard", help="open the store's Optuna studies in optuna-dashboard")
     p.add_argument("store", type=Path)
@@ -139,9 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080)
     p.set_defaults(func=_cmd_dashboard)
 
-    p = sub.add_parser("demo", help="run the pipeline end to end on embedded data (no network)")
+    p = sub.add_parser("demo", help="train 3 timm backbones x 5 folds on embedded digits, stack, report (no network)")
     p.add_argument("--out", type=Path, default=Path("demo-output"), help="output directory (default: demo-output)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--n-trials", type=int, default=60, help="Optuna trials per tuning run")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value of the demo config, e.g. --set models.*.epochs=1")
     p.set_defaults(func=_cmd_demo)
     return parser
 
