@@ -6,6 +6,7 @@ used for fitting). Model families are chosen to be affordable on a 2-core CPU an
 accuracy and calibration, which is what stacking has to handle:
 
 - cnn_small / cnn_tiny: small from-scratch CNNs (torch; widths 24 and 16, 6 and 4 epochs), flips + shifts
+- cnn_small_s1 / cnn_mid (optional, ``--models``): another seed of cnn_small, and width 20 x 5 epochs
 - lgbm_pixels: LightGBM on 8x8 RGB thumbnails + colour statistics
 - logreg_pixels: multinomial logistic regression on 16x16 RGB pixels
 - knn_pca: k-nearest neighbours on 64 PCA components (poorly calibrated on purpose)
@@ -92,7 +93,9 @@ def _train_cnn(width, epochs, seed, x_fit, y_fit, predict_sets):
     return outs
 
 
-CNN_SHAPES = {"cnn_small": (24, 6), "cnn_tiny": (16, 4)}
+# name -> (width, epochs, seed offset): same-family CNNs with different seeds and widths are what
+# a real bundle of several trained backbones looks like to a stacker.
+CNN_SHAPES = {"cnn_small": (24, 6, 0), "cnn_tiny": (16, 4, 0), "cnn_small_s1": (24, 6, 100), "cnn_mid": (20, 5, 200)}
 
 
 def main() -> None:
@@ -146,8 +149,8 @@ def main() -> None:
                 oof, test = model.predict_proba(tr[feat][valid]), model.predict_proba(te[feat])
                 kind = "probs"
             else:
-                width, epochs = CNN_SHAPES[name]
-                oof, test = _train_cnn(width, epochs, k, data["train_images"][fit], store.y[fit],
+                width, epochs, seed_offset = CNN_SHAPES[name]
+                oof, test = _train_cnn(width, epochs, seed_offset + k, data["train_images"][fit], store.y[fit],
                                        [data["train_images"][valid], data["test_images"]])
                 kind = "logits"
             store.put_fold(name, k, oof, test, kind=kind, meta={"family": name}, overwrite=True)

@@ -16,7 +16,9 @@ from typing import Any
 
 import pandas as pd
 
+from ensemble_kit.errors import ValidationError
 from ensemble_kit.project import ProjectConfig, fit_stack, leaderboard, train_project, write_submission
+from ensemble_kit.project.pipeline import PROJECT_DIR, RESOLVED_CONFIG
 from ensemble_kit.report import write_report
 from ensemble_kit.store import LogitStore
 
@@ -67,8 +69,7 @@ def run_demo(out: Path, *, seed: int = 0, n_folds: int = 5, n_trials: int = 60,
     out = Path(out)
     base = demo_config(out, seed=seed, n_folds=n_folds, n_trials=n_trials)
     cfg = ProjectConfig.from_dict(base.to_dict(), overrides=overrides or [])
-    if Path(cfg.store).exists():
-        shutil.rmtree(cfg.store)
+    _remove_earlier_demo(Path(cfg.store))
     config_path = cfg.to_yaml(out / "demo.yaml")
     train_project(cfg)
     store = LogitStore.open(cfg.store)
@@ -77,3 +78,12 @@ def run_demo(out: Path, *, seed: int = 0, n_folds: int = 5, n_trials: int = 60,
     submission = write_submission(store, stack, out / "submission.csv", format=cfg.submission.format,
                                   id_col=cfg.submission.id_col, label_col=cfg.submission.label_col)
     return DemoResult(store, leaderboard(store, stack), report, submission, config_path)
+
+
+def _remove_earlier_demo(path: Path) -> None:
+    """Delete the store of an earlier demo run; refuse to delete anything else."""
+    if not path.exists():
+        return
+    if not (path / PROJECT_DIR / RESOLVED_CONFIG).is_file():
+        raise ValidationError(f"{str(path)!r} exists and is not the store of an earlier demo; choose another --out.")
+    shutil.rmtree(path)

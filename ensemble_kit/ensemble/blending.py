@@ -11,6 +11,7 @@ import optuna
 from numpy.typing import ArrayLike, NDArray
 from sklearn.base import clone
 from sklearn.utils.validation import check_is_fitted
+from tqdm.auto import tqdm
 
 from ensemble_kit.ensemble._base import BaseEnsembler
 from ensemble_kit.ensemble._inputs import LogitInput, as_logit_stack, check_same_models, default_folds, nested_by_fold
@@ -104,7 +105,9 @@ class Blender(BaseEnsembler):
         elif weights != "optuna":
             raise ValidationError(f"weights must be a dict of stage weights or 'optuna'; got {weights!r}.")
         self.stages_ = {}
-        for name, stage in stages.items():
+        bar = tqdm(stages.items(), total=len(stages), desc="blend: stages (each nested over the folds)", disable=None)
+        for name, stage in bar:
+            bar.set_postfix_str(name)
             self.stages_[name] = clone(stage).fit(named, yy, folds=folds_array)
         self.stage_oof_ = {name: stage.oof_proba_ for name, stage in self.stages_.items()}
         if isinstance(weights, str):

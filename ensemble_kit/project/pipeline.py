@@ -17,7 +17,7 @@ from ensemble_kit.data.sources import (
     ImageFolderSource,
     ImageSource,
 )
-from ensemble_kit.errors import NotAStoreError, ValidationError
+from ensemble_kit.errors import NotAStoreError, StoreExistsError, ValidationError
 from ensemble_kit.project.config import DataConfig, ProjectConfig
 from ensemble_kit.store import EntryInfo, LogitStore
 from ensemble_kit.train.pseudo import pseudo_label
@@ -72,8 +72,12 @@ def open_project_store(cfg: ProjectConfig, train: ImageSource, test: ImageSource
     except NotAStoreError:
         if path.exists() and any(path.iterdir()):
             raise
-        store = LogitStore.create(path, train.ids, train.labels, classes=train.classes, n_folds=cfg.folds.n_folds,
-                                  seed=cfg.folds.seed, test_ids=None if test is None else test.ids)
+        try:
+            store = LogitStore.create(path, train.ids, train.labels, classes=train.classes, n_folds=cfg.folds.n_folds,
+                                      seed=cfg.folds.seed, test_ids=None if test is None else test.ids)
+        except StoreExistsError:  # another job (e.g. another fold) created it first: use theirs, if it matches
+            store = LogitStore.open(path)
+            _check_store_matches(store, cfg, train, test)
     else:
         _check_store_matches(store, cfg, train, test)
     project_dir = store.path / PROJECT_DIR

@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -67,7 +67,7 @@ def fit_stack(store: LogitStore, config: StackConfig) -> StackResult:
     test_labels = stacker.predict(store) if has_test else None
     summary = {
         "name": config.result_name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.__dict__.items()},
+        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
         "recipe": config.recipe, "metric": config.metric, "description": stacker.plan_.description,
         "models": list(stacker.model_names_), "classes": list(store.classes), "fit_seconds": stacker.fit_seconds_,
         "optuna_storage": str(stacker.storage_), "study_names": stacker.study_names_,

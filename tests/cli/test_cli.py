@@ -94,3 +94,12 @@ def test_train_command_folds_overrides_and_key_errors(tmp_path, capsys):
     assert "unknown key 'models.r10.optimizer.lrr'" in capsys.readouterr().err
     assert main(["submit", str(store.path), "--out", str(tmp_path / "s.csv")]) == 2
     assert "no fitted stack yet" in capsys.readouterr().err
+
+
+def test_demo_never_deletes_a_folder_it_did_not_create(tmp_path, capsys):
+    keep = tmp_path / "store" / "precious.txt"
+    keep.parent.mkdir()
+    keep.write_text("mine")
+    assert main(["demo", "--out", str(tmp_path)]) == 2
+    assert "is not the store of an earlier demo" in capsys.readouterr().err
+    assert keep.read_text() == "mine"
