@@ -21,7 +21,7 @@ from ensemble_kit.ensemble._inputs import LogitInput, as_logit_stack, check_same
 from ensemble_kit.ensemble._recipes import StackPlan, build_plan
 from ensemble_kit.ensemble.blending import Blender
 from ensemble_kit.errors import ValidationError
-from ensemble_kit.metrics import accuracy, f1_macro, log_loss, log_softmax
+from ensemble_kit.metrics import accuracy, f1_macro, get_metric, log_loss, log_softmax
 from ensemble_kit.store import LogitStore
 
 logger = logging.getLogger(__name__)
@@ -163,11 +163,24 @@ class Stacker(BaseEstimator):
             self.thresholds_ = clone(plan.thresholds).fit(oof, yy)
             if plan.thresholds.rules is not None:
                 labels = self.thresholds_.predict(oof)  # fixed rules learn nothing: no nesting needed
+                rows.append({"step": "+thresholds", "kind": "decision", **_scores(yy, oof, labels),
+                             "fit_seconds": time.perf_counter() - t0})
             else:
-                labels = nested_by_fold(folds_array, lambda fit, held, _k: clone(plan.thresholds).fit(
+                tuned = nested_by_fold(folds_array, lambda fit, held, _k: clone(plan.thresholds).fit(
                     oof[fit], yy[fit]).predict(oof[held]))
-            rows.append({"step": "+thresholds", "kind": "decision", **_scores(yy, oof, labels),
-                         "fit_seconds": time.perf_counter() - t0})
+                tuned_scores = _scores(yy, oof, tuned)
+                metric = get_metric(self.metric)
+                gain = (tuned_scores[metric.name] - _scores(yy, oof)[metric.name]) * (1 if metric.greater_is_better else -1)
+                # Offsets that lose on held-out folds fit fold-specific biases of the OOF
+                # predictions, not the classes: keep arg-max decisions rather than ship them.
+                keep = gain >= 0
+                rows.append({"step": "+thresholds" if keep else "+thresholds (rejected: worse on held-out folds)",
+                             "kind": "decision", **tuned_scores, "fit_seconds": time.perf_counter() - t0})
+                if keep:
+                    labels = tuned
+                else:
+                    logger.warning("class offsets lower nested-CV %s by %.4f: decisions stay arg-max", metric.name, -gain)
+                    self.thresholds_ = None
         self.oof_proba_ = oof
         self.oof_labels_ = labels
         self.plan_ = plan

@@ -106,6 +106,8 @@ def describe_stacker(stacker: Stacker) -> dict[str, Any]:
     if stacker.temperature_ is not None:
         out["temperature"] = float(stacker.temperature_)
     thresholds = stacker.thresholds_
+    if stacker.report_["step"].str.startswith("+thresholds (rejected").any():
+        out["thresholds_rejected"] = True
     if thresholds is not None:
         if thresholds.rules is not None:
             out["class_rules"] = {str(k): float(v) for k, v in thresholds.rules.items()}

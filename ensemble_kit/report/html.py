@@ -153,6 +153,11 @@ class _Report:
     def section_thresholds(self) -> None:
         fitted = self.stack.summary["fitted"] if self.stack is not None else {}
         classes = self.store.classes
+        if fitted.get("thresholds_rejected"):
+            self._section("thresholds", "Class thresholds", self._note(
+                "Class offsets were tuned but rejected: they scored worse than arg-max on held-out folds "
+                "(see the leaderboard's '+thresholds (rejected ...)' row), so decisions stay arg-max."))
+            return
         if "class_rules" not in fitted and "class_offsets" not in fitted:
             self._section("thresholds", "Class thresholds", self._note(
                 "This stack applies no class thresholds: it predicts the most probable class "

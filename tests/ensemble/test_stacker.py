@@ -106,3 +106,24 @@ def test_study_names_are_deterministic():
     assert a.study_names_ == b.study_names_
     c = Stacker(recipe="aoi", n_trials=5, metric="accuracy").fit(logits, y)
     assert c.study_names_ != a.study_names_
+
+
+def test_offsets_that_lose_on_held_out_folds_are_rejected():
+    # Each fold's OOF predictions favour a different class (fold 0: class 0, fold 1: class 1):
+    # offsets tuned on one fold undo a bias the other fold does not have, so nested CV scores
+    # them below arg-max, and the Stacker must keep arg-max decisions.
+    rng = np.random.default_rng(0)
+    y = np.arange(400) % 3
+    folds = (np.arange(400) // 3) % 2
+    bias = np.zeros((400, 3))
+    bias[folds == 0, 0] = 1.5
+    bias[folds == 1, 1] = 1.5
+    logits = {f"m{i}": np.eye(3)[y] * 2 + bias + rng.normal(size=(400, 3)) for i in range(2)}
+    stk = Stacker(recipe=None, stages={"vote": SoftVoting("equal")}, thresholds=ClassThresholds(optimize="accuracy"),
+                  metric="accuracy").fit(logits, y, folds=folds)
+    last = stk.report_.iloc[-1]
+    assert last["step"] == "+thresholds (rejected: worse on held-out folds)"
+    assert last["accuracy"] < stk.report_.set_index("step").loc["vote", "accuracy"]
+    assert stk.thresholds_ is None
+    np.testing.assert_array_equal(stk.oof_labels_, stk.oof_proba_.argmax(1))
+    np.testing.assert_array_equal(stk.predict(logits), stk.predict_proba(logits).argmax(1))
