@@ -23,15 +23,28 @@ def _pyplot() -> Any:
 
 
 def leaderboard_figure(table: pd.DataFrame, metric: str) -> Any:
-    """Horizontal bars of ``metric`` (honest OOF) for every base model, reference and stage."""
+    """Horizontal bars of ``metric`` and log loss (honest OOF) for every base model, reference and step.
+
+    The axes are zoomed on the values (stacking gains are often in the third decimal) and
+    every bar carries its value.
+    """
     plt = _pyplot()
-    rows = table.dropna(subset=[metric])
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.2))
-    colours = rows["kind"].map({"base model": "#7f8c8d", "reference": "#bdc3c7"}).fillna("#2e86de")
-    ax.barh(rows["step"], rows[metric], color=colours)
-    ax.invert_yaxis()
-    ax.set_xlabel(f"OOF {metric} (honest, nested CV)")
-    ax.set_title("Base models (grey) and ensemble steps (blue)")
+    metrics = [metric] if metric == "log_loss" else [metric, "log_loss"]
+    rows = table.dropna(subset=metrics)
+    colours = rows["kind"].map({"base model": "#7f8c8d", "reference": "#bdc3c7"}).fillna("#2e86de").tolist()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics) + 2.5, 0.38 * len(rows) + 1.4),
+                             sharey=True, squeeze=False)
+    for ax, name in zip(axes[0], metrics):
+        values = rows[name].to_numpy(dtype=float)
+        low, high = float(values.min()), float(values.max())
+        pad = max((high - low) * 0.15, 1e-3)
+        ax.barh(rows["step"], values, color=colours)
+        ax.set_xlim(max(0.0, low - pad), high + pad)
+        for i, v in enumerate(values):
+            ax.text(v, i, f" {v:.4f}", va="center", fontsize=7)
+        ax.set_xlabel(f"OOF {name}" + (" (lower is better)" if name == "log_loss" else ""))
+    axes[0][0].invert_yaxis()
+    fig.suptitle("Honest nested-CV scores: base models (grey), mean (light), ensemble steps (blue)", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -41,7 +54,7 @@ def correlation_figure(names: Sequence[str], oof_log_probs: NDArray) -> Any:
     plt = _pyplot()
     flat = oof_log_probs.reshape(len(names), -1).astype(np.float64)
     corr = np.corrcoef(flat) if len(names) > 1 else np.ones((1, 1))
-    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(names), 0.8 + 0.6 * len(names)))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.5 + 0.7 * len(names)), max(4.2, 1.2 + 0.6 * len(names))))
     image = ax.imshow(corr, vmin=min(0.0, float(corr.min())), vmax=1.0, cmap="viridis")
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
     ax.set_yticks(range(len(names)), names)
@@ -49,7 +62,7 @@ def correlation_figure(names: Sequence[str], oof_log_probs: NDArray) -> Any:
         for j in range(len(names)):
             ax.text(j, i, f"{corr[i, j]:.2f}", ha="center", va="center", color="w" if corr[i, j] < 0.8 else "k", fontsize=8)
     fig.colorbar(image, ax=ax, fraction=0.046)
-    ax.set_title("Correlation of OOF log-probabilities")
+    ax.set_title("Correlation of OOF log-probabilities", fontsize=10)
     fig.tight_layout()
     return fig
 
