@@ -240,6 +240,18 @@ class ImageDirSource(_FileImageSource):
     classes : sequence, optional
         The training classes, so the source can be paired with a labelled one.
     cache : bool
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> from pathlib import Path
+    >>> from PIL import Image
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> for name in ("TEST_001.jpg", "TEST_000.png"):
+    ...     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / name)
+    >>> src = ImageDirSource(folder, classes=["a", "b"])
+    >>> src.ids.tolist(), src.is_labelled, src.load(0).shape
+    (['TEST_000', 'TEST_001'], False, (8, 8, 3))
     """
 
     def __init__(self, root: str | Path, *, classes: Sequence[Any] | None = None, cache: bool = False) -> None:

@@ -59,7 +59,22 @@ class StackResult:
 
 
 def fit_stack(store: LogitStore, config: StackConfig) -> StackResult:
-    """Fit :class:`~ensemble_kit.Stacker` on the store as ``config`` says, save it, return it."""
+    """Fit :class:`~ensemble_kit.Stacker` on the store as ``config`` says, save it, return it.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> from ensemble_kit import LogitStore
+    >>> rng = np.random.default_rng(0)
+    >>> y = np.arange(60) % 3
+    >>> store = LogitStore.create(tempfile.mkdtemp() + "/s", np.arange(60), y, [0, 1, 2], n_folds=3,
+    ...                           test_ids=np.arange(10))
+    >>> for i in range(2):
+    ...     _ = store.put(f"m{i}", np.eye(3)[y] * (i + 1) + rng.normal(size=(60, 3)), rng.normal(size=(10, 3)))
+    >>> result = fit_stack(store, StackConfig(recipe="hill_climb"))
+    >>> result.name, result.test_proba.shape, sorted(p.name for p in result.path.glob("*.json"))
+    ('hill_climb', (10, 3), ['stack.json'])
+    """
     stacker = Stacker.from_store(store, models=list(config.models) if config.models else None, recipe=config.recipe,
                                  metric=config.metric, n_trials=config.n_trials, seed=config.seed)
     has_test = store.test_ids is not None

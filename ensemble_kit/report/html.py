@@ -43,6 +43,18 @@ def write_report(store: LogitStore, *, stack: str | None = None, out_dir: str | 
         Saved stack to report (default: the most recent one; base models only if none).
     out_dir : path, optional
         Default ``STORE/report``.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> from ensemble_kit import LogitStore
+    >>> y = np.arange(60) % 3
+    >>> store = LogitStore.create(tempfile.mkdtemp() + "/s", np.arange(60), y, [0, 1, 2], n_folds=3)
+    >>> for i in range(2):
+    ...     _ = store.put(f"m{i}", np.eye(3)[y] * (i + 1) + np.random.default_rng(i).normal(size=(60, 3)))
+    >>> path = write_report(store)  # base models only: no stack fitted yet
+    >>> path.name, path.read_text().count("<section id=")
+    ('report.html', 7)
     """
     out = Path(out_dir) if out_dir is not None else store.path / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
