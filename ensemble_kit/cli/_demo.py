@@ -48,7 +48,8 @@ class DemoResult:
     config: Path
 
 
-def demo_config(out: Path, *, seed: int = 0, n_folds: int = 5, n_trials: int = 60) -> ProjectConfig:
+def demo_config(out: Path, *, seed: int = 0, n_folds: int = 5, n_trials: int = 60,
+                overrides: list[str] | None = None) -> ProjectConfig:
     """The demo's project: embedded digits at 32 px, three timm backbones, the yandex stack for macro F1."""
     models = {}
     for name, spec in DEMO_MODELS.items():
@@ -60,15 +61,14 @@ def demo_config(out: Path, *, seed: int = 0, n_folds: int = 5, n_trials: int = 6
         "models": models,
         "stack": {"recipe": "yandex", "metric": "f1_macro", "n_trials": n_trials, "seed": seed},
         "submission": {"format": "labels", "id_col": "id", "label_col": "digit"},
-    })
+    }, overrides=overrides or [])
 
 
 def run_demo(out: Path, *, seed: int = 0, n_folds: int = 5, n_trials: int = 60,
              overrides: list[str] | None = None) -> DemoResult:
     """Train, stack, report and submit on the embedded digits under ``out`` (replacing an earlier demo)."""
     out = Path(out)
-    base = demo_config(out, seed=seed, n_folds=n_folds, n_trials=n_trials)
-    cfg = ProjectConfig.from_dict(base.to_dict(), overrides=overrides or [])
+    cfg = demo_config(out, seed=seed, n_folds=n_folds, n_trials=n_trials, overrides=overrides)
     _remove_earlier_demo(Path(cfg.store))
     config_path = cfg.to_yaml(out / "demo.yaml")
     train_project(cfg)

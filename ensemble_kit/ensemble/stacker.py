@@ -215,7 +215,12 @@ class Stacker(BaseEstimator):
 
     def predict(self, test_logits: LogitInput, *, models: Sequence[str] | None = None) -> NDArray[np.int64]:
         """Class indices, under the fitted class thresholds when the recipe has them."""
-        probs = self.predict_proba(test_logits, models=models)
+        return self.decide(self.predict_proba(test_logits, models=models))
+
+    def decide(self, proba: ArrayLike) -> NDArray[np.int64]:
+        """Class indices for probabilities from :meth:`predict_proba` (fitted thresholds or rules, else arg-max)."""
+        check_is_fitted(self, "blender_")
+        probs = np.asarray(proba)
         return self.thresholds_.predict(probs) if self.thresholds_ is not None else probs.argmax(axis=1)
 
     @property

@@ -144,7 +144,8 @@ def train_project(cfg: ProjectConfig, *, models: Sequence[str] | None = None,
         spec = cfg.model(name)
         extra = None
         if spec.pseudo_label is not None:
-            missing = {t: store.incomplete().get(t) for t in spec.pseudo_label.teachers if t not in store.models()}
+            complete, incomplete = set(store.models()), store.incomplete()
+            missing = {t: incomplete.get(t) for t in spec.pseudo_label.teachers if t not in complete}
             if missing:
                 detail = ", ".join(f"{t} (missing folds {list(f) if f else 'all'})" for t, f in missing.items())
                 raise ValidationError(f"Model {name!r} is pseudo-labelled by teachers that are not complete in the "

@@ -79,7 +79,7 @@ def fit_stack(store: LogitStore, config: StackConfig) -> StackResult:
                                  metric=config.metric, n_trials=config.n_trials, seed=config.seed)
     has_test = store.test_ids is not None
     test_proba = stacker.predict_proba(store) if has_test else None
-    test_labels = stacker.predict(store) if has_test else None
+    test_labels = stacker.decide(test_proba) if has_test else None
     summary = {
         "name": config.result_name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
