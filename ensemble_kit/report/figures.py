@@ -104,7 +104,7 @@ def confusion_figure(y: NDArray, labels: NDArray, classes: Sequence[Any]) -> Any
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     fig.colorbar(image, ax=ax, fraction=0.046)
-    ax.set_title("Confusion matrix of the stack's OOF decisions (counts; colour = row rate)")
+    ax.set_title("OOF decisions: counts, colour = share of the true class", fontsize=10)
     fig.tight_layout()
     return fig
 
