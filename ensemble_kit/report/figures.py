@@ -113,15 +113,24 @@ def threshold_figure(classes: Sequence[Any], before: pd.DataFrame, after: pd.Dat
     """Per-class precision / recall / F1 with plain argmax vs with the stack's class decisions."""
     plt = _pyplot()
     n = len(classes)
-    fig, axes = plt.subplots(1, 3, figsize=(max(9.0, 0.5 * n * 3), 3.4), sharey=True)
+    # Side-by-side bars stay readable up to ~20 classes; beyond, each panel plots the change per class.
+    fig, axes = plt.subplots(1, 3, figsize=(min(18.0, max(9.0, 1.5 * n)), 3.4), sharey=n <= 20)
     x = np.arange(n)
     for ax, column in zip(axes, ("precision", "recall", "f1")):
-        ax.bar(x - 0.2, before[column], width=0.4, label="argmax", color="#bdc3c7")
-        ax.bar(x + 0.2, after[column], width=0.4, label="with thresholds", color="#2e86de")
+        if n <= 20:
+            ax.bar(x - 0.2, before[column], width=0.4, label="argmax", color="#bdc3c7")
+            ax.bar(x + 0.2, after[column], width=0.4, label="with thresholds", color="#2e86de")
+            ax.set_xticks(x, [f"{c}\n{s}" for c, s in zip(classes, setting)], fontsize=7)
+            ax.set_ylim(0, 1.05)
+        else:
+            delta = (after[column] - before[column]).to_numpy()
+            ax.bar(x, delta, width=1.0, color=np.where(delta >= 0, "#2e86de", "#e74c3c"))
+            ax.axhline(0, color="grey", lw=0.8)
+            ax.set_xlabel("class index")
+            ax.set_ylabel("change vs arg-max")
         ax.set_title(column)
-        ax.set_xticks(x, [f"{c}\n{s}" for c, s in zip(classes, setting)] if n <= 20 else [""] * n, fontsize=7)
-        ax.set_ylim(0, 1.05)
-    axes[0].legend(fontsize=8, loc="lower left")
+    if n <= 20:
+        axes[0].legend(fontsize=8, loc="lower left")
     fig.suptitle("Effect of each class threshold on OOF decisions (class, setting)", fontsize=10)
     fig.tight_layout()
     return fig

@@ -70,3 +70,15 @@ def test_report_cli(store, capsys):
     assert main(["report", str(store.path)]) == 0
     assert "report.html" in capsys.readouterr().out
     assert (store.path / "report" / "reliability.png").is_file()
+
+
+def test_many_class_figures_stay_bounded():
+    from ensemble_kit.report import figures
+
+    n = 396
+    rng = np.random.default_rng(0)
+    before = pd.DataFrame({"precision": rng.random(n), "recall": rng.random(n), "f1": rng.random(n)})
+    fig = figures.threshold_figure(list(range(n)), before, before + 0.01, ["+0.10"] * n)
+    assert fig.get_size_inches()[0] <= 18
+    y = rng.integers(0, n, 2000)
+    assert max(figures.confusion_figure(y, y, list(range(n))).get_size_inches()) <= 12
