@@ -16,6 +16,9 @@ from numpy.typing import NDArray
 from ensemble_kit._optional import import_optional
 
 
+_CORRELATION_SAMPLE = 1_000_000
+
+
 def _pyplot() -> Any:
     matplotlib = import_optional("matplotlib", feature="The HTML report")
     matplotlib.use("Agg", force=True)
@@ -52,7 +55,10 @@ def leaderboard_figure(table: pd.DataFrame, metric: str) -> Any:
 def correlation_figure(names: Sequence[str], oof_log_probs: NDArray) -> Any:
     """Pearson correlation between the models' OOF log-probabilities (all samples and classes)."""
     plt = _pyplot()
-    flat = oof_log_probs.reshape(len(names), -1).astype(np.float64)
+    flat = oof_log_probs.reshape(len(names), -1)
+    if flat.shape[1] > _CORRELATION_SAMPLE:  # e.g. 33k x 396 values per model: a seeded sample is as exact
+        flat = flat[:, np.random.default_rng(0).choice(flat.shape[1], _CORRELATION_SAMPLE, replace=False)]
+    flat = flat.astype(np.float64)
     corr = np.corrcoef(flat) if len(names) > 1 else np.ones((1, 1))
     fig, ax = plt.subplots(figsize=(max(5.0, 1.5 + 0.7 * len(names)), max(4.2, 1.2 + 0.6 * len(names))))
     image = ax.imshow(corr, vmin=min(0.0, float(corr.min())), vmax=1.0, cmap="viridis")
