@@ -155,7 +155,7 @@ def _save(store: LogitStore, name: str, summary: dict[str, Any], report: pd.Data
             if array is not None:
                 np.save(staging / f"{key}.npy", np.asarray(array), allow_pickle=False)
         report.to_csv(staging / "report.csv", index=False)
-        (staging / "stack.json").write_text(json.dumps(summary, indent=2, default=_json_default), encoding="utf-8")
+        (staging / "stack.json").write_text(json.dumps(summary, indent=2, allow_nan=False), encoding="utf-8")
         retired = None
         if final.exists():
             retired = root / f".{name}.old-{uuid.uuid4().hex[:8]}"
@@ -168,14 +168,6 @@ def _save(store: LogitStore, name: str, summary: dict[str, Any], report: pd.Data
         raise
     logger.info("saved stack %r to %s", name, final)
     return final
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
 
 
 def list_stacks(store: LogitStore) -> list[str]:
