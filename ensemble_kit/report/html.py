@@ -22,7 +22,6 @@ from sklearn.metrics import precision_recall_fscore_support
 
 from ensemble_kit.errors import StoreError
 from ensemble_kit.metrics import get_metric, log_softmax
-from ensemble_kit.project.pipeline import held_out_labels
 from ensemble_kit.project.results import StackResult, leaderboard, list_stacks, load_stack
 from ensemble_kit.report import figures
 from ensemble_kit.store import LogitStore
@@ -77,7 +76,6 @@ class _Report:
         self.models = stack.models if stack is not None else models
         self.metric = stack.metric if stack is not None else "log_loss"
         self.y = store.y
-        self.y_test = held_out_labels(store)
         self.oof_log_probs = log_softmax(store.oof(self.models))
         self.parts: list[str] = []
 
@@ -109,7 +107,7 @@ class _Report:
         table = leaderboard(self.store, self.stack)
         body = self._note("OOF columns are honest: every score is computed on rows the scored step never saw "
                           "while fitting (nested on the store's folds).")
-        if self.y_test is not None:
+        if "test_log_loss" in table.columns:  # the project kept held-out test labels
             body += self._note("test_* columns use the held-out test labels, which no step ever saw.")
         body += self._table(table)
         if self.stack is not None:
