@@ -18,7 +18,7 @@ from ensemble_kit.ensemble._inputs import LogitInput, as_logit_stack, check_same
 from ensemble_kit.ensemble._optuna import SEARCH_SPACE_VERSION, input_hash, run_study, starting_points, suggest_weights
 from ensemble_kit.ensemble._registry import register_ensembler
 from ensemble_kit.ensemble.meta_learner import MetaLearner
-from ensemble_kit.ensemble.voting import SoftVoting
+from ensemble_kit.ensemble.voting import SoftVoting, mixture_log_loss
 from ensemble_kit.errors import ValidationError
 from ensemble_kit.metrics import get_metric
 
@@ -126,9 +126,15 @@ class Blender(BaseEnsembler):
     def _tune(self, stage_probs: Mapping[str, NDArray], y: NDArray[np.int64], *, tag: str) -> dict[str, float]:
         metric = get_metric(self.metric)
         names = list(stage_probs)
+        if metric.name == "log_loss":
+            mixture_loss = mixture_log_loss(np.stack([stage_probs[n][np.arange(len(y)), y] for n in names]))
 
-        def objective(trial: optuna.Trial) -> float:
-            return metric.loss(y, mix(stage_probs, suggest_weights(trial, names)), kind="logits")
+            def objective(trial: optuna.Trial) -> float:
+                weights = suggest_weights(trial, names)
+                return mixture_loss(np.array([weights[n] for n in names]))
+        else:
+            def objective(trial: optuna.Trial) -> float:
+                return metric.loss(y, mix(stage_probs, suggest_weights(trial, names)), kind="logits")
 
         digest = input_hash(extra=self._input_digest + ",".join(names) + SEARCH_SPACE_VERSION)
         name = f"blend-{metric.name}-{digest}-{tag}"

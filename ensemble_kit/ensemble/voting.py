@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -25,6 +25,23 @@ def combine(log_probs: NDArray, weights: NDArray, space: str) -> NDArray:
         mixed = np.tensordot(w.astype(np.float32), np.exp(log_probs), axes=1)
         return np.log(np.clip(mixed / mixed.sum(axis=1, keepdims=True), 1e-12, 1.0))
     return log_softmax(np.tensordot(w.astype(np.float32), log_probs, axes=1))
+
+
+def mixture_log_loss(probs_of_true_class: NDArray) -> Callable[[NDArray], float]:
+    """Log loss of a weighted mixture of normalised members, from each member's ``(M, n)``
+    probabilities of the true class only.
+
+    A mixture of distributions is normalised, so only the true class's mixed probability
+    matters: each trial costs an ``(M, n)`` product instead of an ``(M, n, C)`` mix, which is
+    what keeps weight tuning fast at hundreds of classes.
+    """
+    true_probs = np.asarray(probs_of_true_class, dtype=np.float64)
+
+    def loss(weights: NDArray) -> float:
+        w = np.asarray(weights, dtype=np.float64)
+        return float(-np.mean(np.log(np.clip((w / w.sum()) @ true_probs, 1e-12, None))))
+
+    return loss
 
 
 @register_ensembler("soft_vote")
@@ -118,12 +135,7 @@ class SoftVoting(BaseEnsembler):
             return w / w.sum() if w.sum() > 0 else np.full(n_models, 1.0 / n_models)
 
         if metric.name == "log_loss" and self.space == "prob":
-            # A mixture of normalised members is normalised: only each model's probability of
-            # the true class matters, an (M, n) array instead of (M, n, C) per trial.
-            true_probs = np.exp(log_probs[:, np.arange(len(y)), y]).astype(np.float64)
-
-            def loss(w: NDArray) -> float:
-                return float(-np.mean(np.log(np.clip(w @ true_probs, 1e-12, None))))
+            loss = mixture_log_loss(np.exp(log_probs[:, np.arange(len(y)), y]))
         else:
             def loss(w: NDArray) -> float:
                 return metric.loss(y, combine(log_probs, w, self.space), kind="logits")
@@ -142,4 +154,4 @@ class SoftVoting(BaseEnsembler):
         return combine(self._scale(log_softmax(logits)), self.weights_, self.space)
 
 
-__all__: Sequence[str] = ["SoftVoting", "combine"]
+__all__: Sequence[str] = ["SoftVoting", "combine", "mixture_log_loss"]

@@ -115,6 +115,20 @@ def test_blender_optuna_weights(logits_y):
     assert np.isclose(sum(blend.weights_.values()), 1.0)
 
 
+def test_mixture_log_loss_equals_the_log_loss_of_the_mixed_probabilities():
+    from ensemble_kit.ensemble.blending import mix
+    from ensemble_kit.ensemble.voting import mixture_log_loss
+    from ensemble_kit.metrics import log_softmax
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 50, 400)
+    probs = {f"s{i}": np.exp(log_softmax(rng.normal(size=(400, 50)) * (i + 1))) for i in range(3)}
+    loss = mixture_log_loss(np.stack([p[np.arange(400), y] for p in probs.values()]))
+    for weights in ([0.2, 0.3, 0.5], [1.0, 0.0, 0.0], [3.0, 1.0, 1.0]):
+        expected = log_loss(y, mix(probs, dict(zip(probs, weights))), kind="logits")
+        assert loss(np.array(weights)) == pytest.approx(expected, abs=1e-9)
+
+
 def test_blender_fits_as_a_fold_clone(logits_y):
     from sklearn.base import clone
 
