@@ -1,7 +1,7 @@
 """``ensemble-kit demo``: the whole pipeline on embedded digits, with no network and no files to fetch.
 
-Three timm backbones x 5 folds are trained from scratch into a store, the ``"yandex"`` stack
-is fitted for macro F1 (so class thresholds are tuned), and a leaderboard, a report and a
+Three timm backbones x 5 folds are trained from scratch into a store, the default ``"full"``
+stack is fitted for macro F1 (so class thresholds are tuned), and a leaderboard, a report and a
 submission are written. The demo's config is saved as ``OUT/demo.yaml``: the same run is
 ``ensemble-kit train OUT/demo.yaml`` + ``stack`` + ``report`` + ``submit``.
 """
@@ -50,7 +50,7 @@ class DemoResult:
 
 def demo_config(out: Path, *, seed: int = 0, n_folds: int = 5, n_trials: int = 60,
                 overrides: list[str] | None = None) -> ProjectConfig:
-    """The demo's project: embedded digits at 32 px, three timm backbones, the yandex stack for macro F1."""
+    """The demo's project: embedded digits at 32 px, three timm backbones, the default stack for macro F1."""
     models = {}
     for name, spec in DEMO_MODELS.items():
         models[name] = {**_COMMON, **spec, "seed": seed}
@@ -59,7 +59,7 @@ def demo_config(out: Path, *, seed: int = 0, n_folds: int = 5, n_trials: int = 6
         "data": {"format": "digits", "image_size": 32},
         "folds": {"n_folds": n_folds, "seed": seed},
         "models": models,
-        "stack": {"recipe": "yandex", "metric": "f1_macro", "n_trials": n_trials, "seed": seed},
+        "stack": {"recipe": "full", "metric": "f1_macro", "n_trials": n_trials, "seed": seed},
         "submission": {"format": "labels", "id_col": "id", "label_col": "digit"},
     }, overrides=overrides or [])
 

@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("stack", help="fit a stacking recipe on a store's OOF logits; save it; print the honest report")
     p.add_argument("store", type=Path)
-    p.add_argument("--recipe", default="yandex", choices=["yandex", "aoi", "hill_climb", "logloss"])
+    p.add_argument("--recipe", default="full", choices=["full", "yandex", "aoi", "hill_climb", "logloss"])
     p.add_argument("--models", default=None, help="comma-separated entries (default: all complete)")
     p.add_argument("--metric", default="log_loss", choices=["log_loss", "accuracy", "f1_macro"])
     p.add_argument("--n-trials", type=int, default=200)

@@ -14,7 +14,8 @@ from ensemble_kit.ensemble.meta_learner import MetaLearner
 from ensemble_kit.ensemble.voting import SoftVoting
 from ensemble_kit.errors import ValidationError
 
-RECIPES = ("yandex", "aoi", "hill_climb", "logloss")
+RECIPES = ("full", "yandex", "aoi", "hill_climb", "logloss")
+DEFAULT_RECIPE = "full"
 
 
 @dataclass(frozen=True)
@@ -33,9 +34,25 @@ def _label_thresholds(metric: str) -> ClassThresholds | None:
     return ClassThresholds(optimize=metric) if metric in ("f1_macro", "accuracy") else None
 
 
+def _linear_and_yandex_stages(**common: Any) -> dict[str, BaseEnsembler]:
+    """A logistic stack on the log-probs (class-wise at many classes) next to the Yandex stages.
+
+    On real logits the linear stack and the GBMs err differently (the blend of the two beats
+    each alone), while the GBMs alone stay behind the linear stack; see ``benchmarks/README.md``.
+    """
+    return {"logreg": MetaLearner("logreg", layout="auto", seed=common["seed"]), **default_stages(**common)}
+
+
 def build_plan(recipe: str, *, metric: str, n_trials: int, seed: int, storage: Any) -> StackPlan:
     """The plan of a named recipe (see ``docs/stacking.md``)."""
     common = dict(metric=metric, n_trials=n_trials, seed=seed, storage=storage)
+    if recipe == "full":
+        return StackPlan(
+            stages=_linear_and_yandex_stages(**common), blend_weights="optuna", calibrate=metric == "log_loss",
+            thresholds=_label_thresholds(metric),
+            description="logistic stack + CatBoost + LightGBM + soft vote -> Optuna blend (nested), then temperature "
+                        "scaling when the metric is log loss, or class offsets tuned for the metric when labels are scored",
+        )
     if recipe == "yandex":
         return StackPlan(
             stages=default_stages(**common), blend_weights=dict(YANDEX_WEIGHTS), calibrate=metric == "log_loss",
@@ -53,7 +70,6 @@ def build_plan(recipe: str, *, metric: str, n_trials: int, seed: int, storage: A
         return StackPlan(stages={"hill_climbing": HillClimbing(metric=metric, seed=seed)}, blend_weights=None,
                          calibrate=False, description="Caruana hill climbing")
     if recipe == "logloss":
-        stages = {**default_stages(**common), "logreg": MetaLearner("logreg", layout="wide", seed=seed)}
-        return StackPlan(stages=stages, blend_weights="optuna", calibrate=True,
-                         description="soft vote + CatBoost + LightGBM + logistic stack -> Optuna blend -> temperature")
+        return StackPlan(stages=_linear_and_yandex_stages(**common), blend_weights="optuna", calibrate=True,
+                         description="logistic stack + CatBoost + LightGBM + soft vote -> Optuna blend -> temperature")
     raise ValidationError(f"Unknown recipe {recipe!r}; choose one of {RECIPES}, or recipe=None with stages=...")

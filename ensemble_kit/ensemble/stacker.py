@@ -18,7 +18,7 @@ from ensemble_kit.decision.calibration import TemperatureScaling, fit_temperatur
 from ensemble_kit.decision.thresholds import ClassThresholds
 from ensemble_kit.ensemble._base import BaseEnsembler
 from ensemble_kit.ensemble._inputs import LogitInput, as_logit_stack, check_same_models, nested_by_fold, resolve_fit_inputs
-from ensemble_kit.ensemble._recipes import StackPlan, build_plan
+from ensemble_kit.ensemble._recipes import DEFAULT_RECIPE, StackPlan, build_plan
 from ensemble_kit.ensemble.blending import Blender
 from ensemble_kit.errors import ValidationError
 from ensemble_kit.metrics import accuracy, f1_macro, get_metric, log_loss, log_softmax
@@ -45,14 +45,17 @@ class Stacker(BaseEstimator):
 
     Parameters
     ----------
-    recipe : {"yandex", "aoi", "hill_climb", "logloss"} or None
-        ``"yandex"``: Optuna soft vote + CatBoost + LightGBM -> 0.4/0.3/0.3 blend, then temperature
-        scaling when the metric is log loss, or class offsets tuned for the metric when it scores
-        labels (``"f1_macro"``, ``"accuracy"``).
+    recipe : {"full", "yandex", "aoi", "hill_climb", "logloss"} or None
+        ``"full"`` (default): logistic stack on the log-probs (class-wise above 20 classes) +
+        CatBoost + LightGBM + Optuna soft vote -> Optuna-tuned blend (nested), then temperature
+        scaling when the metric is log loss, or class offsets tuned for the metric when it
+        scores labels (``"f1_macro"``, ``"accuracy"``).
+        ``"yandex"``: the original recipe, soft vote + CatBoost + LightGBM -> fixed
+        0.4/0.3/0.3 blend, then the same temperature or class offsets.
         ``"aoi"``: weighted soft vote + the "class 2 when p > 0.4" rule. ``"hill_climb"``:
-        Caruana selection. ``"logloss"``: all stages + logistic stack -> Optuna blend ->
-        temperature. ``None``: give ``stages`` (and optionally ``blend``, ``calibrate``,
-        ``thresholds``).
+        Caruana selection. ``"logloss"``: the ``"full"`` stages and blend, always followed by
+        temperature scaling. ``None``: give ``stages`` (and optionally ``blend``,
+        ``calibrate``, ``thresholds``).
     metric : {"log_loss", "accuracy", "f1_macro"}
         What tuning optimises and what the report is sorted by.
     n_trials : int
@@ -89,7 +92,7 @@ class Stacker(BaseEstimator):
     ((300, 3), ['mean_probs', 'hill_climbing'])
     """
 
-    def __init__(self, recipe: str | None = "yandex", *, metric: str = "log_loss", n_trials: int = 200, seed: int = 0,
+    def __init__(self, recipe: str | None = DEFAULT_RECIPE, *, metric: str = "log_loss", n_trials: int = 200, seed: int = 0,
                  storage: str | optuna.storages.BaseStorage | None = None,
                  stages: Mapping[str, BaseEnsembler] | None = None, blend: Mapping[str, float] | str | None = None,
                  calibrate: bool = False, thresholds: ClassThresholds | None = None) -> None:

@@ -110,7 +110,7 @@ class ModelSpec:
 class StackConfig:
     """The stacking step (see :class:`~ensemble_kit.Stacker`)."""
 
-    recipe: Literal["yandex", "aoi", "hill_climb", "logloss"] = "yandex"
+    recipe: Literal["full", "yandex", "aoi", "hill_climb", "logloss"] = "full"
     metric: Literal["log_loss", "accuracy", "f1_macro"] = "log_loss"
     models: Optional[tuple[str, ...]] = None
     n_trials: int = 200

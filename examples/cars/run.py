@@ -5,8 +5,9 @@
 
 Training is resumable: kill it at any point and run the same command again; finished folds
 are skipped and an interrupted fold continues from its last epoch checkpoint (bit-identical to
-an uninterrupted run). The stack uses class-wise CatBoost / LightGBM (``layout="auto"`` picks it
-above 20 classes), the 0.4/0.3/0.3 blend and a final temperature; the submission holds one
+an uninterrupted run). The stack is the default "full" recipe: class-wise logistic / CatBoost /
+LightGBM meta-learners (``layout="auto"`` picks class-wise above 20 classes) and the Optuna soft
+vote under tuned blend weights, then a final temperature; the submission holds one
 probability column per class, as the competition's sample_submission.csv.
 """
 

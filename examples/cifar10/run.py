@@ -1,11 +1,11 @@
-"""CIFAR-10 from scratch: ResNet + ViT backbones, torchvision recipe, 5-fold OOF logits, yandex stack.
+"""CIFAR-10 from scratch: ResNet + ViT backbones, torchvision recipe, 5-fold OOF logits, default stack.
 
     python examples/cifar10/run.py                                   # ImageFolder JPEGs in data/cifar10
     python examples/cifar10/run.py --set data.format=cifar10_batches --set data.root=/data/cifar
     python examples/cifar10/run.py --fold 3                          # one fold (one machine of several)
 
 Every model is trained fold by fold into the store (a killed run resumes from its last
-checkpoint), the "yandex" stack is fitted on the OOF logits, and the report and a submission
+checkpoint), the default "full" stack is fitted on the OOF logits, and the report and a submission
 are written. The CIFAR-10 test labels are known, so the leaderboard also shows held-out test
 scores (they are never used for fitting).
 """

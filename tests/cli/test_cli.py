@@ -17,7 +17,7 @@ def test_demo_then_ls_verify_export_import_submit(tmp_path, capsys):
     out_dir = tmp_path / "demo"
     assert main(["demo", "--out", str(out_dir), "--folds", "2", "--n-trials", "3", "--set", "models.*.epochs=1"]) == 0
     out = capsys.readouterr().out
-    for expected in ("resnet10t", "convnext", "efficientnet", "catboost", "lightgbm", "soft_vote", "blend",
+    for expected in ("resnet10t", "convnext", "efficientnet", "logreg", "catboost", "lightgbm", "soft_vote", "blend",
                      "+thresholds", "final (as submitted)", "test_f1_macro", "ensemble-kit dashboard"):
         assert expected in out
     store_path = out_dir / "store"
@@ -29,7 +29,7 @@ def test_demo_then_ls_verify_export_import_submit(tmp_path, capsys):
     assert list(submission.columns) == ["id", "digit"] and len(submission) == len(store.test_ids)
     assert main(["ls", str(store_path), "--metric", "accuracy"]) == 0
     listing = capsys.readouterr().out
-    assert "efficientnet" in listing and "stack 'yandex'" in listing and "+thresholds" in listing
+    assert "efficientnet" in listing and "stack 'full'" in listing and "+thresholds" in listing
     assert main(["verify", str(store_path)]) == 0
     assert "OK" in capsys.readouterr().out
     csv = tmp_path / "convnext.csv"

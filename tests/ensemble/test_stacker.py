@@ -53,6 +53,49 @@ def test_yandex_recipe_report_and_predict(fast_yandex):
     assert report.loc["blend", "log_loss"] < report.loc["m0", "log_loss"]
 
 
+def test_full_recipe_is_the_default_and_tunes_a_nested_blend(fast_yandex):
+    logits, y = make_logits(n=300)
+    stk = Stacker(n_trials=15).fit(logits, y)
+    assert stk.recipe == "full"
+    assert stk.report_["step"].tolist() == ["m0", "m1", "m2", "mean_probs", "logreg", "catboost", "lightgbm",
+                                            "soft_vote", "blend", "+temperature"]
+    weights = stk.blender_.weights_
+    assert set(weights) == {"logreg", "catboost", "lightgbm", "soft_vote"}
+    assert sum(weights.values()) == pytest.approx(1.0) and min(weights.values()) >= 0
+    blend_studies = [n for n in stk.study_names_ if n.startswith("blend-")]
+    assert len(blend_studies) == 6 and sum(n.endswith("-final") for n in blend_studies) == 1  # 5 folds + final
+    report = stk.report_.set_index("step")
+    assert report.loc["blend", "log_loss"] < report.loc["m2", "log_loss"]
+    np.testing.assert_allclose(stk.predict_proba(logits).sum(1), 1, atol=1e-6)
+    labels_stk = Stacker(metric="f1_macro", n_trials=15).fit(logits, y)
+    assert labels_stk.temperature_ is None and labels_stk.report_["step"].iloc[-1].startswith("+thresholds")
+    logloss = Stacker(recipe="logloss", metric="f1_macro", n_trials=15).fit(logits, y)
+    assert logloss.temperature_ is not None and logloss.thresholds_ is None
+
+
+def test_full_recipe_stacks_class_wise_at_many_classes(fast_yandex):
+    logits, y = make_logits(n=500, n_classes=25, strength=(2.0, 3.0, 4.0))
+    stk = Stacker(n_trials=5).fit(logits, y)
+    assert {name: stage.layout_ for name, stage in stk.blender_.stages_.items() if name != "soft_vote"} == {
+        "logreg": "classwise", "catboost": "classwise", "lightgbm": "classwise"}
+    report = stk.report_.set_index("step")
+    assert report.loc["logreg", "log_loss"] < report.loc["m2", "log_loss"]
+
+
+def test_recipe_names_agree_across_the_api_config_and_cli():
+    import typing
+
+    from ensemble_kit.cli.main import build_parser
+    from ensemble_kit.ensemble._recipes import DEFAULT_RECIPE, RECIPES
+    from ensemble_kit.project.config import StackConfig
+
+    assert typing.get_args(typing.get_type_hints(StackConfig)["recipe"]) == RECIPES
+    assert StackConfig().recipe == DEFAULT_RECIPE == Stacker().recipe
+    stack_parser = build_parser()._subparsers._group_actions[0].choices["stack"]
+    recipe_action = next(a for a in stack_parser._actions if a.dest == "recipe")
+    assert tuple(recipe_action.choices) == RECIPES and recipe_action.default == DEFAULT_RECIPE
+
+
 def test_aoi_recipe_applies_class_two_rule():
     logits, y = make_logits(n=300)
     stk = Stacker(recipe="aoi", n_trials=10).fit(logits, y)

@@ -10,7 +10,7 @@ def test_defaults_roundtrip_and_resolved_yaml(tmp_path):
     cfg = ProjectConfig.from_dict(BASE)
     assert [m.name for m in cfg.models] == ["a", "b"]
     assert cfg.model("a").train.epochs == 2 and cfg.model("b").train.epochs == 20
-    assert cfg.stack.recipe == "yandex" and cfg.folds.n_folds == 5 and cfg.data.format == "digits"
+    assert cfg.stack.recipe == "full" and cfg.folds.n_folds == 5 and cfg.data.format == "digits"
     path = cfg.to_yaml(tmp_path / "p.yaml")
     assert ProjectConfig.from_yaml(path) == cfg
 
