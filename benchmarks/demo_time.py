@@ -1,7 +1,7 @@
 """Wall time of ``ensemble-kit demo`` phase by phase (target: under 5 minutes on a 2-core CPU).
 
 Runs exactly the demo's steps — 3 timm backbones x 5 folds on the embedded digits, the
-yandex stack for macro F1, report, submission — and prints the time of each phase, the total,
+default ("full") stack for macro F1, report, submission — and prints the time of each phase, the total,
 and the peak RSS.
 
     python benchmarks/demo_time.py [--out /tmp/demo-bench]
@@ -34,7 +34,7 @@ def main() -> None:
     store = LogitStore.open(cfg.store)
     t0 = time.perf_counter()
     stack = fit_stack(store, cfg.stack)
-    phases["yandex stack (nested, f1_macro)"] = time.perf_counter() - t0
+    phases["full stack (nested, f1_macro)"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     write_report(store, stack=stack.name)
     phases["report"] = time.perf_counter() - t0

@@ -2,9 +2,10 @@
 
 For every base model, the plain mean of probabilities, hill climbing, the Optuna soft vote,
 each meta-learner, a plain logistic-regression stack on log-probabilities (scikit-learn
-StackingClassifier style), and the default "yandex" recipe (blend, + temperature,
-+ thresholds): OOF log loss / accuracy / macro F1 (honest: nested on the store's folds), the
-same metrics on the held-out test labels (never used for fitting), and fit time.
+StackingClassifier style), the default "full" recipe (its four stages, the tuned blend,
++ temperature) and the "yandex" recipe (fixed 0.4/0.3/0.3 blend, + temperature): OOF log
+loss / accuracy / macro F1 (honest: nested on the store's folds), the same metrics on the
+held-out test labels (never used for fitting), and fit time.
 
     python benchmarks/build_cifar10_bundle.py --out /tmp/cifar10-store      # once
     python benchmarks/stacking_quality.py --store /tmp/cifar10-store
@@ -68,35 +69,32 @@ def main() -> None:
     run("hill climbing", HillClimbing(n_iter=100))
     run("LR stack on log-probs (wide)", MetaLearner("logreg", layout="wide"))
 
-    start = time.perf_counter()
-    stk = Stacker(recipe="yandex", n_trials=args.n_trials, seed=0, storage=None).fit(store, models=models)
-    stack_seconds = time.perf_counter() - start
-    print(f"  yandex stacker: {stack_seconds:.1f}s", flush=True)
-    stage_test = stk.blender_.stage_proba(store)
-    for name, stage in stk.blender_.stages_.items():
-        layout = getattr(stage, "layout_", None)
-        label = {"soft_vote": "soft vote (Optuna, per-model T)", "catboost": f"CatBoost meta ({layout})",
-                 "lightgbm": f"LightGBM meta ({layout})"}.get(name, name)
-        rows.append((label, _scores(y, stage.oof_proba_), _scores(y_test, stage_test[name]), stage.fit_seconds_))
-    blend_test = np.exp(stk.blender_._predict_log_proba(test))
-    rows.append(("yandex blend 0.4/0.3/0.3", _scores(y, stk.blender_.oof_proba_), _scores(y_test, blend_test), stk.blender_.fit_seconds_))
-    final_test = stk.predict_proba(store)
-    report = stk.report_.set_index("step")
-    if "+temperature" in report.index:
-        rows.append(("yandex blend + temperature (default recipe)", report.loc["+temperature", ["log_loss", "accuracy", "f1_macro"]].to_dict(),
-                     _scores(y_test, final_test), stack_seconds))
-    if stk.thresholds_ is not None:
-        rows.append(("yandex + class thresholds (labels)", report.loc["+thresholds", ["log_loss", "accuracy", "f1_macro"]].to_dict(),
-                     _scores(y_test, final_test, stk.predict(store)), stack_seconds))
+    stage_labels = {"logreg": "LR stage", "soft_vote": "soft vote (Optuna, per-model T)", "catboost": "CatBoost meta",
+                    "lightgbm": "LightGBM meta"}
 
-    start = time.perf_counter()
-    logloss = Stacker(recipe="logloss", n_trials=args.n_trials, seed=0).fit(store, models=models)
-    logloss_seconds = time.perf_counter() - start
-    print(f"  logloss stacker: {logloss_seconds:.1f}s", flush=True)
-    ll_report = logloss.report_.set_index("step")
-    rows.append(("logloss recipe (+LR stage, Optuna blend, temperature)",
-                 ll_report.loc["+temperature", ["log_loss", "accuracy", "f1_macro"]].to_dict(),
-                 _scores(y_test, logloss.predict_proba(store)), logloss_seconds))
+    def run_recipe(recipe: str, *, with_stages: bool) -> None:
+        start = time.perf_counter()
+        stk = Stacker(recipe=recipe, n_trials=args.n_trials, seed=0).fit(store, models=models)
+        seconds = time.perf_counter() - start
+        weights = ", ".join(f"{n} {w:.3f}" for n, w in stk.blender_.weights_.items())
+        print(f"  {recipe} stacker: {seconds:.1f}s; blend weights: {weights}", flush=True)
+        if with_stages:
+            stage_test = stk.blender_.stage_proba(store)
+            for name, stage in stk.blender_.stages_.items():
+                layout = getattr(stage, "layout_", None)
+                rows.append((f"{stage_labels.get(name, name)}{f' ({layout})' if layout else ''}",
+                             _scores(y, stage.oof_proba_), _scores(y_test, stage_test[name]), stage.fit_seconds_))
+        blend_test = np.exp(stk.blender_._predict_log_proba(test))
+        rows.append((f"{recipe}: blend ({weights})", _scores(y, stk.blender_.oof_proba_), _scores(y_test, blend_test),
+                     stk.blender_.fit_seconds_))
+        report = stk.report_.set_index("step")
+        final = "+temperature" if "+temperature" in report.index else "blend"
+        rows.append((f"{recipe}: blend + temperature{' (default recipe)' if recipe == 'full' else ''}",
+                     report.loc[final, ["log_loss", "accuracy", "f1_macro"]].to_dict(),
+                     _scores(y_test, stk.predict_proba(store)), seconds))
+
+    run_recipe("full", with_stages=True)
+    run_recipe("yandex", with_stages=False)
 
     table = pd.DataFrame([
         {"method": label, **{f"oof_{k}": v for k, v in o.items()}, **{f"test_{k}": v for k, v in t.items()}, "fit_s": s}
@@ -104,19 +102,16 @@ def main() -> None:
     ])
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    default = table[table["method"].str.contains("default recipe")]["test_log_loss"]
-    if len(default):
-        d = float(default.iloc[0])
-        best_base = table[table["method"].str.startswith("base:")]["test_log_loss"].min()
-        contenders = {"best single model": best_base,
-                      "mean of probabilities": float(table.loc[table["method"] == "mean of probabilities", "test_log_loss"].iloc[0]),
-                      "hill climbing": float(table.loc[table["method"] == "hill climbing", "test_log_loss"].iloc[0]),
-                      "LR stack": float(table.loc[table["method"].str.startswith("LR stack"), "test_log_loss"].iloc[0])}
-        for name, value in contenders.items():
-            print(f"default recipe test log loss {d:.4f} vs {name} {value:.4f}: {'BEATS' if d < value else 'DOES NOT BEAT'}")
-        ll = float(table.loc[table["method"].str.startswith("logloss recipe"), "test_log_loss"].iloc[0])
-        for name, value in contenders.items():
-            print(f"logloss recipe test log loss {ll:.4f} vs {name} {value:.4f}: {'BEATS' if ll < value else 'DOES NOT BEAT'}")
+    best_base = table[table["method"].str.startswith("base:")]["test_log_loss"].min()
+    contenders = {"best single model": best_base,
+                  "mean of probabilities": float(table.loc[table["method"] == "mean of probabilities", "test_log_loss"].iloc[0]),
+                  "hill climbing": float(table.loc[table["method"] == "hill climbing", "test_log_loss"].iloc[0]),
+                  "LR stack": float(table.loc[table["method"].str.startswith("LR stack"), "test_log_loss"].iloc[0])}
+    for recipe in ("full", "yandex"):
+        value = float(table.loc[table["method"].str.startswith(f"{recipe}: blend + temperature"), "test_log_loss"].iloc[0])
+        for name, other in contenders.items():
+            print(f"{recipe} recipe test log loss {value:.4f} vs {name} {other:.4f}: "
+                  f"{'BEATS' if value < other else 'DOES NOT BEAT'}")
     if args.out:
         table.to_csv(args.out, index=False)
 

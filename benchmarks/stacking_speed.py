@@ -3,13 +3,14 @@
 Each (N, M, C, stage) runs in a fresh process, which builds its own synthetic OOF logits
 (correlated models of different strength), so the peak RSS it reports is that fit's alone;
 the RSS right after building the data is printed too. Stages: soft_vote (Optuna, per-model
-temperature), hill_climbing, catboost / lightgbm (class-wise meta-learners), logreg (wide),
-and yandex (the whole default Stacker: all of the above but logreg, blend, temperature,
-thresholds; honest K-fold nesting included).
+temperature), hill_climbing, catboost / lightgbm / logreg (meta-learners, class-wise above
+20 classes), yandex (the whole "yandex" Stacker: soft vote, CatBoost, LightGBM, fixed blend,
+temperature) and full (the whole default Stacker: those stages plus logreg, Optuna blend,
+temperature); honest K-fold nesting included.
 
     python benchmarks/stacking_speed.py                                  # full grid (long)
-    python benchmarks/stacking_speed.py --n 33000 --m 7 --c 396 --stages yandex   # the target
-Target: yandex on N=33,000, M=7, C=396 under 10 minutes and 8 GB peak on 2 cores.
+    python benchmarks/stacking_speed.py --n 33000 --m 7 --c 396 --stages yandex full   # the target
+Target: N=33,000, M=7, C=396 under 10 minutes and 8 GB peak on 2 cores.
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ def _run(args) -> tuple[float, float, float]:
         "hill_climbing": lambda: HillClimbing(),
         "catboost": lambda: MetaLearner("catboost"),
         "lightgbm": lambda: MetaLearner("lightgbm"),
-        "logreg": lambda: MetaLearner("logreg", layout="wide"),
+        "logreg": lambda: MetaLearner("logreg"),
         "yandex": lambda: Stacker(recipe="yandex", n_trials=n_trials),
+        "full": lambda: Stacker(recipe="full", n_trials=n_trials),
     }[stage]()
     start = time.perf_counter()
     estimator.fit(logits, y)
@@ -61,7 +63,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, nargs="+", default=[10_000, 50_000])
     parser.add_argument("--m", type=int, nargs="+", default=[3, 7])
     parser.add_argument("--c", type=int, nargs="+", default=[10, 100, 396])
-    parser.add_argument("--stages", nargs="+", default=["soft_vote", "hill_climbing", "catboost", "lightgbm", "yandex"])
+    parser.add_argument("--stages", nargs="+", default=["soft_vote", "hill_climbing", "catboost", "lightgbm", "logreg", "yandex", "full"])
     parser.add_argument("--n-trials", type=int, default=200)
     args = parser.parse_args()
     ctx = multiprocessing.get_context("spawn")

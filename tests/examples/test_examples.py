@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from ensemble_kit import LogitStore
 from ensemble_kit.project import load_stack
