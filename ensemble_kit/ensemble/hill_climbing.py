@@ -86,10 +86,18 @@ class HillClimbing(BaseEnsembler):
         metric = get_metric(self.metric)
         n_models = log_probs.shape[0]
         counts = np.zeros(n_models)
-        members = np.exp(log_probs) if self.space == "prob" else log_probs
-        total = np.zeros(log_probs.shape[1:], dtype=np.float64)
+        # Log loss of a probability mixture needs only each member's probability of the true
+        # class (the mixture is normalised): (M, n) work per candidate instead of (M, n, C).
+        true_class_only = metric.name == "log_loss" and self.space == "prob"
+        if true_class_only:
+            members = np.exp(log_probs[:, np.arange(len(y)), y]).astype(np.float64)
+        else:
+            members = np.exp(log_probs) if self.space == "prob" else log_probs
+        total = np.zeros(members.shape[1:], dtype=np.float64)
 
         def loss_of(candidate_total: NDArray, n: float) -> float:
+            if true_class_only:
+                return float(-np.mean(np.log(np.clip(candidate_total / n, 1e-12, None))))
             if self.space == "prob":
                 mixed = np.log(np.clip(candidate_total / n, 1e-12, None))
             else:

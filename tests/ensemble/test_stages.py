@@ -64,6 +64,18 @@ def test_hill_climbing_picks_the_best_and_bagging():
         HillClimbing(init="worst").fit(logits, y)
 
 
+def test_hill_climbing_log_loss_trajectory_is_the_mixtures_log_loss():
+    from ensemble_kit.ensemble.voting import combine
+    from ensemble_kit.metrics import log_softmax
+
+    logits, y = make_logits(n=500, n_classes=12, n_models=4, strength=(0.5, 1.0, 1.5, 2.0))
+    stacked = np.stack(list(logits.values()))
+    for n_iter in (1, 3, 12):
+        hc = HillClimbing(n_iter=n_iter).fit(logits, y)
+        mixed = combine(log_softmax(stacked), hc.weights_, "prob")
+        assert hc.trajectory_[-1] == pytest.approx(log_loss(y, mixed, kind="logits"), abs=1e-6)
+
+
 @pytest.mark.parametrize("layout", ["wide", "classwise"])
 def test_meta_learner_layouts_learn(layout):
     logits, y = make_logits(n=600)
