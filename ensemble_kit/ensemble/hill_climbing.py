@@ -9,7 +9,7 @@ from numpy.typing import NDArray
 
 from ensemble_kit.ensemble._base import BaseEnsembler
 from ensemble_kit.ensemble._registry import register_ensembler
-from ensemble_kit.ensemble.voting import combine
+from ensemble_kit.ensemble.voting import combine, true_class_log_loss
 from ensemble_kit.errors import ValidationError
 from ensemble_kit.metrics import get_metric, log_softmax
 
@@ -86,8 +86,8 @@ class HillClimbing(BaseEnsembler):
         metric = get_metric(self.metric)
         n_models = log_probs.shape[0]
         counts = np.zeros(n_models)
-        # Log loss of a probability mixture needs only each member's probability of the true
-        # class (the mixture is normalised): (M, n) work per candidate instead of (M, n, C).
+        # As in mixture_log_loss: a mixture of normalised members is normalised, so log loss
+        # needs only the true class's probability, (n,) work per candidate instead of (n, C).
         true_class_only = metric.name == "log_loss" and self.space == "prob"
         if true_class_only:
             members = np.exp(log_probs[:, np.arange(len(y)), y]).astype(np.float64)
@@ -97,7 +97,7 @@ class HillClimbing(BaseEnsembler):
 
         def loss_of(candidate_total: NDArray, n: float) -> float:
             if true_class_only:
-                return float(-np.mean(np.log(np.clip(candidate_total / n, 1e-12, None))))
+                return true_class_log_loss(candidate_total / n)
             if self.space == "prob":
                 mixed = np.log(np.clip(candidate_total / n, 1e-12, None))
             else:

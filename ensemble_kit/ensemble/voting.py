@@ -39,9 +39,14 @@ def mixture_log_loss(probs_of_true_class: NDArray) -> Callable[[NDArray], float]
 
     def loss(weights: NDArray) -> float:
         w = np.asarray(weights, dtype=np.float64)
-        return float(-np.mean(np.log(np.clip((w / w.sum()) @ true_probs, 1e-12, None))))
+        return true_class_log_loss((w / w.sum()) @ true_probs)
 
     return loss
+
+
+def true_class_log_loss(mixed_probs_of_true_class: NDArray) -> float:
+    """Log loss from a normalised mixture's ``(n,)`` probabilities of each row's true class."""
+    return float(-np.mean(np.log(np.clip(mixed_probs_of_true_class, 1e-12, None))))
 
 
 @register_ensembler("soft_vote")
@@ -154,4 +159,4 @@ class SoftVoting(BaseEnsembler):
         return combine(self._scale(log_softmax(logits)), self.weights_, self.space)
 
 
-__all__: Sequence[str] = ["SoftVoting", "combine", "mixture_log_loss"]
+__all__: Sequence[str] = ["SoftVoting", "combine", "mixture_log_loss", "true_class_log_loss"]
