@@ -24,6 +24,10 @@ __all__ = [
     "FoldMismatchError",
     "IdMismatchError",
     "StoreCorruptedError",
+    "UnsafePathError",
+    "StoreBusyError",
+    "CheckpointError",
+    "ImageDecodeError",
 ]
 
 
@@ -87,4 +91,37 @@ class IdMismatchError(StoreError, ValueError):
 
 
 class StoreCorruptedError(StoreError):
-    """A stored file does not match its checksum or violates a store invariant."""
+    """A stored file does not match its checksum or violates a store invariant.
+
+    ``path`` is the offending file (or folder) and ``field`` the manifest key at fault, when
+    the error is about one (``None`` otherwise).
+    """
+
+    def __init__(self, message: str, *, path: object = None, field: str | None = None) -> None:
+        super().__init__(message)
+        self.path = None if path is None else str(path)
+        self.field = field
+
+
+class UnsafePathError(StoreCorruptedError):
+    """A path the store (or a saved stack, checkpoint or bundle) would read, write or delete is
+    a symbolic link, not a regular file or folder, or lies outside its root.
+
+    Raised before anything is touched: a folder received from elsewhere can never make
+    ensemble_kit follow a link out of it.
+    """
+
+
+class StoreBusyError(StoreError):
+    """Another process holds the store (or one of its entries) for longer than the wait allowed,
+    or kept rewriting an entry while it was being read."""
+
+
+class CheckpointError(EnsembleKitError):
+    """A training checkpoint or weights file is unreadable, of an unknown format, or does not
+    match the model it is loaded into. Checkpoints are never unpickled."""
+
+
+class ImageDecodeError(ValidationError):
+    """An image file is missing, cannot be decoded, or holds a format, mode, bit depth or size
+    that cannot be turned into 8-bit RGB faithfully."""

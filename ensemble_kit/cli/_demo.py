@@ -18,9 +18,9 @@ import pandas as pd
 
 from ensemble_kit.errors import ValidationError
 from ensemble_kit.project import ProjectConfig, fit_stack, leaderboard, train_project, write_submission
-from ensemble_kit.project.pipeline import PROJECT_DIR, RESOLVED_CONFIG
+from ensemble_kit.project.pipeline import RESOLVED_CONFIG
 from ensemble_kit.report import write_report
-from ensemble_kit.store import LogitStore
+from ensemble_kit.store import LogitStore, Workspace
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,6 @@ def _remove_earlier_demo(path: Path) -> None:
     """Delete the store of an earlier demo run; refuse to delete anything else."""
     if not path.exists():
         return
-    if not (path / PROJECT_DIR / RESOLVED_CONFIG).is_file():
+    if not (Workspace(path).project_dir() / RESOLVED_CONFIG).is_file():
         raise ValidationError(f"{str(path)!r} exists and is not the store of an earlier demo; choose another --out.")
     shutil.rmtree(path)

@@ -1,6 +1,6 @@
 """Data sources, fold assignment and transforms."""
 
-from ensemble_kit.data.folds import check_folds, make_folds
+from ensemble_kit.store import check_folds, make_folds
 from ensemble_kit.data.sources import (
     ArrayImageSource,
     ConcatSource,

@@ -151,7 +151,7 @@ def nested_by_fold(folds: NDArray[np.int64], fit_predict: Callable[[NDArray, NDA
 
 
 def default_folds(y: NDArray[np.int64], folds: ArrayLike | None, *, n_folds: int = 5, seed: int = 0) -> NDArray[np.int64]:
-    from ensemble_kit.data.folds import check_folds, make_folds
+    from ensemble_kit.store import check_folds, make_folds
 
     if folds is None:
         counts = np.bincount(y)

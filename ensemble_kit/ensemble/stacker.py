@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import AbstractContextManager, nullcontext
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -119,10 +120,18 @@ class Stacker(BaseEstimator):
         stack, yy, folds_array = resolve_fit_inputs(oof_logits, y, folds, models, owner="Stacker", min_models=2,
                                                     seed=self.seed)
         self.storage_ = self.storage
+        studies_lock: AbstractContextManager[None] = nullcontext()
         if self.storage_ is None and isinstance(oof_logits, LogitStore):
-            from ensemble_kit.report.dashboard import study_storage
+            # one stack at a time tunes a store's own studies; a second one waits, then reuses them
+            self.storage_ = oof_logits.workspace.study_storage()
+            studies_lock = oof_logits.workspace.studies_lock()
+        with studies_lock:
+            self._fit_plan(oof_logits, stack, yy, folds_array)
+        self.fit_seconds_ = time.perf_counter() - start
+        logger.info("Stacker(%s) fitted in %.1fs", self.recipe, self.fit_seconds_)
+        return self
 
-            self.storage_ = study_storage(oof_logits)
+    def _fit_plan(self, oof_logits: LogitInput, stack: Any, yy: NDArray[np.int64], folds_array: NDArray[np.int64]) -> None:
         plan = self._plan()
         self.model_names_, self.n_classes_, self.folds_ = stack.names, stack.n_classes, folds_array
         self._from_store = isinstance(oof_logits, LogitStore)
@@ -188,9 +197,6 @@ class Stacker(BaseEstimator):
         self.oof_labels_ = labels
         self.plan_ = plan
         self.report_ = pd.DataFrame(rows)
-        self.fit_seconds_ = time.perf_counter() - start
-        logger.info("Stacker(%s) fitted in %.1fs", self.recipe, self.fit_seconds_)
-        return self
 
     def _plan(self) -> StackPlan:
         if self.recipe is not None:

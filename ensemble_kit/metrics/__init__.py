@@ -9,11 +9,13 @@ from ensemble_kit.metrics._classification import (
     per_class_report,
 )
 from ensemble_kit.metrics._registry import Metric, get_metric, list_metrics
-from ensemble_kit.metrics._scores import log_softmax, softmax, to_log_probs, to_probs
+from ensemble_kit.metrics._scores import PROB_EPS, check_kind, log_softmax, safe_log, softmax, to_log_probs, to_probs
 
 __all__ = [
+    "PROB_EPS",
     "Metric",
     "accuracy",
+    "check_kind",
     "f1_macro",
     "get_metric",
     "list_metrics",
@@ -22,6 +24,7 @@ __all__ = [
     "per_class_precision",
     "per_class_recall",
     "per_class_report",
+    "safe_log",
     "softmax",
     "to_log_probs",
     "to_probs",

@@ -17,6 +17,20 @@ SCORE_KINDS: tuple[str, ...] = ("logits", "probs")
 PROB_EPS = 1e-12
 
 
+def safe_log(probs: ArrayLike) -> NDArray[np.floating]:
+    """``log(p)`` with probabilities clipped to ``[PROB_EPS, 1]``: a hard 0 becomes about -27.6, never -inf.
+
+    Examples
+    --------
+    >>> safe_log(np.array([0.0, 1.0])).round(1).tolist()
+    [-27.6, 0.0]
+    """
+    p = np.asarray(probs)
+    if not np.issubdtype(p.dtype, np.floating):
+        p = p.astype(np.float64)
+    return np.log(np.clip(p, PROB_EPS, 1.0))
+
+
 def log_softmax(logits: ArrayLike, axis: int = -1) -> NDArray[np.floating]:
     """Numerically stable log-softmax along ``axis``."""
     z = np.asarray(logits)
@@ -45,7 +59,7 @@ def to_log_probs(scores: ArrayLike, *, kind: ScoreKind) -> NDArray[np.floating]:
     if kind == "logits":
         return log_softmax(scores)
     p = np.asarray(scores, dtype=np.float64)
-    return np.log(np.clip(p / p.sum(axis=-1, keepdims=True), PROB_EPS, 1.0))
+    return safe_log(p / p.sum(axis=-1, keepdims=True))
 
 
 def to_probs(scores: ArrayLike, *, kind: ScoreKind) -> NDArray[np.floating]:

@@ -17,6 +17,8 @@ import yaml
 
 from ensemble_kit._config import build_dataclass, set_dotted
 from ensemble_kit.errors import ValidationError
+from ensemble_kit.store._files import write_text
+from ensemble_kit.store._paths import case_collision, check_name
 from ensemble_kit.train.config import TrainConfig
 
 DATA_FORMATS = ("digits", "folder", "csv", "cifar10_batches")
@@ -120,6 +122,8 @@ class StackConfig:
     def __post_init__(self) -> None:
         if self.n_trials < 1:
             raise ValidationError(f"Config key 'stack.n_trials' must be positive; got {self.n_trials}.")
+        if self.name is not None:
+            check_name(self.name, what="stack name (config key 'stack.name')", example="full")
 
     @property
     def result_name(self) -> str:
@@ -163,6 +167,12 @@ class ProjectConfig:
         names = [m.name for m in self.models]
         if not names:
             raise ValidationError("Config key 'models' must name at least one model.")
+        for i, name in enumerate(names):
+            check_name(name, what=f"model name (config key 'models.{name}')", example="resnet18@224")
+            other = case_collision(name, names[:i])
+            if other is not None:
+                raise ValidationError(f"Config key 'models': {name!r} and {other!r} differ only in case; on case-"
+                                      "insensitive file systems (macOS, Windows) their store entries would collide.")
         for spec in self.models:
             if spec.pseudo_label is None:
                 continue
@@ -213,6 +223,7 @@ class ProjectConfig:
             raise ValidationError("Config key 'models' must map model names to training configs.")
         specs = []
         for name, entry in models.items():
+            check_name(name, what=f"model name (config key 'models.{name}')", example="resnet18@224")
             if not isinstance(entry, dict):
                 raise ValidationError(f"Config key 'models.{name}' must be a mapping of training settings; got {entry!r}.")
             entry = dict(entry)
@@ -245,8 +256,7 @@ class ProjectConfig:
     def to_yaml(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
-        return path
+        return write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 def _with_defaults(data: dict[str, Any]) -> dict[str, Any]:

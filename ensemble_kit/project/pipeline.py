@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,15 +18,15 @@ from ensemble_kit.data.sources import (
     ImageFolderSource,
     ImageSource,
 )
-from ensemble_kit.errors import NotAStoreError, StoreExistsError, ValidationError
+from ensemble_kit.errors import NotAStoreError, StoreCorruptedError, StoreExistsError, ValidationError
 from ensemble_kit.project.config import DataConfig, ProjectConfig
 from ensemble_kit.store import EntryInfo, LogitStore
+from ensemble_kit.store._files import load_array, write_npy
 from ensemble_kit.train.pseudo import pseudo_label
 from ensemble_kit.train.trainer import train_cv
 
 logger = logging.getLogger(__name__)
 
-PROJECT_DIR = "project"
 RESOLVED_CONFIG = "project.yaml"
 TEST_LABELS = "test_labels.npy"
 
@@ -80,13 +81,12 @@ def open_project_store(cfg: ProjectConfig, train: ImageSource, test: ImageSource
             _check_store_matches(store, cfg, train, test)
     else:
         _check_store_matches(store, cfg, train, test)
-    project_dir = store.path / PROJECT_DIR
-    project_dir.mkdir(exist_ok=True)
+    project_dir = store.workspace.project_dir(create=True)
     cfg.to_yaml(project_dir / RESOLVED_CONFIG)
     if test is not None and test.is_labelled:
         order = {str(i): k for k, i in enumerate(test.ids.tolist())}
         labels = np.asarray([test.targets[order[str(i)]] for i in store.test_ids.tolist()], dtype=np.int64)
-        np.save(project_dir / TEST_LABELS, labels)
+        write_npy(project_dir / TEST_LABELS, labels)
     return store
 
 
@@ -166,5 +166,11 @@ def train_project(cfg: ProjectConfig, *, models: Sequence[str] | None = None,
 
 def held_out_labels(store: LogitStore) -> np.ndarray | None:
     """Test labels saved by :func:`open_project_store` (``None`` when the test set is unlabelled)."""
-    path = store.path / PROJECT_DIR / TEST_LABELS
-    return np.load(path) if path.is_file() else None
+    path = store.workspace.project_dir() / TEST_LABELS
+    if not os.path.lexists(path):
+        return None
+    labels = load_array(path)
+    if labels.shape != (0 if store.test_ids is None else len(store.test_ids),) or labels.dtype.kind != "i" \
+            or (labels.size and (labels.min() < 0 or labels.max() >= store.n_classes)):
+        raise StoreCorruptedError(f"{str(path)!r} does not hold one class index per test id of the store.", path=path)
+    return labels

@@ -24,15 +24,16 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from ensemble_kit.ensemble.stacker import Stacker
-from ensemble_kit.errors import StoreError
+from ensemble_kit.errors import StoreCorruptedError, StoreError, ValidationError
 from ensemble_kit.metrics import get_metric, list_metrics
 from ensemble_kit.project.config import StackConfig
 from ensemble_kit.project.pipeline import held_out_labels
-from ensemble_kit.store import LogitStore
+from ensemble_kit.store import LogitStore, check_name
+from ensemble_kit.store._files import load_array, open_regular, read_json
+from ensemble_kit.store._workspace import remove_tree
 
 logger = logging.getLogger(__name__)
 
-STACKS_DIR = "stacks"
 _ARRAYS = ("oof_proba", "oof_labels", "test_proba", "test_labels")
 
 
@@ -145,9 +146,8 @@ def _scores(y: NDArray, probs: NDArray, labels: NDArray) -> dict[str, float]:
 
 def _save(store: LogitStore, name: str, summary: dict[str, Any], report: pd.DataFrame,
           arrays: dict[str, NDArray | None]) -> Path:
-    root = store.path / STACKS_DIR
-    root.mkdir(exist_ok=True)
-    final = root / name
+    final = store.workspace.stack_dir(name)
+    root = store.workspace.stacks_root(create=True)
     staging = root / f".{name}.writing-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
@@ -157,12 +157,12 @@ def _save(store: LogitStore, name: str, summary: dict[str, Any], report: pd.Data
         report.to_csv(staging / "report.csv", index=False)
         (staging / "stack.json").write_text(json.dumps(summary, indent=2, allow_nan=False), encoding="utf-8")
         retired = None
-        if final.exists():
+        if os.path.lexists(final):
             retired = root / f".{name}.old-{uuid.uuid4().hex[:8]}"
             os.rename(final, retired)
         os.rename(staging, final)
         if retired is not None:
-            shutil.rmtree(retired, ignore_errors=True)
+            remove_tree(retired, trash_root=root)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -171,15 +171,23 @@ def _save(store: LogitStore, name: str, summary: dict[str, Any], report: pd.Data
 
 
 def list_stacks(store: LogitStore) -> list[str]:
-    """Names of the stacks saved in the store, oldest first."""
-    root = store.path / STACKS_DIR
+    """Names of the stacks saved in the store, oldest first (damaged ones are skipped with a warning)."""
+    root = store.workspace.stacks_root()
     if not root.is_dir():
         return []
     found = []
     for child in root.iterdir():
-        manifest = child / "stack.json"
-        if child.is_dir() and not child.name.startswith(".") and manifest.is_file():
-            found.append((json.loads(manifest.read_text(encoding="utf-8")).get("created", ""), child.name))
+        if child.name.startswith("."):
+            continue
+        try:
+            check_name(child.name, what="stack name")
+            summary = read_json(store.workspace.stack_dir(child.name) / "stack.json")
+        except FileNotFoundError:
+            continue
+        except (StoreCorruptedError, ValidationError) as exc:
+            logger.warning("skipping saved stack %r: %s", child.name, exc)
+            continue
+        found.append((str(summary.get("created", "")), child.name))
     return [name for _, name in sorted(found)]
 
 
@@ -192,11 +200,13 @@ def load_stack(store: LogitStore, name: str | None = None) -> StackResult:
     name = available[-1] if name is None else name
     if name not in available:
         raise StoreError(f"Store {str(store.path)!r} has no stack {name!r}; saved stacks: {available}.")
-    path = store.path / STACKS_DIR / name
-    summary = json.loads((path / "stack.json").read_text(encoding="utf-8"))
-    loaded = {key: np.load(path / f"{key}.npy", allow_pickle=False) if (path / f"{key}.npy").is_file() else None
+    path = store.workspace.stack_dir(name)
+    summary = read_json(path / "stack.json")
+    loaded = {key: load_array(path / f"{key}.npy") if os.path.lexists(path / f"{key}.npy") else None
               for key in _ARRAYS}
-    return StackResult(name=name, path=path, summary=summary, report=pd.read_csv(path / "report.csv"), **loaded)
+    with open_regular(path / "report.csv") as fh:
+        report = pd.read_csv(fh)
+    return StackResult(name=name, path=path, summary=summary, report=report, **loaded)
 
 
 def leaderboard(store: LogitStore, stack: StackResult | None = None) -> pd.DataFrame:

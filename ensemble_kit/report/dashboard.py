@@ -8,16 +8,14 @@ from pathlib import Path
 from ensemble_kit._optional import import_optional
 from ensemble_kit.errors import StoreError
 from ensemble_kit.store import LogitStore
+from ensemble_kit.store._workspace import STUDY_DB
 
 logger = logging.getLogger(__name__)
-
-STUDY_DB = "optuna.db"
-
 
 def study_storage(store: LogitStore | str | Path) -> str:
     """The Optuna storage URL where a Stacker fitted from ``store`` keeps its studies."""
     opened = store if isinstance(store, LogitStore) else LogitStore.open(store)
-    return f"sqlite:///{(opened.path / STUDY_DB).resolve()}"
+    return opened.workspace.study_storage()
 
 
 def launch_dashboard(store: LogitStore | str | Path, *, host: str = "127.0.0.1", port: int = 8080) -> None:
@@ -31,7 +29,7 @@ def launch_dashboard(store: LogitStore | str | Path, *, host: str = "127.0.0.1",
         The store has no studies yet (fit a Stacker from it first).
     """
     opened = store if isinstance(store, LogitStore) else LogitStore.open(store)
-    if not (opened.path / STUDY_DB).is_file():
+    if not opened.workspace.study_db().is_file():
         raise StoreError(
             f"Store {str(opened.path)!r} has no Optuna studies yet ({STUDY_DB} is missing). Fit a stack first: "
             f"ensemble-kit stack {opened.path}"

@@ -25,11 +25,11 @@ from ensemble_kit.metrics import get_metric, log_softmax
 from ensemble_kit.project.results import StackResult, leaderboard, list_stacks, load_stack
 from ensemble_kit.report import figures
 from ensemble_kit.store import LogitStore
+from ensemble_kit.store._files import write_bytes, write_text
 
 logger = logging.getLogger(__name__)
 
 SECTIONS = ("leaderboard", "correlation", "weights", "confusion", "thresholds", "reliability", "training-curves")
-REPORT_DIR = "report"
 
 
 def write_report(store: LogitStore, *, stack: str | None = None, out_dir: str | Path | None = None) -> Path:
@@ -55,8 +55,11 @@ def write_report(store: LogitStore, *, stack: str | None = None, out_dir: str | 
     >>> path.name, path.read_text().count("<section id=")
     ('report.html', 7)
     """
-    out = Path(out_dir) if out_dir is not None else store.path / REPORT_DIR
-    out.mkdir(parents=True, exist_ok=True)
+    if out_dir is None:
+        out = store.workspace.report_dir(create=True)
+    else:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
     models = store.models()
     if not models:
         raise StoreError(f"Store {str(store.path)!r} has no complete model to report on.")
@@ -64,8 +67,7 @@ def write_report(store: LogitStore, *, stack: str | None = None, out_dir: str | 
     builder = _Report(store, result, models, out)
     for section in SECTIONS:
         getattr(builder, "section_" + section.replace("-", "_"))()
-    path = out / "report.html"
-    path.write_text(builder.render(), encoding="utf-8")
+    path = write_text(out / "report.html", builder.render())
     logger.info("report written to %s", path)
     return path
 
@@ -83,7 +85,7 @@ class _Report:
     def _figure(self, name: str, fig: Any) -> str:
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=110)
-        fig.savefig(self.out / f"{name}.png", dpi=110)
+        write_bytes(self.out / f"{name}.png", buffer.getvalue())
         fig.clf()
         import matplotlib.pyplot as plt
 
@@ -205,10 +207,14 @@ class _Report:
     def section_training_curves(self) -> None:
         histories: dict[str, dict[int, pd.DataFrame]] = {}
         for name in self.models:
-            run = self.store.path / "runs" / name
-            found = {int(p.parent.name[4:]): pd.read_csv(p) for p in sorted(run.glob("fold*/history.csv"))
-                     if p.parent.name[4:].isdigit()}
-            found = {k: v for k, v in found.items() if len(v)}
+            found = {}
+            for fold, meta in sorted(self.store.entry(name).fold_meta.items()):
+                history = meta.get("history")
+                if isinstance(history, dict) and history.get("epoch"):
+                    try:
+                        found[fold] = pd.DataFrame(history)
+                    except ValueError:  # columns of unequal length: not a history train_cv wrote
+                        logger.warning("entry %r fold %d: unreadable training history, not plotted", name, fold)
             if found:
                 histories[name] = found
         missing = [m for m in self.models if m not in histories]

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
 import shutil
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -20,7 +19,6 @@ from filelock import FileLock
 from numpy.typing import ArrayLike
 
 from ensemble_kit._version import __version__
-from ensemble_kit.data.folds import check_folds, make_folds
 from ensemble_kit.errors import (
     EntryExistsError,
     EntryIncompleteError,
@@ -30,21 +28,30 @@ from ensemble_kit.errors import (
     NotAStoreError,
     SchemaVersionError,
     ShapeMismatchError,
+    StoreBusyError,
     StoreCorruptedError,
     StoreError,
     StoreExistsError,
+    UnsafePathError,
     ValidationError,
 )
 from ensemble_kit.metrics import get_metric, list_metrics
-from ensemble_kit.store._files import (
-    check_npy_size,
-    read_json,
-    read_npy,
-    file_matches,
-    write_json,
-    write_npy,
+from ensemble_kit.store._files import load_array, npy_shape, read_json, to_json_safe, write_json, write_npy
+from ensemble_kit.store._folds import check_folds, make_folds
+from ensemble_kit.store._manifest import (
+    FORMAT_NAME,
+    SCHEMA_VERSION,
+    ArrayRecord,
+    EntryManifest,
+    FoldRecord,
+    Layout,
+    StoreManifest,
+    read_entry_manifest,
+    read_store_manifest,
 )
-from ensemble_kit.store._validate import check_dtype, check_kind, prepare_scores
+from ensemble_kit.store._paths import case_collision, check_name, safe_dir
+from ensemble_kit.store._validate import check_dtype, check_kind, ids_as_text, prepare_scores
+from ensemble_kit.store._workspace import LOCKS_DIR, Workspace, check_lock_file, remove_tree
 
 if TYPE_CHECKING:
     from ensemble_kit.store._tables import TableLike
@@ -53,17 +60,16 @@ __all__ = ["EntryInfo", "LogitStore", "SCHEMA_VERSION"]
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-FORMAT_NAME = "ensemble_kit.logit_store"
 STORE_MANIFEST = "ensemble_kit_store.json"
 ENTRY_MANIFEST = "entry.json"
 ENTRIES_DIR = "entries"
-LOCKS_DIR = "locks"
 # Arrays up to this size are re-hashed on every read; larger ones get a size/header check on
 # read and a full hash in verify(), so reading a 400 MB entry stays as fast as np.load.
 HASH_ON_READ_BYTES = 16 << 20
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+=,-]{0,127}$")
-_BASE_ARRAYS = ("train_ids", "y", "folds", "test_ids")
+# A reader racing with back-to-back overwrites of one entry re-reads its manifest this often
+# before giving up with StoreBusyError (each overwrite takes milliseconds).
+_READ_ATTEMPTS = 50
+_BASE_DTYPES = {"train_ids": "iU", "y": "i", "folds": "i", "test_ids": "iU"}
 
 
 @dataclass(frozen=True)
@@ -122,8 +128,9 @@ class LogitStore:
     write predictions with :meth:`put` (all folds at once) or :meth:`put_fold` (one fold per
     job, several processes may write at the same time), read them with :meth:`oof` and
     :meth:`test`. Values are always stored as logits (probabilities are converted to
-    log-probabilities on write). Nothing is ever unpickled, so a store from someone else is
-    safe to open.
+    log-probabilities on write). Nothing is ever unpickled and no link is ever followed, so a
+    store from someone else is safe to open; an entry whose files are damaged is reported by
+    :meth:`problems` while the healthy entries stay usable.
 
     Examples
     --------
@@ -148,53 +155,81 @@ class LogitStore:
                 f"{str(self._path)!r} is not a logit store: no such directory. "
                 "Create one with LogitStore.create(path, train_ids, y, classes)."
             )
-        if not manifest_path.is_file():
+        if not os.path.lexists(manifest_path):
             raise NotAStoreError(
                 f"{str(self._path)!r} is not a logit store: {STORE_MANIFEST} is missing. "
                 "Create one with LogitStore.create(path, train_ids, y, classes)."
             )
         try:
-            manifest = read_json(manifest_path)
+            document = read_json(manifest_path)
+        except UnsafePathError:
+            raise
         except StoreCorruptedError as exc:
             raise NotAStoreError(f"{str(self._path)!r} is not a readable logit store: {exc}") from exc
-        if manifest.get("format") != FORMAT_NAME:
+        if document.get("format") != FORMAT_NAME:
             raise NotAStoreError(
                 f"{str(manifest_path)!r} does not describe a logit store "
-                f"(format {manifest.get('format')!r}, expected {FORMAT_NAME!r})."
+                f"(format {document.get('format')!r}, expected {FORMAT_NAME!r})."
             )
-        schema = manifest.get("schema_version")
-        if not isinstance(schema, int) or schema > SCHEMA_VERSION or schema < 1:
+        schema = document.get("schema_version")
+        if isinstance(schema, bool) or not isinstance(schema, int) or schema > SCHEMA_VERSION or schema < 1:
             raise SchemaVersionError(
                 f"Store {str(self._path)!r} has schema version {schema!r} (written by "
-                f"ensemble_kit {manifest.get('library_version', '?')}); this ensemble_kit "
+                f"ensemble_kit {document.get('library_version', '?')}); this ensemble_kit "
                 f"{__version__} reads schema versions 1 to {SCHEMA_VERSION}. Upgrade ensemble_kit "
                 "to open it; the store is left untouched."
             )
-        self._manifest = manifest
-        self._classes: list[Any] = list(manifest["classes"])
-        self._dtype: str = manifest["dtype"]
-        base: dict[str, np.ndarray | None] = {}
-        for key in _BASE_ARRAYS:
-            record = manifest["arrays"].get(key)
-            if record is None:
-                base[key] = None
-                continue
-            file = self._path / record["file"]
-            if not file.is_file():
-                raise StoreCorruptedError(f"Store file {str(file)!r} ({key}) is missing.")
-            if not file_matches(file, record["checksum"]):
-                raise StoreCorruptedError(
-                    f"Store file {str(file)!r} ({key}) does not match its checksum: it was "
-                    "modified or corrupted. The fold split cannot be trusted; restore it from a copy."
-                )
-            base[key] = read_npy(file)
-            base[key].flags.writeable = False
-        self._train_ids: np.ndarray = base["train_ids"]  # type: ignore[assignment]
-        self._y: np.ndarray = base["y"]  # type: ignore[assignment]
-        self._folds: np.ndarray = base["folds"]  # type: ignore[assignment]
-        self._test_ids: np.ndarray | None = base["test_ids"]
-        self._n_folds = int(manifest["n_folds"])
+        self._manifest = read_store_manifest(document, manifest_path)
+        self._classes: list[Any] = list(self._manifest.classes)
+        self._dtype: str = self._manifest.dtype
+        base = {key: self._read_base_array(key) for key in self._manifest.arrays}
+        self._train_ids: np.ndarray = base["train_ids"]
+        self._y: np.ndarray = base["y"]
+        self._folds: np.ndarray = base["folds"]
+        self._test_ids: np.ndarray | None = base.get("test_ids")
+        self._check_base_arrays(manifest_path)
+        self._n_folds = self._manifest.n_folds
         self._fold_rows = [np.flatnonzero(self._folds == k) for k in range(self._n_folds)]
+        self._layout = Layout(n_train=len(self._train_ids), n_classes=len(self._classes),
+                              n_test=None if self._test_ids is None else len(self._test_ids),
+                              fold_sizes=tuple(len(rows) for rows in self._fold_rows))
+        self.workspace = Workspace(self._path)
+
+    def _read_base_array(self, key: str) -> np.ndarray:
+        file_name, checksum = self._manifest.arrays[key]
+        file = self._path / file_name
+        if not os.path.lexists(file):
+            raise StoreCorruptedError(f"Store file {str(file)!r} ({key}) is missing.", path=file)
+        # The header is checked before the (possibly long) hash, so a manifest cannot make
+        # open() read or allocate more than the sizes it declares.
+        shape, dtype = npy_shape(file)
+        expected_rows = self._manifest.n_test if key == "test_ids" else self._manifest.n_train
+        if shape != (expected_rows,) or dtype.kind not in _BASE_DTYPES[key]:
+            raise StoreCorruptedError(
+                f"Store file {str(file)!r} ({key}) has shape {shape} and dtype {dtype}; the store manifest says "
+                f"({expected_rows},) of {'integers or strings' if 'U' in _BASE_DTYPES[key] else 'integers'}.",
+                path=file, field=f"arrays.{key}")
+        try:
+            array = load_array(file, checksum=checksum)
+        except StoreCorruptedError as exc:
+            raise StoreCorruptedError(
+                f"Store file {str(file)!r} ({key}) does not match its checksum: it was modified or corrupted. The "
+                f"fold split cannot be trusted; restore it from a copy. ({exc})", path=file) from exc
+        array.flags.writeable = False
+        return array
+
+    def _check_base_arrays(self, manifest_path: Path) -> None:
+        """Labels and folds are checked against the manifest's sizes before anything trusts them."""
+        n_classes, n_folds = len(self._classes), self._manifest.n_folds
+        if self._y.size and (self._y.min() < 0 or self._y.max() >= n_classes):
+            raise StoreCorruptedError(f"Store file y.npy holds class indices outside 0..{n_classes - 1}.",
+                                      path=self._path / "y.npy")
+        used = np.unique(self._folds)
+        if len(used) != n_folds or used[0] != 0 or used[-1] != n_folds - 1:
+            raise StoreCorruptedError(
+                f"{str(manifest_path)!r} says n_folds={n_folds}, but folds.npy uses folds {used[:20].tolist()}: "
+                "the manifest or the folds were edited. Restore the store from a copy.",
+                path=manifest_path, field="n_folds")
 
     # ------------------------------------------------------------------ creation / opening
     @classmethod
@@ -235,6 +270,8 @@ class LogitStore:
             Storage dtype of prediction arrays (reads always return float32).
         """
         target = Path(path)
+        if os.path.islink(target):
+            raise UnsafePathError(f"Cannot create a store at {str(target)!r}: it is a symbolic link.", path=target)
         if target.exists() and (not target.is_dir() or any(target.iterdir())):
             raise StoreExistsError(
                 f"Cannot create a store at {str(target)!r}: it already exists and is not an "
@@ -243,6 +280,8 @@ class LogitStore:
         dtype = check_dtype(dtype)
         class_list = _check_classes(classes)
         train = _normalize_ids(train_ids, what="train_ids")
+        if len(train) == 0:
+            raise ValidationError("train_ids is empty: a store needs at least one training sample per fold.")
         y_index = _labels_to_indices(y, class_list, train)
         if folds is not None:
             fold_array = check_folds(folds, len(train))
@@ -251,6 +290,8 @@ class LogitStore:
             fold_array = make_folds(y_index, 5 if n_folds is None else n_folds, seed=seed)
             fold_seed = int(seed)
         test = _normalize_ids(test_ids, what="test_ids") if test_ids is not None else None
+        if test is not None and len(test) == 0:
+            raise ValidationError("test_ids is empty; pass test_ids=None for a store without a test set.")
         arrays = {"train_ids": train, "y": y_index, "folds": fold_array, "test_ids": test}
 
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -261,26 +302,14 @@ class LogitStore:
             for key, array in arrays.items():
                 if array is None:
                     continue
-                records[key] = {"file": f"{key}.npy", "checksum": write_npy(staging / f"{key}.npy", array)}
+                records[key] = (f"{key}.npy", write_npy(staging / f"{key}.npy", array))
             (staging / ENTRIES_DIR).mkdir()
             (staging / LOCKS_DIR).mkdir()
-            write_json(
-                staging / STORE_MANIFEST,
-                {
-                    "format": FORMAT_NAME,
-                    "schema_version": SCHEMA_VERSION,
-                    "library_version": __version__,
-                    "created": _now(),
-                    "classes": class_list,
-                    "n_classes": len(class_list),
-                    "n_train": int(len(train)),
-                    "n_test": None if test is None else int(len(test)),
-                    "n_folds": int(fold_array.max()) + 1,
-                    "fold_seed": fold_seed,
-                    "dtype": dtype,
-                    "arrays": records,
-                },
-            )
+            manifest = StoreManifest(
+                schema_version=SCHEMA_VERSION, library_version=__version__, created=_now(),
+                classes=tuple(class_list), n_train=int(len(train)), n_test=None if test is None else int(len(test)),
+                n_folds=int(fold_array.max()) + 1, fold_seed=fold_seed, dtype=dtype, arrays=records)
+            write_json(staging / STORE_MANIFEST, manifest.to_json())
             if target.exists():
                 target.rmdir()  # empty, checked above
             os.rename(staging, target)
@@ -301,7 +330,8 @@ class LogitStore:
         SchemaVersionError
             The store was written with a newer schema than this version reads.
         StoreCorruptedError
-            The ids, labels or folds do not match their checksums.
+            The manifest breaks its schema, or the ids, labels or folds do not match their
+            checksums or the manifest's sizes.
         """
         return cls(path)
 
@@ -383,12 +413,13 @@ class LogitStore:
             Test predictions of each fold model, or one prediction (stored with a fold axis of
             size 1). Required when the store has test ids, refused otherwise.
         kind : {"logits", "probs"}
-            What the values are. Probabilities are validated and stored as log-probabilities.
+            What the values are. Probabilities are validated and stored as log-probabilities;
+            values that are plainly probabilities given as logits are refused.
         meta : mapping, optional
             JSON-serialisable metadata (config, scores, versions...).
         overwrite : bool
-            Replace an existing entry. Without it, writing an existing name raises
-            :class:`EntryExistsError` and leaves the store unchanged.
+            Replace an existing entry (also one whose files are damaged). Without it, writing
+            an existing name raises :class:`EntryExistsError` and leaves the store unchanged.
         """
         self._check_name(name)
         check_kind(kind)
@@ -400,35 +431,24 @@ class LogitStore:
         )
         test_array = self._prepare_test(test, where=where, kind=kind, per_fold=False)
         with self._lock(name):
-            existing = self._read_entry(name)
+            existing = self._existing_for_write(name, overwrite=overwrite)
             if existing is not None and not overwrite:
-                state = "complete" if existing["complete"] else "partially written"
+                state = "complete" if existing.complete else "partially written"
                 raise EntryExistsError(
                     f"Entry {name!r} already exists ({state}). Pass overwrite=True to replace it, "
                     "or choose another name; the stored entry is unchanged."
                 )
-            entry_dir = self._entry_dir(name)
-            entry_dir.mkdir(parents=True, exist_ok=True)
+            entry_dir = self._entry_dir(name, create=True)
             now = _now()
-            document = {
-                "name": name,
-                "complete": True,
-                "kind_written": kind,
-                "dtype": self._dtype,
-                "n_classes": self.n_classes,
-                "created": existing["created"] if existing else now,
-                "updated": now,
-                "library_version": __version__,
-                "meta": meta_doc,
-                "fold_meta": {},
-                "folds_present": list(range(self._n_folds)),
-                "oof": self._write_array(entry_dir, "oof", oof_array),
-                "test": None if test_array is None else self._write_array(entry_dir, "test", test_array),
-                "folds": {},
-            }
-            self._commit(name, document)
+            manifest = EntryManifest(
+                name=name, complete=True, kind_written=kind, dtype=self._dtype, n_classes=self.n_classes,
+                created=existing.created if existing else now, updated=now, library_version=__version__,
+                meta=meta_doc, folds_present=tuple(range(self._n_folds)),
+                oof=self._write_array(entry_dir, "oof", oof_array),
+                test=None if test_array is None else self._write_array(entry_dir, "test", test_array))
+            self._commit(name, manifest)
         logger.info("Stored entry %r (%s)", name, "overwritten" if existing else "new")
-        return self._info(document)
+        return self._info(manifest)
 
     def put_fold(
         self,
@@ -466,6 +486,7 @@ class LogitStore:
         self._check_name(name)
         check_kind(kind)
         self._check_fold(fold, name=name)
+        fold = int(fold)
         meta_doc = _check_meta(meta, name)
         rows = self._fold_rows[fold]
         where = f"entry {name!r} fold {fold}"
@@ -484,75 +505,82 @@ class LogitStore:
         )
         test_array = self._prepare_test(test, where=where, kind=kind, per_fold=True)
         with self._lock(name):
-            existing = self._read_entry(name)
+            existing = self._existing_for_write(name, overwrite=False)
             now = _now()
-            if existing is None:
-                document: dict[str, Any] = {
-                    "name": name, "complete": False, "kind_written": kind, "dtype": self._dtype,
-                    "n_classes": self.n_classes, "created": now, "updated": now,
-                    "library_version": __version__, "meta": {}, "fold_meta": {},
-                    "folds_present": [], "oof": None, "test": None, "folds": {},
-                }
-            else:
-                document = existing
-            if fold in document["folds_present"] and not overwrite:
+            manifest = existing or EntryManifest(
+                name=name, complete=False, kind_written=kind, dtype=self._dtype, n_classes=self.n_classes,
+                created=now, updated=now, library_version=__version__)
+            if fold in manifest.folds_present and not overwrite:
                 raise EntryExistsError(
                     f"Fold {fold} of entry {name!r} is already stored. Pass overwrite=True to "
                     "replace it; the stored fold is unchanged."
                 )
-            entry_dir = self._entry_dir(name)
-            entry_dir.mkdir(parents=True, exist_ok=True)
-            document["meta"] = {**document["meta"], **meta_doc}
-            document["fold_meta"] = {**document["fold_meta"], str(fold): meta_doc}
-            document["updated"] = now
-            document["library_version"] = __version__
-            if document["complete"]:
-                self._patch_complete(document, fold, oof_array, test_array)
+            entry_dir = self._entry_dir(name, create=True)
+            manifest = replace(manifest, meta={**manifest.meta, **meta_doc},
+                               fold_meta={**manifest.fold_meta, fold: meta_doc}, updated=now,
+                               library_version=__version__)
+            if manifest.complete:
+                manifest = self._patch_complete(manifest, fold, oof_array, test_array)
             else:
-                document["folds"][str(fold)] = {
-                    "oof": self._write_array(entry_dir, f"fold{fold}-oof", oof_array),
-                    "test": None if test_array is None
-                    else self._write_array(entry_dir, f"fold{fold}-test", test_array),
-                }
-                document["folds_present"] = sorted({*document["folds_present"], fold})
-                if len(document["folds_present"]) == self._n_folds:
-                    self._consolidate(document)
-            self._commit(name, document)
+                folds = {**manifest.folds, fold: FoldRecord(
+                    oof=self._write_array(entry_dir, f"fold{fold}-oof", oof_array),
+                    test=None if test_array is None else self._write_array(entry_dir, f"fold{fold}-test", test_array))}
+                manifest = replace(manifest, folds=folds, folds_present=tuple(sorted({*manifest.folds_present, fold})))
+                if len(manifest.folds_present) == self._n_folds:
+                    manifest = self._consolidate(manifest)
+            self._commit(name, manifest)
         logger.info("Stored fold %d of entry %r", fold, name)
-        return self._info(document)
+        return self._info(manifest)
 
     def remove(self, name: str) -> None:
-        """Delete an entry (complete or not). Its directory disappears atomically."""
+        """Delete an entry (complete, incomplete or damaged) and its training run folder.
+
+        The entry folder disappears atomically; ``runs/<name>/`` (checkpoints and history) goes
+        with it, since it belongs to that entry.
+        """
         self._check_name(name)
         with self._lock(name):
             entry_dir = self._entry_dir(name)
             if not entry_dir.exists():
                 raise EntryNotFoundError(self._not_found_message(name))
-            trash = self._path / f".trash-{uuid.uuid4().hex[:8]}"
-            os.rename(entry_dir, trash)
-        shutil.rmtree(trash, ignore_errors=True)
+            remove_tree(entry_dir, trash_root=self._path)
+            self.workspace.remove_run(name)
         logger.info("Removed entry %r", name)
 
     # ------------------------------------------------------------------ reading
     def models(self) -> list[str]:
-        """Names of complete entries (every fold present), sorted."""
-        return sorted(n for n, doc in self._entries().items() if doc["complete"])
+        """Names of complete, healthy entries (every fold present), sorted.
+
+        Entries whose manifest is damaged are left out (and named in a warning); see
+        :meth:`problems`.
+        """
+        return sorted(n for n, doc in self._entries().items() if doc.complete)
 
     def incomplete(self) -> dict[str, tuple[int, ...]]:
         """Entries still missing folds, with the missing fold indices."""
         return {
             name: self._info(doc).missing_folds
             for name, doc in sorted(self._entries().items())
-            if not doc["complete"]
+            if not doc.complete
         }
+
+    def problems(self) -> dict[str, str]:
+        """Entries that cannot be read, each with what is wrong (file and field).
+
+        A damaged entry (corrupt, edited or planted manifest, a link in place of its folder)
+        never makes the rest of the store unusable: it is listed here, left out of
+        :meth:`models` and :meth:`incomplete`, and reported by :meth:`leaderboard` and
+        :meth:`verify`. Repair it with ``put(..., overwrite=True)`` or :meth:`remove`.
+        """
+        return self._scan()[1]
 
     def entry(self, name: str) -> EntryInfo:
         """Metadata of one entry, complete or not."""
         self._check_name(name)
-        document = self._read_entry(name)
-        if document is None:
+        manifest = self._read_manifest(name)
+        if manifest is None:
             raise EntryNotFoundError(self._not_found_message(name))
-        return self._info(document)
+        return self._info(manifest)
 
     def oof(self, names: str | Sequence[str], *, mmap: bool = False) -> np.ndarray:
         """Out-of-fold logits in ``train_ids`` order, as float32.
@@ -610,25 +638,35 @@ class LogitStore:
     def leaderboard(self, metric: str = "log_loss") -> pd.DataFrame:
         """One row per complete model: OOF scores on every metric, times and metadata.
 
-        Sorted by ``metric``, best first. Metadata keys appear as ``meta.<key>`` columns.
+        Sorted by ``metric``, best first. Metadata keys appear as ``meta.<key>`` columns. A
+        damaged entry gets a row of its own at the end, with empty scores and what is wrong in
+        the ``problem`` column (empty for healthy entries).
         """
         main = get_metric(metric)
-        rows = []
-        complete = {n: doc for n, doc in self._entries().items() if doc["complete"]}
-        for name in sorted(complete):
-            info = self._info(complete[name])
-            logits = self._read_complete(name, "oof", mmap=True)
+        metric_names = [main.name] + [m for m in list_metrics() if m != main.name]
+        rows, broken = [], []
+        healthy, problems = self._scan()
+        for name in sorted(n for n, doc in healthy.items() if doc.complete):
+            info = self._info(healthy[name])
+            try:
+                logits = self._read_complete(name, "oof", mmap=True)
+            except (StoreCorruptedError, StoreBusyError) as exc:
+                broken.append({"model": name, "problem": str(exc)})
+                continue
             row: dict[str, Any] = {"model": name}
-            for metric_name in [main.name] + [m for m in list_metrics() if m != main.name]:
+            for metric_name in metric_names:
                 row[metric_name] = get_metric(metric_name)(self._y, logits, kind="logits")
-            row.update({"has_test": info.has_test, "created": info.created, "updated": info.updated})
+            row.update({"has_test": info.has_test, "created": info.created, "updated": info.updated, "problem": ""})
             for key, value in info.meta.items():
-                row[f"meta.{key}"] = value if _is_scalar(value) else json.dumps(value, sort_keys=True)
+                row[f"meta.{key}"] = value if _is_scalar(value) else _json_text(value)
             rows.append(row)
-        columns = ["model", *[main.name], *[m for m in list_metrics() if m != main.name]]
+        broken += [{"model": name, "problem": message} for name, message in sorted(problems.items())]
+        columns = ["model", *metric_names, "has_test", "created", "updated", "problem"]
         table = pd.DataFrame(rows, columns=None if rows else columns)
         if rows:
             table = table.sort_values(main.name, ascending=not main.greater_is_better, kind="stable")
+        if broken:
+            table = pd.concat([table, pd.DataFrame(broken)], ignore_index=True)
         return table.reset_index(drop=True)
 
     # ------------------------------------------------------------------ tables
@@ -648,10 +686,13 @@ class LogitStore:
         The table has an id column and one column per class (named ``str(class)``). Its rows
         are the OOF predictions of every training sample; test rows come either from ``test``
         or, when the table has a ``split`` column, from its rows marked ``"test"`` (the layout
-        :meth:`export` writes, so ``export`` -> ``import_predictions`` round-trips).
+        :meth:`export` writes, so ``export`` -> ``import_predictions`` round-trips). Ids are
+        read as text (``"007"`` stays ``"007"``, ``"NA"`` is an id, not a missing value) and
+        matched to the store's ids as text.
         """
         from ensemble_kit.store._tables import read_prediction_tables
 
+        self._check_name(name)
         oof, test_values = read_prediction_tables(self, name, table_or_path, test=test, id_col=id_col)
         return self.put(name, oof, test_values, kind=kind, meta=meta, overwrite=overwrite)
 
@@ -661,7 +702,8 @@ class LogitStore:
         Columns: ``id``, ``split`` (``"oof"`` or ``"test"``), ``fold`` (the sample's fold for
         OOF rows, -1 for test rows), then one column per class. Test rows hold the
         fold-averaged logits. ``kind="probs"`` (default) writes softmax probabilities,
-        ``kind="logits"`` the stored logits.
+        ``kind="logits"`` the stored logits. Classes named ``id``, ``split`` or ``fold`` are
+        refused (their columns would collide).
         """
         from ensemble_kit.store._tables import write_prediction_table
 
@@ -671,155 +713,146 @@ class LogitStore:
     def verify(self) -> None:
         """Re-check every checksum and invariant of the store.
 
-        Checks the ids/labels/folds, every entry manifest, that each referenced array exists,
-        has the recorded checksum, shape and dtype, holds only finite values, and that complete
-        entries cover every training sample exactly once.
+        Checks the ids/labels/folds, every entry manifest against its schema, that each
+        referenced array exists, has the recorded checksum, shape and dtype, holds only finite
+        values, and that complete entries cover every training sample exactly once.
 
         Raises
         ------
         StoreCorruptedError
             Listing every problem found (entry, file and what is wrong).
         """
-        problems: list[str] = []
-        for key in _BASE_ARRAYS:
-            record = self._manifest["arrays"].get(key)
-            if record is None:
-                continue
-            file = self._path / record["file"]
-            if not file.is_file() or not file_matches(file, record["checksum"]):
-                problems.append(f"{key}: {file.name} is missing or does not match its checksum")
-        entries_dir = self._path / ENTRIES_DIR
-        n_checked = 0
-        for entry_dir in sorted(p for p in entries_dir.iterdir() if p.is_dir()):
-            name = entry_dir.name
-            manifest = entry_dir / ENTRY_MANIFEST
-            if not manifest.exists():
-                continue  # a first write that was interrupted: nothing was ever published
-            try:
-                document = read_json(manifest)
-                problems.extend(self._verify_entry(name, entry_dir, document))
-            except (StoreCorruptedError, KeyError, TypeError) as exc:
-                problems.append(f"entry {name!r}: unreadable manifest ({exc})")
-            n_checked += 1
-        if problems:
-            raise StoreCorruptedError(
-                f"Store {str(self._path)!r} failed verification with {len(problems)} problem(s):\n  - "
-                + "\n  - ".join(problems)
-            )
-        logger.info("Verified store %s: %d entries OK", self._path, n_checked)
+        from ensemble_kit.store._verify import verify_store
 
-    def _verify_entry(self, name: str, entry_dir: Path, document: dict[str, Any]) -> list[str]:
-        problems = []
-        records: list[tuple[str, dict[str, Any], tuple[int, ...]]] = []
-        n_train, n_classes = len(self._train_ids), self.n_classes
-        n_test = None if self._test_ids is None else len(self._test_ids)
-        if document["complete"]:
-            records.append(("oof", document["oof"], (n_train, n_classes)))
-            if document["test"] is not None:
-                test_folds = document["test"]["shape"][0]
-                if test_folds not in (1, self._n_folds):
-                    problems.append(f"entry {name!r}: test fold axis is {test_folds}")
-                records.append(("test", document["test"], (test_folds, n_test, n_classes)))
-            if sorted(document["folds_present"]) != list(range(self._n_folds)):
-                problems.append(f"entry {name!r}: marked complete but folds are {document['folds_present']}")
-        else:
-            for fold_key, fold_doc in document["folds"].items():
-                k = int(fold_key)
-                records.append((f"fold {k} oof", fold_doc["oof"], (len(self._fold_rows[k]), n_classes)))
-                if fold_doc["test"] is not None:
-                    records.append((f"fold {k} test", fold_doc["test"], (n_test, n_classes)))
-        if (n_test is not None) != any(what.endswith("test") for what, _, _ in records) and records:
-            problems.append(f"entry {name!r}: test predictions present/absent inconsistently with the store")
-        for what, record, shape in records:
-            file = entry_dir / record["file"]
-            label = f"entry {name!r} {what} ({file.name})"
-            if not file.is_file():
-                problems.append(f"{label}: file is missing")
-                continue
-            if not file_matches(file, record["checksum"]):
-                problems.append(f"{label}: checksum mismatch (file modified or corrupted)")
-                continue
-            array = read_npy(file, mmap=True)
-            if tuple(array.shape) != shape or array.dtype.name != document["dtype"]:
-                problems.append(f"{label}: shape {array.shape} {array.dtype}, expected {shape} {document['dtype']}")
-            elif not _all_finite(array):
-                problems.append(f"{label}: holds NaN or inf")
-        return problems
+        verify_store(self)
 
     # ------------------------------------------------------------------ internals
-    def _entries(self) -> dict[str, dict[str, Any]]:
-        found = {}
-        entries_dir = self._path / ENTRIES_DIR
-        for entry_dir in entries_dir.iterdir():
-            document = self._read_entry(entry_dir.name) if entry_dir.is_dir() else None
-            if document is not None:
-                found[entry_dir.name] = document
-        return found
+    def _scan(self) -> tuple[dict[str, EntryManifest], dict[str, str]]:
+        """Every published entry's manifest, and what is wrong with those that cannot be read."""
+        healthy: dict[str, EntryManifest] = {}
+        problems: dict[str, str] = {}
+        entries_dir = safe_dir(self._path, ENTRIES_DIR)
+        for child in entries_dir.iterdir():
+            name = child.name
+            try:
+                check_name(name)
+            except ValidationError:
+                problems[name] = f"{str(child)!r} is not an entry (its name is not a valid entry name)"
+                continue
+            try:
+                manifest = self._read_manifest(name)
+            except StoreCorruptedError as exc:
+                problems[name] = str(exc)
+                continue
+            if manifest is not None:
+                healthy[name] = manifest
+        return healthy, problems
 
-    def _entry_dir(self, name: str) -> Path:
-        return self._path / ENTRIES_DIR / name
+    def _entries(self) -> dict[str, EntryManifest]:
+        healthy, problems = self._scan()
+        if problems:
+            logger.warning("store %s: %d damaged entr%s left out: %s (see LogitStore.problems())", self._path,
+                           len(problems), "y" if len(problems) == 1 else "ies", sorted(problems))
+        return healthy
+
+    def _entry_dir(self, name: str, *, create: bool = False) -> Path:
+        return safe_dir(self._path, ENTRIES_DIR, name, create=create)
 
     def _lock(self, name: str) -> FileLock:
-        return FileLock(str(self._path / LOCKS_DIR / f"{name}.lock"))
+        path = safe_dir(self._path, LOCKS_DIR, create=True) / f"{name}.lock"
+        check_lock_file(path)
+        return FileLock(str(path))
 
-    def _read_entry(self, name: str) -> dict[str, Any] | None:
-        manifest = self._entry_dir(name) / ENTRY_MANIFEST
+    def _read_manifest(self, name: str) -> EntryManifest | None:
+        """The validated manifest of ``name``; ``None`` when nothing was ever published under it."""
+        path = self._entry_dir(name) / ENTRY_MANIFEST
         try:
-            return read_json(manifest)
+            document = read_json(path)
         except FileNotFoundError:
             return None
+        return read_entry_manifest(document, path, name=name, layout=self._layout,
+                                   schema_version=self._manifest.schema_version)
 
-    def _commit(self, name: str, document: dict[str, Any]) -> None:
-        """Publish ``document`` (one atomic rename), then delete files it no longer references."""
+    def _existing_for_write(self, name: str, *, overwrite: bool) -> EntryManifest | None:
+        """The entry's manifest before a write; a damaged one may only be replaced whole."""
+        collision = case_collision(name, (p.name for p in safe_dir(self._path, ENTRIES_DIR).iterdir()))
+        if collision is not None:
+            raise ValidationError(
+                f"Entry name {name!r} differs only in case from the stored entry {collision!r}; on case-insensitive "
+                "file systems (macOS, Windows) both would share one folder. Choose another name."
+            )
+        try:
+            return self._read_manifest(name)
+        except UnsafePathError:
+            raise
+        except StoreCorruptedError as exc:
+            if overwrite:
+                logger.warning("entry %r is damaged (%s): replacing it as asked", name, exc)
+                return None
+            raise StoreCorruptedError(
+                f"Entry {name!r} is damaged and cannot be extended: {exc} Replace it whole with put(..., "
+                "overwrite=True), or remove() it.", path=exc.path, field=exc.field) from exc
+
+    def _commit(self, name: str, manifest: EntryManifest) -> None:
+        """Publish ``manifest`` (one atomic rename), then delete files it no longer references."""
         entry_dir = self._entry_dir(name)
-        write_json(entry_dir / ENTRY_MANIFEST, document)
-        referenced = {ENTRY_MANIFEST} | {r["file"] for r in _array_records(document)}
+        write_json(entry_dir / ENTRY_MANIFEST, manifest.to_json())
+        referenced = {ENTRY_MANIFEST} | {r.file for r in manifest.records()}
         for file in entry_dir.iterdir():
             # Safe under the entry lock: every writer of this entry holds it while writing,
-            # so an unreferenced file is an old version or a killed writer's leftover.
-            if file.name not in referenced:
+            # so an unreferenced file is an old version or a killed writer's leftover. The
+            # folder itself is no link (checked by safe_dir), and unlink() removes a link
+            # planted inside it, never its target.
+            if file.name not in referenced and not file.is_dir():
                 file.unlink(missing_ok=True)
 
-    def _write_array(self, entry_dir: Path, stem: str, array: np.ndarray) -> dict[str, Any]:
+    def _write_array(self, entry_dir: Path, stem: str, array: np.ndarray) -> ArrayRecord:
         file = f"{stem}-{uuid.uuid4().hex[:12]}.npy"
         digest = write_npy(entry_dir / file, array)
-        return {"file": file, "checksum": digest, "shape": list(array.shape), "dtype": array.dtype.name}
+        return ArrayRecord(file=file, checksum=digest, shape=tuple(array.shape), dtype=array.dtype.name)
 
-    def _load(self, name: str, record: dict[str, Any], *, mmap: bool) -> np.ndarray:
-        file = self._entry_dir(name) / record["file"]
-        check_npy_size(file)
-        array = read_npy(file, mmap=mmap)
-        if list(array.shape) != record["shape"]:
+    def _load(self, name: str, record: ArrayRecord, *, mmap: bool, verify: bool | None = None) -> np.ndarray:
+        """One array of an entry. Hashed when small (or ``verify=True``); always size-checked."""
+        file = self._entry_dir(name) / record.file
+        nbytes = int(np.prod(record.shape, dtype=np.int64)) * np.dtype(record.dtype).itemsize
+        if verify is None:
+            verify = not mmap and nbytes <= HASH_ON_READ_BYTES
+        try:
+            array = load_array(file, checksum=record.checksum if verify else None, mmap=mmap and not verify)
+        except UnsafePathError:
+            raise
+        except StoreCorruptedError as exc:
+            raise StoreCorruptedError(f"Entry {name!r}: {exc} Re-write the entry (overwrite=True) or remove it.",
+                                      path=file) from exc
+        if tuple(array.shape) != record.shape or array.dtype.name != record.dtype:
             raise StoreCorruptedError(
-                f"Entry {name!r}: {file.name} has shape {array.shape}, manifest says {record['shape']}."
-            )
-        if not mmap and array.nbytes <= HASH_ON_READ_BYTES and not file_matches(file, record["checksum"]):
-            raise StoreCorruptedError(
-                f"Entry {name!r}: {file.name} does not match its checksum (modified or "
-                "corrupted). Re-write the entry (overwrite=True) or remove it."
-            )
+                f"Entry {name!r}: {file.name} has shape {array.shape} ({array.dtype}), manifest says "
+                f"{list(record.shape)} ({record.dtype}).", path=file)
         return array
 
     def _read_complete(self, name: str, part: str, *, mmap: bool) -> np.ndarray:
         self._check_name(name)
-        for attempt in range(2):
-            document = self._read_entry(name)
-            if document is None:
+        for attempt in range(_READ_ATTEMPTS):
+            manifest = self._read_manifest(name)
+            if manifest is None:
                 raise EntryNotFoundError(self._not_found_message(name))
-            if not document["complete"]:
-                missing = self._info(document).missing_folds
+            if not manifest.complete:
+                missing = self._info(manifest).missing_folds
                 raise EntryIncompleteError(
                     f"Entry {name!r} is incomplete: folds {list(missing)} are missing. Write them "
                     "with put_fold(), or remove the entry."
                 )
-            if part == "test" and document["test"] is None:
+            record = manifest.oof if part == "oof" else manifest.test
+            if record is None:
                 raise EntryNotFoundError(f"Entry {name!r} has no test predictions.")
             try:
-                array = self._load(name, document[part], mmap=mmap)
+                array = self._load(name, record, mmap=mmap)
                 break
-            except FileNotFoundError:
-                if attempt:  # an overwrite replaced the file between manifest and open
-                    raise
+            except FileNotFoundError:  # an overwrite replaced the file between manifest and open
+                time.sleep(0.002 * attempt)
+        else:
+            raise StoreBusyError(f"Entry {name!r} was rewritten {_READ_ATTEMPTS} times while being read; try again "
+                                 "when its writer is done.")
         if array.dtype != np.float32:
             return array.astype(np.float32)
         return array
@@ -850,73 +883,66 @@ class LogitStore:
         )
         return array if per_fold or array.ndim == 3 else array[None]
 
-    def _patch_complete(self, document: dict[str, Any], fold: int, oof: np.ndarray, test: np.ndarray | None) -> None:
-        name = document["name"]
+    def _patch_complete(self, manifest: EntryManifest, fold: int, oof: np.ndarray,
+                        test: np.ndarray | None) -> EntryManifest:
+        name = manifest.name
         entry_dir = self._entry_dir(name)
-        full_oof = np.array(self._load(name, document["oof"], mmap=True))
+        assert manifest.oof is not None  # a complete manifest always has one (schema-checked)
+        full_oof = self._load(name, manifest.oof, mmap=False, verify=True)
         full_oof[self._fold_rows[fold]] = oof
-        document["oof"] = self._write_array(entry_dir, "oof", full_oof)
-        if test is not None:
-            full_test = np.array(self._load(name, document["test"], mmap=True))
-            if full_test.shape[0] != self._n_folds:
+        new_test = manifest.test
+        if test is not None and manifest.test is not None:
+            if manifest.test.shape[0] != self._n_folds:
                 raise ShapeMismatchError(
                     f"Entry {name!r} was written with a single test prediction; a per-fold "
                     "overwrite cannot replace one fold of it. Re-write the entry with put()."
                 )
+            full_test = self._load(name, manifest.test, mmap=False, verify=True)
             full_test[fold] = test
-            document["test"] = self._write_array(entry_dir, "test", full_test)
+            new_test = self._write_array(entry_dir, "test", full_test)
+        return replace(manifest, oof=self._write_array(entry_dir, "oof", full_oof), test=new_test)
 
-    def _consolidate(self, document: dict[str, Any]) -> None:
-        """Merge per-fold arrays into one OOF and one test array, so reads are single files."""
-        name = document["name"]
+    def _consolidate(self, manifest: EntryManifest) -> EntryManifest:
+        """Merge per-fold arrays into one OOF and one test array, so reads are single files.
+
+        Every piece is hashed first: a damaged fold file is refused, never laundered into a
+        consolidated array with a fresh checksum.
+        """
+        name = manifest.name
         entry_dir = self._entry_dir(name)
         oof = np.empty((len(self._train_ids), self.n_classes), dtype=self._dtype)
         tests = []
         for k in range(self._n_folds):
-            fold_doc = document["folds"][str(k)]
-            oof[self._fold_rows[k]] = self._load(name, fold_doc["oof"], mmap=True)
-            if fold_doc["test"] is not None:
-                tests.append(self._load(name, fold_doc["test"], mmap=True))
-        document["oof"] = self._write_array(entry_dir, "oof", oof)
-        document["test"] = self._write_array(entry_dir, "test", np.stack(tests)) if tests else None
-        document["folds"] = {}
-        document["complete"] = True
+            fold = manifest.folds[k]
+            oof[self._fold_rows[k]] = self._load(name, fold.oof, mmap=False, verify=True)
+            if fold.test is not None:
+                tests.append(self._load(name, fold.test, mmap=False, verify=True))
+        return replace(manifest, complete=True, folds={},
+                       oof=self._write_array(entry_dir, "oof", oof),
+                       test=self._write_array(entry_dir, "test", np.stack(tests)) if tests else None)
 
-    def _info(self, document: dict[str, Any]) -> EntryInfo:
-        test = document["test"]
-        if document["complete"]:
-            test_folds = test["shape"][0] if test else 0
+    def _info(self, manifest: EntryManifest) -> EntryInfo:
+        if manifest.complete:
+            test_folds = manifest.test.shape[0] if manifest.test else 0
         else:
             test_folds = self._n_folds if self._test_ids is not None else 0
         return EntryInfo(
-            name=document["name"],
-            complete=document["complete"],
-            folds_present=tuple(document["folds_present"]),
-            n_folds=self._n_folds,
-            dtype=document["dtype"],
-            kind_written=document["kind_written"],
-            has_test=self._test_ids is not None,
-            test_folds=test_folds,
-            created=document["created"],
-            updated=document["updated"],
-            meta=document["meta"],
-            fold_meta={int(k): v for k, v in document["fold_meta"].items()},
+            name=manifest.name, complete=manifest.complete, folds_present=tuple(manifest.folds_present),
+            n_folds=self._n_folds, dtype=manifest.dtype, kind_written=manifest.kind_written,
+            has_test=self._test_ids is not None, test_folds=test_folds, created=manifest.created,
+            updated=manifest.updated, meta=dict(manifest.meta), fold_meta=dict(manifest.fold_meta),
         )
 
     def _check_name(self, name: object) -> None:
-        if not isinstance(name, str) or not _NAME_RE.match(name):
-            raise ValidationError(
-                f"Invalid entry name {name!r}: use 1-128 letters, digits and '_ . @ + = , -', "
-                "starting with a letter or digit (e.g. 'convnext_atto@224')."
-            )
+        check_name(name, what="entry name")
 
     def _check_names(self, names: Iterable[str]) -> list[str]:
         names = list(names)
         if not names:
             raise ValidationError("names must list at least one entry.")
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValidationError(f"names lists entries more than once: {duplicates}.")
+        index = pd.Index(names)
+        if index.has_duplicates:
+            raise ValidationError(f"names lists entries more than once: {sorted(set(index[index.duplicated()]))}.")
         return names
 
     def _check_fold(self, fold: object, *, name: str | None = None) -> None:
@@ -928,27 +954,27 @@ class LogitStore:
             )
 
     def _fold_order(self, ids: ArrayLike, fold: int, *, name: str, n_rows: int) -> np.ndarray:
-        """Permutation putting rows labelled ``ids`` into the store's order for ``fold``."""
-        given = [str(i) for i in np.asarray(ids).tolist()]
+        """Permutation putting rows labelled ``ids`` into the store's order for ``fold`` (hash joins: linear)."""
+        given = pd.Index(ids_as_text(ids))
         if len(given) != n_rows:
             raise FoldMismatchError(f"Entry {name!r} fold {fold}: {len(given)} ids for {n_rows} oof rows.")
-        expected = [str(i) for i in self._train_ids[self._fold_rows[fold]].tolist()]
-        position = {sample: i for i, sample in enumerate(given)}
-        if len(position) != len(given):
-            dup = sorted({s for s in given if given.count(s) > 1})[:10]
+        if given.has_duplicates:
+            dup = sorted(set(given[given.duplicated()]))[:10]
             raise IdMismatchError(f"Entry {name!r} fold {fold}: duplicated ids {dup}.")
-        missing = [s for s in expected if s not in position]
-        extra = sorted(set(given) - set(expected))
-        if missing or extra:
+        expected = ids_as_text(self._train_ids[self._fold_rows[fold]])
+        position = given.get_indexer(expected)
+        missing = expected[position < 0]
+        extra = given[~given.isin(expected)]
+        if len(missing) or len(extra):
             raise FoldMismatchError(
                 f"Entry {name!r}: the rows given are not fold {fold}'s samples: "
-                f"{len(missing)} of its ids missing (e.g. {missing[:5]}), {len(extra)} ids from other "
-                f"folds or unknown (e.g. {extra[:5]})."
+                f"{len(missing)} of its ids missing (e.g. {missing[:5].tolist()}), {len(extra)} ids from other "
+                f"folds or unknown (e.g. {sorted(extra[:5].tolist())})."
             )
-        return np.array([position[s] for s in expected], dtype=np.int64)
+        return position.astype(np.int64)
 
     def _not_found_message(self, name: str) -> str:
-        known = sorted(self._entries())
+        known = sorted(self._scan()[0])
         return f"No entry {name!r} in store {str(self._path)!r}. Stored entries: {known or 'none'}."
 
 
@@ -957,20 +983,14 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _array_records(document: dict[str, Any]) -> list[dict[str, Any]]:
-    records = [document.get("oof"), document.get("test")]
-    for fold_doc in document.get("folds", {}).values():
-        records += [fold_doc.get("oof"), fold_doc.get("test")]
-    return [r for r in records if r]
-
-
-def _all_finite(array: np.ndarray, chunk_rows: int = 1 << 16) -> bool:
-    flat = array.reshape(-1, array.shape[-1])
-    return all(np.isfinite(flat[i : i + chunk_rows]).all() for i in range(0, len(flat), chunk_rows))
-
-
 def _is_scalar(value: Any) -> bool:
     return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _json_text(value: Any) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True)
 
 
 def _check_meta(meta: Mapping[str, Any] | None, name: str) -> dict[str, Any]:
@@ -978,10 +998,8 @@ def _check_meta(meta: Mapping[str, Any] | None, name: str) -> dict[str, Any]:
         return {}
     if not isinstance(meta, Mapping):
         raise ValidationError(f"Entry {name!r}: meta must be a mapping; got {type(meta).__name__}.")
-    from ensemble_kit.store._files import _json_default
-
     try:
-        return json.loads(json.dumps(dict(meta), allow_nan=False, default=_json_default))
+        return to_json_safe(dict(meta))
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"Entry {name!r}: meta is not JSON-serialisable: {exc}") from exc
 
@@ -1022,10 +1040,10 @@ def _normalize_ids(ids: ArrayLike, *, what: str) -> np.ndarray:
             raise ValidationError(f"{what} must be all integers or all strings; found {bad!r} ({type(bad).__name__}).")
     else:
         raise ValidationError(f"{what} must be integers or strings; got dtype {array.dtype}.")
-    unique, counts = np.unique(normalized, return_counts=True)
-    if (counts > 1).any():
-        dup = unique[counts > 1][:10].tolist()
-        raise IdMismatchError(f"{what} must be unique; duplicated ids: {dup} ({int((counts > 1).sum())} in all).")
+    index = pd.Index(normalized)
+    if index.has_duplicates:
+        dup = index[index.duplicated()].unique()
+        raise IdMismatchError(f"{what} must be unique; duplicated ids: {sorted(dup[:10].tolist())} ({len(dup)} in all).")
     return normalized
 
 

@@ -9,19 +9,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ensemble_kit.errors import InvalidValuesError, ShapeMismatchError, ValidationError
-from ensemble_kit.metrics._scores import PROB_EPS, SCORE_KINDS
+from ensemble_kit.metrics import check_kind, safe_log
+from ensemble_kit.store._manifest import STORE_DTYPES
 
 PROB_RANGE_TOL = 1e-6
 PROB_SUM_TOL = 1e-3
-STORE_DTYPES = ("float32", "float16")
+# Rows checked first when deciding whether "logits" are in fact probabilities: real logits leave
+# [0, 1] (or miss a row sum of 1) within a few rows, so the full scan runs only for suspects.
+_PROBE_ROWS = 1024
 
-
-def check_kind(kind: str) -> None:
-    if kind not in SCORE_KINDS:
-        raise ValidationError(
-            f"kind must be one of {SCORE_KINDS}: declare whether the values are logits or "
-            f"probabilities; got {kind!r}."
-        )
+__all__ = ["STORE_DTYPES", "check_dtype", "check_kind", "ids_as_text", "prepare_scores"]
 
 
 def check_dtype(dtype: Any) -> str:
@@ -81,6 +78,11 @@ def prepare_scores(
 
     if kind == "probs":
         array = _probs_to_log_probs(array, where=where, row_ids=row_ids)
+    elif _looks_like_probabilities(array):
+        raise InvalidValuesError(
+            f"{where}: kind='logits' but every row is in [0, 1] and sums to 1: these are probabilities. Pass "
+            "kind='probs' (they are stored as log-probabilities), or pass the model's raw logits."
+        )
     with np.errstate(over="ignore"):  # overflow is reported below, with the entry's name
         stored = np.ascontiguousarray(array, dtype=dtype)
     if dtype != array.dtype and not np.isfinite(stored).all():
@@ -89,6 +91,18 @@ def prepare_scores(
             "Store float32, or subtract each row's max logit first."
         )
     return stored
+
+
+def _is_probability_block(flat: NDArray) -> bool:
+    if flat.size == 0 or flat.min() < -PROB_RANGE_TOL or flat.max() > 1 + PROB_RANGE_TOL:
+        return False
+    return bool(np.all(np.abs(flat.sum(axis=1, dtype=np.float64) - 1.0) <= PROB_SUM_TOL))
+
+
+def _looks_like_probabilities(values: NDArray) -> bool:
+    """Every row in [0, 1] summing to 1: not a plausible logit matrix."""
+    flat = values.reshape(-1, values.shape[-1]) if values.ndim else values.reshape(1, -1)
+    return _is_probability_block(flat[:_PROBE_ROWS]) and _is_probability_block(flat)
 
 
 def _probs_to_log_probs(p: NDArray, *, where: str, row_ids: NDArray | None) -> NDArray:
@@ -111,7 +125,7 @@ def _probs_to_log_probs(p: NDArray, *, where: str, row_ids: NDArray | None) -> N
             f"{sums[row]:.6g}. Normalise the rows, or pass kind='logits'."
         )
     q = p if np.issubdtype(p.dtype, np.floating) else p.astype(np.float64)
-    return np.log(np.clip(q, PROB_EPS, 1.0))
+    return safe_log(q)
 
 
 def _row_label(flat_row: int, shape: tuple[int, ...], row_ids: NDArray | None) -> str:
@@ -123,3 +137,9 @@ def _row_label(flat_row: int, shape: tuple[int, ...], row_ids: NDArray | None) -
     if row_ids is not None:
         label += f" (id {row_ids[row].item()!r})"
     return label
+
+
+def ids_as_text(ids: Any) -> NDArray[np.str_]:
+    """Sample ids as an array of ``str``: how ids from tables and callers are matched to the store's."""
+    array = np.asarray(ids)
+    return array.astype(str) if array.dtype.kind in "iuU" else np.array([str(v) for v in array.tolist()], dtype=str)

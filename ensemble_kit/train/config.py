@@ -10,6 +10,7 @@ import yaml
 
 from ensemble_kit._config import build_dataclass, set_dotted
 from ensemble_kit.errors import ValidationError
+from ensemble_kit.store._files import write_text
 
 
 @dataclass(frozen=True)
@@ -133,8 +134,7 @@ class TrainConfig:
     def to_yaml(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
-        return path
+        return write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:

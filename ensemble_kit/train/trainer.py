@@ -6,11 +6,10 @@ import copy
 import csv
 import logging
 import math
-import os
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +30,17 @@ from ensemble_kit.data.transforms import (
     build_train_transform,
     dataset_mean_std,
 )
-from ensemble_kit.errors import EntryNotFoundError, ValidationError
-from ensemble_kit.store import EntryInfo, LogitStore
+from ensemble_kit.errors import CheckpointError, EntryNotFoundError, ValidationError
+from ensemble_kit.store import EntryInfo, LogitStore, check_name
+from ensemble_kit.store._files import check_not_link
+from ensemble_kit.store._paths import safe_dir
+from ensemble_kit.train.checkpoint import (
+    PREFIX,
+    list_checkpoints,
+    load_checkpoint_state,
+    prune_checkpoints,
+    save_checkpoint_state,
+)
 from ensemble_kit.train.config import TrainConfig
 from ensemble_kit.train.losses import create_loss
 from ensemble_kit.train.models import create_model
@@ -40,7 +48,7 @@ from ensemble_kit.train.tta import predict_views
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_PREFIX = "epoch_"
+CHECKPOINT_PREFIX = PREFIX
 
 
 def resolve_device(name: str) -> torch.device:
@@ -100,8 +108,12 @@ def train_cv(cfg: TrainConfig, store: LogitStore, source: ImageSource, test: Ima
         test_index = positions_of(store.test_ids, test, what="test source")
     if extra_train is not None:
         _check_extra(store, source, extra_train)
-    run_dir = Path(output_dir) if output_dir is not None else store.path / "runs" / name
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_name(name, what="model name")
+    if output_dir is None:
+        run_dir = store.workspace.run_dir(name, create=True)
+    else:
+        run_dir = Path(output_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
     cfg.to_yaml(run_dir / "config.yaml")
     try:
         done = set(store.entry(name).folds_present)
@@ -112,7 +124,8 @@ def train_cv(cfg: TrainConfig, store: LogitStore, source: ImageSource, test: Ima
         if k in done:
             logger.info("%s fold %d already stored: skipped", name, k)
             continue
-        result = _FoldRun(cfg, store, source, train_index, test, test_index, extra_train, k, run_dir / f"fold{k}",
+        result = _FoldRun(cfg, store, source, train_index, test, test_index, extra_train, k,
+                          safe_dir(run_dir, f"fold{k}", create=True),
                           device, name).run()
         store.put_fold(name, k, result["oof"], result["test"], ids=store.train_ids[store.fold_indices(k)],
                        kind="logits", meta=result["meta"])
@@ -147,6 +160,7 @@ class _Progress:
     best_loss: float = math.inf
     best_epoch: int = -1
     best_state: dict[str, torch.Tensor] | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
 
 
 class _FoldRun:
@@ -157,7 +171,7 @@ class _FoldRun:
                  fold_dir: Path, device: torch.device, name: str) -> None:
         self.cfg, self.store, self.source, self.fold, self.dir, self.device, self.name = (
             cfg, store, source, fold, fold_dir, device, name)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = safe_dir(fold_dir.parent, fold_dir.name, create=True)
         rows_valid = store.fold_indices(fold)
         rows_train = np.flatnonzero(store.folds != fold)
         self.train_src_idx, self.valid_src_idx = train_index[rows_train], train_index[rows_valid]
@@ -253,13 +267,10 @@ class _FoldRun:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
 
     # ------------------------------------------------------------------ checkpoints
-    def _checkpoints(self) -> list[Path]:
-        return sorted(self.dir.glob(f"{CHECKPOINT_PREFIX}*.pt"))
-
     def save(self, progress: _Progress) -> Path:
         state = {
             "epoch": progress.epoch, "global_step": progress.global_step, "best_loss": progress.best_loss,
-            "best_epoch": progress.best_epoch, "best_state": progress.best_state,
+            "best_epoch": progress.best_epoch, "best_state": progress.best_state, "history": progress.history,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
@@ -267,40 +278,44 @@ class _FoldRun:
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
             "config": self.cfg.to_dict(),
         }
-        path = self.dir / f"{CHECKPOINT_PREFIX}{progress.epoch:04d}.pt"
-        tmp = path.with_suffix(".pt.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-        for old in self._checkpoints()[: -self.cfg.keep_checkpoints]:
-            old.unlink(missing_ok=True)
+        path = save_checkpoint_state(self.dir / f"{CHECKPOINT_PREFIX}{progress.epoch:04d}", state)
+        prune_checkpoints(self.dir, keep=self.cfg.keep_checkpoints)
         return path
 
     def resume(self) -> _Progress:
-        checkpoints = self._checkpoints()
+        checkpoints = list_checkpoints(self.dir)
         if not checkpoints:
             return _Progress()
-        # Checkpoints hold numpy/python RNG states, so they are not weights-only; they are
-        # files this trainer wrote itself, never files received from elsewhere.
-        state = torch.load(checkpoints[-1], map_location=self.device, weights_only=False)
-        if state["config"] != self.cfg.to_dict():
+        path = checkpoints[-1]
+        state = load_checkpoint_state(path, map_location=self.device)
+        if state.get("config") != self.cfg.to_dict():
             raise ValidationError(
-                f"Checkpoint {str(checkpoints[-1])!r} was written with a different config; remove "
+                f"Checkpoint {str(path)!r} was written with a different config; remove "
                 f"{str(self.dir)!r} to start this fold afresh."
             )
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        if self.ema is not None:
-            self.ema.load_state_dict(state["ema"])
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
-        if state["rng"]["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        logger.info("%s fold %d: resumed after epoch %d", self.name, self.fold, state["epoch"])
-        return _Progress(epoch=state["epoch"] + 1, global_step=state["global_step"], best_loss=state["best_loss"],
-                         best_epoch=state["best_epoch"], best_state=state["best_state"])
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            if self.ema is not None:
+                self.ema.load_state_dict(state["ema"])
+            rng = state["rng"]
+            torch.set_rng_state(rng["torch"])
+            np.random.set_state(rng["numpy"])
+            random.setstate(rng["python"])
+            if rng["cuda"] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            progress = _Progress(epoch=int(state["epoch"]) + 1, global_step=int(state["global_step"]),
+                                 best_loss=float(state["best_loss"]), best_epoch=int(state["best_epoch"]),
+                                 best_state=state["best_state"], history=list(state["history"]))
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+            raise CheckpointError(
+                f"Checkpoint {str(path)!r} does not fit this model and training run ({type(exc).__name__}: {exc}). "
+                f"Remove {str(self.dir)!r} to start this fold afresh."
+            ) from exc
+        logger.info("%s fold %d: resumed after epoch %d", self.name, self.fold, progress.epoch - 1)
+        return progress
 
     # ------------------------------------------------------------------ training
     def eval_model(self) -> nn.Module:
@@ -382,6 +397,7 @@ class _FoldRun:
             row = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
                    "val_loss": val_loss, "val_accuracy": val_acc, "seconds": time.perf_counter() - t0,
                    "train_images_per_second": seen / max(train_time, 1e-9)}
+            progress.history.append(row)
             _append_csv(history_path, row)
             epochs.set_postfix(val_loss=f"{val_loss:.4f}", val_acc=f"{val_acc:.4f}")
             self.save(progress)
@@ -405,9 +421,12 @@ class _FoldRun:
             "normalize_mean": list(self.mean), "normalize_std": list(self.std),
             "n_train": len(self.train_labels), "n_extra_train": 0 if self.extra is None else len(self.extra),
             "tta_views": list(views),
+            # per-epoch curves travel with the entry, so reports need no access to this run folder
+            "history": {key: [row[key] for row in progress.history] for key in (progress.history[0] if progress.history else {})},
         }
         if cfg.tta.keep_views:
             path = self.dir / "tta_views.npz"
+            check_not_link(path, what="TTA views file")
             np.savez(path, views=np.array(views), oof=oof_views, test=test_views if test_views is not None else np.zeros(0))
             meta["tta_views_file"] = str(path)
         return {"oof": oof_views.mean(axis=0), "test": None if test_views is None else test_views.mean(axis=0), "meta": meta}
@@ -445,6 +464,7 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def _append_csv(path: Path, row: dict[str, Any]) -> None:
+    check_not_link(path, what="Training history")
     new = not path.exists()
     with open(path, "a", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(row))

@@ -18,13 +18,15 @@ def store(tmp_path):
     classes = ["ok", "scratch", "dent", "stain"]
     store = LogitStore.create(tmp_path / "s", np.arange(120), [classes[k] for k in y], classes=classes,
                               n_folds=3, test_ids=np.arange(20))
+    history = {"epoch": [0, 1, 2], "lr": [1e-3] * 3, "train_loss": [1.3, 1.0, 0.8], "val_loss": [1.2, 1.0, 0.9],
+               "val_accuracy": [0.4, 0.5, 0.6]}
     for i in range(3):
-        store.put(f"m{i}", np.eye(4)[y] * (1 + i) + rng.normal(size=(120, 4)) * 1.5, rng.normal(size=(20, 4)))
-    for fold in range(3):  # a training history, as train_cv writes it, for one model
-        run = store.path / "runs" / "m1" / f"fold{fold}"
-        run.mkdir(parents=True)
-        pd.DataFrame({"epoch": [0, 1, 2], "lr": 1e-3, "train_loss": [1.3, 1.0, 0.8], "val_loss": [1.2, 1.0, 0.9],
-                      "val_accuracy": [0.4, 0.5, 0.6]}).to_csv(run / "history.csv", index=False)
+        oof = np.eye(4)[y] * (1 + i) + rng.normal(size=(120, 4)) * 1.5
+        if i != 1:
+            store.put(f"m{i}", oof, rng.normal(size=(20, 4)))
+            continue
+        for fold in range(3):  # a training history, as train_cv keeps it in the entry, for one model
+            store.put_fold("m1", fold, oof[store.fold_indices(fold)], rng.normal(size=(20, 4)), meta={"history": history})
     return store
 
 

@@ -56,3 +56,36 @@ def test_unsupported_table_format(store, rng, tmp_path):
     store.put("m", rng.normal(size=(60, 3)), rng.normal(size=(12, 3)))
     with pytest.raises(ValueError, match="unsupported table format '.xlsx'"):
         store.export("m", tmp_path / "m.xlsx")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_string_ids_round_trip_as_text(tmp_path, rng, suffix):
+    ids = ["000", "007", "NA", "nan", "None", "1e3", "-0"]
+    test_ids = ["010", "NULL"]
+    store = LogitStore.create(tmp_path / "s", ids, list("abababa"), ["a", "b"], folds=[0, 1, 0, 1, 0, 1, 1],
+                              test_ids=test_ids)
+    store.put("m", rng.normal(size=(7, 2)), rng.normal(size=(2, 2, 2)))
+    out = store.export("m", tmp_path / f"m{suffix}")
+    store.import_predictions("back", out)
+    np.testing.assert_allclose(store.oof("back"), log_softmax(store.oof("m")), atol=1e-5)
+
+
+@pytest.mark.parametrize("reserved", ["id", "fold", "split"])
+def test_classes_named_like_table_columns_are_refused_by_name(tmp_path, reserved):
+    from ensemble_kit.errors import ValidationError
+    from helpers import snapshot
+
+    store = LogitStore.create(tmp_path / "s", np.arange(6), [reserved, "b"] * 3, [reserved, "b"], n_folds=3)
+    store.put("m", np.random.default_rng(0).normal(size=(6, 2)))
+    before = snapshot(store.path)
+    with pytest.raises(ValidationError, match=rf"classes \['{reserved}'\]"):
+        store.export("m", tmp_path / "m.csv")
+    assert not (tmp_path / "m.csv").exists() and snapshot(store.path) == before
+
+
+def test_import_names_unreadable_class_values(store, tmp_path):
+    from ensemble_kit.errors import ValidationError
+
+    frame = pd.DataFrame({"id": store.train_ids, "0": "x", "1": 0.5, "2": 0.5})
+    with pytest.raises(ValidationError, match="class columns must be numeric"):
+        store.import_predictions("m", frame, kind="probs")

@@ -42,7 +42,9 @@ def test_train_cv_writes_entry_history_and_config(tmp_path):
     assert history["epoch"].tolist() == [0, 1, 2] and {"lr", "train_loss", "val_loss", "val_accuracy"} <= set(history)
     meta = store.entry("cnn").meta
     assert meta["config"]["model"] == "plain_cnn" and meta["library_version"] and meta["device"] == "cpu"
-    assert len(list((run / "fold0").glob("epoch_*.pt"))) == 2  # keep_checkpoints
+    kept = store.entry("cnn").fold_meta[0]["history"]  # the curves travel with the entry
+    assert kept["epoch"] == [0, 1, 2] and kept["val_loss"] == history["val_loss"].tolist()
+    assert [p.name for p in (run / "fold0").glob("epoch_*")] and len(list((run / "fold0").glob("epoch_*"))) == 2
 
 
 def test_folds_as_separate_jobs_and_completed_folds_never_retrained(tmp_path, monkeypatch):
@@ -137,7 +139,7 @@ def test_killed_run_resumes_to_identical_logits(tmp_path):
         proc = subprocess.run([sys.executable, "-c", RUN, str(store.path), str(kill_after), helpers_dir])
         if kill_after >= 0:
             assert proc.returncode == -signal.SIGKILL
-            assert store.models() == [] and list((store.path / "runs" / "cnn" / "fold0").glob("epoch_0000.pt"))
+            assert store.models() == [] and list((store.path / "runs" / "cnn" / "fold0").glob("epoch_0000"))
             proc = subprocess.run([sys.executable, "-c", RUN, str(store.path), "-1", helpers_dir])
         assert proc.returncode == 0
         results[label] = (store.oof("cnn"), store.test("cnn"))

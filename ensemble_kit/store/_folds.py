@@ -1,4 +1,4 @@
-"""Fold assignment: one fold index per training sample, fixed once and reused everywhere."""
+"""Fold assignment: one fold index per training sample, fixed once (by the store) and reused everywhere."""
 
 from __future__ import annotations
 

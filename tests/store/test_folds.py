@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ensemble_kit.data import check_folds, make_folds
+from ensemble_kit.store import check_folds, make_folds
 from ensemble_kit.errors import ValidationError
 
 

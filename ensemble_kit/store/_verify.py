@@ -1,0 +1,105 @@
+"""Full verification of a store: every checksum, every manifest against its schema, every invariant."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ensemble_kit.errors import StoreCorruptedError, ValidationError
+from ensemble_kit.store._files import file_matches, load_array
+from ensemble_kit.store._manifest import ArrayRecord, EntryManifest
+from ensemble_kit.store._paths import check_name, safe_dir
+
+if TYPE_CHECKING:
+    from ensemble_kit.store._store import LogitStore
+
+logger = logging.getLogger(__name__)
+
+
+def verify_store(store: LogitStore) -> None:
+    """Raise :class:`StoreCorruptedError` listing every problem of ``store`` (see :meth:`LogitStore.verify`)."""
+    from ensemble_kit.store._store import ENTRIES_DIR, ENTRY_MANIFEST
+
+    problems: list[str] = []
+    for key, (file_name, checksum) in store._manifest.arrays.items():
+        file = store.path / file_name
+        try:
+            ok = file_matches(file, checksum)
+        except (OSError, StoreCorruptedError):
+            ok = False
+        if not ok:
+            problems.append(f"{key}: {file_name} is missing or does not match its checksum")
+    n_checked = 0
+    entries_dir = safe_dir(store.path, ENTRIES_DIR)
+    for entry_dir in sorted(entries_dir.iterdir()):
+        name = entry_dir.name
+        try:
+            check_name(name)
+        except ValidationError:
+            problems.append(f"{str(entry_dir)!r} is not an entry (invalid entry name)")
+            continue
+        if os.path.islink(entry_dir) or not entry_dir.is_dir():
+            problems.append(f"entry {name!r}: {str(entry_dir)!r} is a symbolic link or not a folder")
+            continue
+        if not os.path.lexists(entry_dir / ENTRY_MANIFEST):
+            continue  # a first write that was interrupted: nothing was ever published
+        try:
+            manifest = store._read_manifest(name)
+        except StoreCorruptedError as exc:
+            problems.append(f"entry {name!r}: unreadable manifest ({exc})")
+            continue
+        if manifest is not None:
+            problems.extend(_verify_entry(store, manifest))
+        n_checked += 1
+    if problems:
+        raise StoreCorruptedError(
+            f"Store {str(store.path)!r} failed verification with {len(problems)} problem(s):\n  - "
+            + "\n  - ".join(problems)
+        )
+    logger.info("Verified store %s: %d entries OK", store.path, n_checked)
+
+
+def _verify_entry(store: LogitStore, manifest: EntryManifest) -> list[str]:
+    """Problems of one entry whose manifest passed its schema (sizes already agree with the store)."""
+    name = manifest.name
+    records: list[tuple[str, ArrayRecord]] = []
+    if manifest.complete:
+        records.append(("oof", manifest.oof))  # type: ignore[arg-type]
+        if manifest.test is not None:
+            records.append(("test", manifest.test))
+    else:
+        for k, fold in sorted(manifest.folds.items()):
+            records.append((f"fold {k} oof", fold.oof))
+            if fold.test is not None:
+                records.append((f"fold {k} test", fold.test))
+    problems = []
+    entry_dir = store._entry_dir(name)
+    for what, record in records:
+        file = entry_dir / record.file
+        label = f"entry {name!r} {what} ({record.file})"
+        if not os.path.lexists(file):
+            problems.append(f"{label}: file is missing")
+            continue
+        try:
+            if not file_matches(file, record.checksum):
+                problems.append(f"{label}: checksum mismatch (file modified or corrupted)")
+                continue
+            array = load_array(file, mmap=True)
+        except StoreCorruptedError as exc:
+            problems.append(f"{label}: {exc}")
+            continue
+        if tuple(array.shape) != record.shape or array.dtype.name != manifest.dtype:
+            problems.append(f"{label}: shape {array.shape} {array.dtype}, expected {record.shape} {manifest.dtype}")
+        elif not _all_finite(array):
+            problems.append(f"{label}: holds NaN or inf")
+    return problems
+
+
+def _all_finite(array: np.ndarray, chunk_rows: int = 1 << 16) -> bool:
+    if array.size == 0:
+        return True
+    flat = array.reshape(-1, array.shape[-1])
+    return all(np.isfinite(flat[i : i + chunk_rows]).all() for i in range(0, len(flat), chunk_rows))
