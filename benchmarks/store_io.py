@@ -6,8 +6,12 @@ Prints, for an N x C float32 entry (default 100,000 x 1,000, 400 MB): write time
 holding ``--entries`` such entries and list/inspect them, and the peak Python-tracked memory of
 reading one entry. Targets: write <= 1.5x np.save, read <= 1.2x np.load, open < 0.5 s.
 
+``--import-rows`` (default 10k, 100k and 1M) times ``import_predictions`` of a CSV of string ids
+(OOF + test rows, 10 class columns) against ``pandas.read_csv`` of the same file, measured in
+the same run. Target: within 3x of ``read_csv`` at every size (it used to be quadratic).
+
     python benchmarks/store_io.py                 # full size (needs ~9 GB of free disk)
-    python benchmarks/store_io.py --rows 20000 --entries 5   # quick
+    python benchmarks/store_io.py --rows 20000 --entries 5 --import-rows 10000 100000   # quick
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workdir", type=Path, default=None, help="where to write (default: a temp dir)")
+    parser.add_argument("--import-rows", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="store_io_", dir=args.workdir))
@@ -91,8 +96,43 @@ def main() -> None:
         open_ok = "OK" if med(open_times) < 0.5 else "MISSED"
         print(f"{f'open + models() + entry() x{args.entries}':<44}{med(open_times):>10.4f}{'':>9}{'< 0.5 s':>10}  {open_ok}")
         print(f"{'peak traced memory reading one entry':<44}{peak / 1e6:>9.0f}M{peak / logits.nbytes:>8.2f}x  (of the array's size)")
+        if args.import_rows:
+            _import_benchmark(workdir, args.import_rows, args.repeats)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _import_benchmark(workdir: Path, sizes: list[int], repeats: int, n_classes: int = 10) -> None:
+    """``import_predictions`` of an exported-layout CSV vs ``pandas.read_csv`` of the same file."""
+    import pandas as pd
+
+    print(f"\nimport-oof of a CSV with string ids and {n_classes} class columns (OOF rows + 10 % test rows); "
+          f"median of {min(repeats, 3)} runs")
+    print(f"{'rows':>10}{'read_csv s':>12}{'import s':>10}{'ratio':>8}{'target':>9}  status")
+    rng = np.random.default_rng(0)
+    for n in sizes:
+        n_test = max(n // 10, 1)
+        ids = np.char.add("img_", np.arange(n).astype(str))
+        test_ids = np.char.add("test_", np.arange(n_test).astype(str))
+        store = LogitStore.create(workdir / f"import_{n}", ids, np.arange(n) % n_classes, list(range(n_classes)),
+                                  n_folds=5, test_ids=test_ids)
+        probs = rng.dirichlet(np.ones(n_classes), size=n + n_test).astype(np.float32)
+        table = pd.DataFrame(probs, columns=[str(c) for c in range(n_classes)])
+        order = rng.permutation(n + n_test)  # rows in any order, as a user's file would be
+        table.insert(0, "split", np.where(np.arange(n + n_test) < n, "oof", "test")[order])
+        table.insert(0, "id", np.concatenate([ids, test_ids])[order])
+        table[[str(c) for c in range(n_classes)]] = probs[order]
+        csv = workdir / f"import_{n}.csv"
+        table.to_csv(csv, index=False, float_format="%.7g")
+        read_times, import_times = [], []
+        for _ in range(min(repeats, 3)):
+            read_times.append(_timed(lambda: pd.read_csv(csv)))
+            import_times.append(_timed(lambda: store.import_predictions("imported", csv, overwrite=True)))
+        ratio = statistics.median(import_times) / statistics.median(read_times)
+        print(f"{n:>10,}{statistics.median(read_times):>12.3f}{statistics.median(import_times):>10.3f}{ratio:>7.2f}x"
+              f"{'<= 3x':>9}  {'OK' if ratio <= 3 else 'MISSED'}")
+        shutil.rmtree(workdir / f"import_{n}", ignore_errors=True)
+        csv.unlink()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ refuse unknown keys and wrong types the same way, naming the full dotted key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import fields
@@ -74,8 +75,8 @@ def coerce_value(value: Any, hint: Any, *, key: str) -> Any:
             raise ValidationError(f"Config key {key!r} must be an integer; got {value!r}.")
         return value
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValidationError(f"Config key {key!r} must be a number; got {value!r}.")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValidationError(f"Config key {key!r} must be a finite number; got {value!r}.")
         return float(value)
     if hint is str:
         if not isinstance(value, str):

@@ -16,35 +16,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
-from PIL import Image, UnidentifiedImageError
 
-from ensemble_kit.errors import ValidationError
+from ensemble_kit.data.decode import check_image_header, decode_image, to_rgb
+from ensemble_kit.errors import ImageDecodeError, ValidationError
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-
-
-class ImageDecodeError(ValidationError):
-    """An image file is missing or cannot be decoded."""
-
-
-def to_rgb(array: NDArray) -> NDArray[np.uint8]:
-    """Grayscale ``(H, W)``/``(H, W, 1)``, RGB or RGBA (alpha dropped) -> ``(H, W, 3)`` uint8."""
-    a = np.asarray(array)
-    if a.ndim == 2:
-        a = a[..., None]
-    if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
-        raise ValidationError(f"An image must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got shape {a.shape}.")
-    if a.shape[2] == 1:
-        a = np.repeat(a, 3, axis=2)
-    elif a.shape[2] == 4:
-        a = a[..., :3]
-    if a.dtype != np.uint8:
-        if np.issubdtype(a.dtype, np.floating) and a.max(initial=0) <= 1.0:
-            a = a * 255.0
-        a = np.clip(a, 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(a)
 
 
 class ImageSource(ABC):
@@ -76,6 +54,10 @@ class ImageSource(ABC):
 
     @abstractmethod
     def _load(self, index: int) -> NDArray[np.uint8]: ...
+
+    def check(self) -> None:
+        """Cheap check that every image can be loaded (file sources read each header); raises one
+        :class:`ImageDecodeError` listing every bad file. Run before training starts."""
 
     @property
     def labels(self) -> NDArray | None:
@@ -134,6 +116,7 @@ class _FileImageSource(ImageSource):
     def __init__(self, ids, paths: list[Path], labels, classes, *, cache: bool) -> None:
         super().__init__(ids, labels, classes, cache=cache)
         self.paths = paths
+        self._checked = False
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
             raise ImageDecodeError(
@@ -141,23 +124,30 @@ class _FileImageSource(ImageSource):
             )
 
     def _load(self, index: int) -> NDArray[np.uint8]:
-        path = self.paths[index]
         try:
-            with Image.open(path) as image:
-                return to_rgb(np.asarray(image.convert("RGBA" if image.mode in ("RGBA", "LA", "P") else "RGB")))
-        except (UnidentifiedImageError, OSError) as exc:
-            raise ImageDecodeError(f"Cannot decode image {str(path)!r} (id {self.ids[index]!r}): {exc}") from exc
+            return decode_image(self.paths[index])
+        except ImageDecodeError as exc:
+            raise ImageDecodeError(f"{exc} (id {self.ids[index]!r})") from exc
+
+    def check(self) -> None:
+        """Read every file's header (not its pixels); raises one error listing every bad file."""
+        if self._checked:
+            return
+        _raise_all(self._problems(check_image_header), what="image file(s) cannot be used")
+        self._checked = True
 
     def validate(self) -> None:
         """Decode every image once; raises listing every file that cannot be decoded."""
+        _raise_all(self._problems(decode_image), what="image(s) cannot be decoded")
+
+    def _problems(self, probe: Any) -> list[str]:
         bad = []
-        for i in range(len(self)):
+        for path in self.paths:
             try:
-                self.load(i)
-            except ImageDecodeError:
-                bad.append(str(self.paths[i]))
-        if bad:
-            raise ImageDecodeError(f"{len(bad)} image(s) cannot be decoded, e.g. {bad[:5]}.")
+                probe(path)
+            except ImageDecodeError as exc:
+                bad.append(str(exc))
+        return bad
 
 
 class ImageFolderSource(_FileImageSource):
@@ -289,6 +279,10 @@ class ConcatSource(ImageSource):
         part = int(np.searchsorted(self._offsets, index, side="right") - 1)
         return self._sources[part].load(index - int(self._offsets[part]))
 
+    def check(self) -> None:
+        for source in self._sources:
+            source.check()
+
 
 class SubsetSource(ImageSource):
     """Rows ``indices`` of a source, with optional replacement targets (class indices)."""
@@ -302,6 +296,16 @@ class SubsetSource(ImageSource):
 
     def _load(self, index: int) -> NDArray[np.uint8]:
         return self._source.load(int(self._indices[index]))
+
+    def check(self) -> None:
+        self._source.check()
+
+
+def _raise_all(problems: list[str], *, what: str) -> None:
+    if problems:
+        listed = "\n  - ".join(problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise ImageDecodeError(f"{len(problems)} {what}:\n  - {listed}{more}")
 
 
 def positions_of(ids: ArrayLike, source: ImageSource, *, what: str) -> NDArray[np.int64]:

@@ -132,6 +132,20 @@ def resolve_fit_inputs(X: LogitInput, y: ArrayLike | None, folds: ArrayLike | No
             f"({list(stack.names)}). Add models, or use the single model directly."
         )
     yy = check_targets(y, stack)
+    if stack.n_samples == 0:
+        raise ValidationError(f"{owner}.fit: the logits have no rows; there is nothing to fit.")
+    present = np.unique(yy)
+    if len(present) < 2:
+        raise ValidationError(
+            f"{owner}.fit: every row has class {int(present[0])}; an ensemble needs at least 2 classes in y to learn "
+            "anything. Check the labels (and the class order) passed with the logits."
+        )
+    constant = [name for name, logits in zip(stack.names, stack.logits) if not np.ptp(logits, axis=0).any()]
+    if len(constant) == stack.n_models:
+        raise ValidationError(
+            f"{owner}.fit: every model predicts the same logits for every row ({constant}); there is nothing to "
+            "stack. Were the predictions written correctly?"
+        )
     return stack, yy, default_folds(yy, folds, seed=seed)
 
 

@@ -21,7 +21,7 @@ from ensemble_kit.ensemble._features import ClasswiseRows, WideRows, assemble_cl
 from ensemble_kit.ensemble._inputs import LogitInput
 from ensemble_kit.ensemble._registry import register_ensembler
 from ensemble_kit.errors import ValidationError
-from ensemble_kit.metrics import log_softmax
+from ensemble_kit.metrics import PROB_EPS, log_softmax, safe_log
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +107,7 @@ class MetaLearner(BaseEnsembler):
         stack, yy, folds_array = self._validate_fit(X, y, folds, models)
         self._input_digest = ""  # no Optuna studies here; fold clones inherit the (unused) digest
         rows = self._rows(stack.logits)
+        _warn_absent_classes(yy, folds_array, stack.n_classes, owner=f"MetaLearner({self.kind!r})")
         self._fit_rows(rows, yy)
         oof = np.zeros((stack.n_samples, stack.n_classes))
         for k in np.unique(folds_array):
@@ -236,11 +237,32 @@ class MetaLearner(BaseEnsembler):
         if self.kind == "logreg":
             if self.layout_ == "classwise":
                 return self.model_.decision_function(X)
-            return self.model_.predict_log_proba(X)
+            return self._all_classes(self.model_.predict_log_proba(X))
         if self.kind == "lightgbm":
             raw = self.model_.predict(X, raw_score=True, num_iteration=self.n_iterations_)
             return raw if self.layout_ == "classwise" else log_softmax(raw)
         pool = self._catboost_pool(X, None, X.shape[1] - 1 if self.layout_ == "classwise" else None)
         if self.layout_ == "classwise":
             return self.model_.predict(pool, prediction_type="RawFormulaVal")
-        return np.log(np.clip(self.model_.predict_proba(pool), 1e-12, None))
+        return self._all_classes(safe_log(self.model_.predict_proba(pool)))
+
+    def _all_classes(self, log_probs: NDArray) -> NDArray:
+        """Wide learners only know the classes they were fitted on: the others get probability ~0."""
+        seen = np.asarray(self.model_.classes_, dtype=np.int64)
+        if len(seen) == self.n_classes_:
+            return log_probs
+        full = np.full((len(log_probs), self.n_classes_), np.log(PROB_EPS), dtype=np.float64)
+        full[:, seen] = log_probs
+        return log_softmax(full)
+
+
+def _warn_absent_classes(y: NDArray[np.int64], folds: NDArray[np.int64], n_classes: int, *, owner: str) -> None:
+    """Say when a class has no rows to learn from, overall or in some fold's fitting part."""
+    absent = sorted(set(range(n_classes)) - set(np.unique(y).tolist()))
+    if absent:
+        logger.warning("%s: classes %s have no training rows; their columns are kept with probability ~0", owner, absent)
+    for k in np.unique(folds):
+        missing = sorted(set(range(n_classes)) - set(np.unique(y[folds != k]).tolist()) - set(absent))
+        if missing:
+            logger.warning("%s: classes %s have no rows outside fold %d, so that fold's OOF predictions give them "
+                           "probability ~0", owner, missing, k)

@@ -22,6 +22,7 @@ from ensemble_kit.errors import NotAStoreError, StoreCorruptedError, StoreExists
 from ensemble_kit.project.config import DataConfig, ProjectConfig
 from ensemble_kit.store import EntryInfo, LogitStore
 from ensemble_kit.store._files import load_array, write_npy
+from ensemble_kit.train.models import check_model_inputs
 from ensemble_kit.train.pseudo import pseudo_label
 from ensemble_kit.train.trainer import train_cv
 
@@ -138,9 +139,15 @@ def train_project(cfg: ProjectConfig, *, models: Sequence[str] | None = None,
     complete by then (when only some folds are requested, train the teachers' folds first).
     """
     train, test = open_sources(cfg.data)
+    for images in (train, test):
+        if images is not None:
+            images.check()  # every image header, listing all bad files, before any model trains
+    order = training_order(cfg, models)
+    for name in order:
+        check_model_inputs(cfg.model(name).train, len(train.classes))
     store = open_project_store(cfg, train, test)
     results = {}
-    for name in training_order(cfg, models):
+    for name in order:
         spec = cfg.model(name)
         extra = None
         if spec.pseudo_label is not None:

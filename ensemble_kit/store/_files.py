@@ -130,8 +130,10 @@ def _hash_open_file(fh: IO[bytes], checksum: str, path: Path) -> bool:
     algorithm, _, expected = check_checksum_tag(checksum, path=path).partition(":")
     digest = _HASHERS[algorithm]()
     fh.seek(0)
-    while chunk := fh.read(_HASH_CHUNK):
-        digest.update(chunk)
+    size = os.fstat(fh.fileno()).st_size
+    chunk = memoryview(bytearray(min(_HASH_CHUNK, max(size, 1))))
+    while got := fh.readinto(chunk):
+        digest.update(chunk[:got])
     return digest.hexdigest() == expected
 
 
@@ -165,23 +167,41 @@ def _read_header(fh: IO[bytes], path: Path) -> tuple[tuple[int, ...], bool, np.d
 def load_array(path: Path, *, checksum: str | None = None, mmap: bool = False) -> np.ndarray:
     """Read an ``.npy`` file through one descriptor, never unpickling.
 
-    The header must describe exactly the file's size. With ``checksum``, the whole file is
-    hashed (from the same descriptor) and must match, else :class:`StoreCorruptedError`.
+    The header must describe exactly the file's size. With ``checksum``, the bytes read are
+    hashed (no second read of the file) and must match, else :class:`StoreCorruptedError`.
     ``mmap=True`` returns a read-only memory map of that descriptor's file.
     """
     with open_regular(path) as fh:
         shape, fortran, dtype, offset = _read_header(fh, path)
-        if checksum is not None and not _hash_open_file(fh, checksum, path):
+        count = int(np.prod(shape, dtype=np.int64))
+        order = "F" if fortran else "C"
+        if mmap:
+            if checksum is not None and not _hash_open_file(fh, checksum, path):
+                raise StoreCorruptedError(f"Array file {str(path)!r} does not match its checksum (modified or "
+                                          "corrupted).", path=path)
+            if count:
+                return np.memmap(fh, dtype=dtype, mode="r", offset=offset, shape=shape, order=order)
+            return np.empty(shape, dtype=dtype)
+        # One read into a writable buffer: the array aliases it (no copy), and the checksum is
+        # computed over those same bytes.
+        buffer = bytearray(offset + count * dtype.itemsize)
+        fh.seek(0)
+        view = memoryview(buffer)
+        filled = 0
+        while filled < len(buffer):
+            got = fh.readinto(view[filled:])
+            if not got:
+                raise StoreCorruptedError(f"Array file {str(path)!r} ended early while being read.", path=path)
+            filled += got
+    if checksum is not None:
+        algorithm, _, expected = check_checksum_tag(checksum, path=path).partition(":")
+        digest = _HASHERS[algorithm]()
+        for start in range(0, len(buffer), _HASH_CHUNK):
+            digest.update(view[start : start + _HASH_CHUNK])
+        if digest.hexdigest() != expected:
             raise StoreCorruptedError(f"Array file {str(path)!r} does not match its checksum (modified or corrupted).",
                                       path=path)
-        count = int(np.prod(shape, dtype=np.int64))
-        if mmap and count:
-            return np.memmap(fh, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
-        fh.seek(offset)
-        data = fh.read()
-    array = np.frombuffer(data, dtype=dtype, count=count).reshape(shape, order="F" if fortran else "C")
-    # frombuffer on bytes is read-only; callers own the result, as with np.load
-    return array.copy() if not mmap else array
+    return np.frombuffer(buffer, dtype=dtype, count=count, offset=offset).reshape(shape, order=order)
 
 
 def read_npy(path: Path, *, mmap: bool = False) -> np.ndarray:

@@ -50,7 +50,7 @@ from ensemble_kit.store._manifest import (
     read_store_manifest,
 )
 from ensemble_kit.store._paths import case_collision, check_name, safe_dir
-from ensemble_kit.store._validate import check_dtype, check_kind, ids_as_text, prepare_scores
+from ensemble_kit.store._validate import check_dtype, check_kind, match_ids, prepare_scores
 from ensemble_kit.store._workspace import LOCKS_DIR, Workspace, check_lock_file, remove_tree
 
 if TYPE_CHECKING:
@@ -955,23 +955,19 @@ class LogitStore:
 
     def _fold_order(self, ids: ArrayLike, fold: int, *, name: str, n_rows: int) -> np.ndarray:
         """Permutation putting rows labelled ``ids`` into the store's order for ``fold`` (hash joins: linear)."""
-        given = pd.Index(ids_as_text(ids))
-        if len(given) != n_rows:
+        given = np.asarray(ids)
+        if given.ndim != 1 or len(given) != n_rows:
             raise FoldMismatchError(f"Entry {name!r} fold {fold}: {len(given)} ids for {n_rows} oof rows.")
-        if given.has_duplicates:
-            dup = sorted(set(given[given.duplicated()]))[:10]
-            raise IdMismatchError(f"Entry {name!r} fold {fold}: duplicated ids {dup}.")
-        expected = ids_as_text(self._train_ids[self._fold_rows[fold]])
-        position = given.get_indexer(expected)
-        missing = expected[position < 0]
-        extra = given[~given.isin(expected)]
-        if len(missing) or len(extra):
+        match = match_ids(given, self._train_ids[self._fold_rows[fold]])
+        if match.duplicated:
+            raise IdMismatchError(f"Entry {name!r} fold {fold}: duplicated ids {match.duplicated}.")
+        if not match.exact:
             raise FoldMismatchError(
                 f"Entry {name!r}: the rows given are not fold {fold}'s samples: "
-                f"{len(missing)} of its ids missing (e.g. {missing[:5].tolist()}), {len(extra)} ids from other "
-                f"folds or unknown (e.g. {sorted(extra[:5].tolist())})."
+                f"{match.n_missing} of its ids missing (e.g. {match.missing}), {match.n_extra} ids from other "
+                f"folds or unknown (e.g. {match.extra})."
             )
-        return position.astype(np.int64)
+        return match.position
 
     def _not_found_message(self, name: str) -> str:
         known = sorted(self._scan()[0])

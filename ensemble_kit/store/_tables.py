@@ -12,7 +12,7 @@ import pandas as pd
 from ensemble_kit._optional import import_optional
 from ensemble_kit.errors import IdMismatchError, StoreError, ValidationError
 from ensemble_kit.metrics import log_softmax, softmax
-from ensemble_kit.store._validate import ids_as_text
+from ensemble_kit.store._validate import match_ids
 
 if TYPE_CHECKING:
     from ensemble_kit.store._store import LogitStore
@@ -35,9 +35,11 @@ def _table_format(path: Path) -> str:
 
 
 def load_table(table: TableLike, *, what: str, id_col: str | None = None) -> pd.DataFrame:
-    """A DataFrame from a DataFrame, CSV or Parquet file; ``id_col`` is read as text, never parsed.
+    """A DataFrame from a DataFrame, CSV or Parquet file; ``id_col`` is kept as the text written.
 
-    ``"007"`` stays ``"007"`` and ``"NA"``/``"nan"`` are ids, not missing values.
+    ``"007"`` stays ``"007"`` and ``"NA"``/``"nan"`` are ids, not missing values: when pandas'
+    (fast, parallel) reader parsed numbers or missing values out of the id column, that one
+    column is read again as plain text.
     """
     if isinstance(table, pd.DataFrame):
         return table
@@ -46,22 +48,19 @@ def load_table(table: TableLike, *, what: str, id_col: str | None = None) -> pd.
         raise ValidationError(f"{what}: file {str(path)!r} does not exist.")
     try:
         if _table_format(path) == "csv":
-            if id_col is None:
-                return pd.read_csv(path)
-            # Missing-value markers stay active for the class columns only.
-            return pd.read_csv(path, dtype={id_col: str}, keep_default_na=False,
-                               na_values={c: _NA_MARKERS for c in _header(path) if c != id_col})
+            frame = pd.read_csv(path)
+            if id_col is not None and id_col in frame.columns and not _read_verbatim(frame[id_col]):
+                frame[id_col] = pd.read_csv(path, usecols=[id_col], dtype=str, keep_default_na=False)[id_col]
+            return frame
         import_optional("pyarrow", feature="Reading Parquet tables")
         return pd.read_parquet(path)
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError, OSError) as exc:
         raise ValidationError(f"{what}: {str(path)!r} cannot be read as a table ({type(exc).__name__}: {exc}).") from exc
 
 
-_NA_MARKERS = ["", "NA", "N/A", "NaN", "nan", "NULL", "null", "None", "-NaN", "-nan", "#N/A"]
-
-
-def _header(path: Path) -> list[str]:
-    return list(pd.read_csv(path, nrows=0).columns)
+def _read_verbatim(column: pd.Series) -> bool:
+    """Whether a CSV column came back as the strings written (no number parsed, no NA marker dropped)."""
+    return pd.api.types.is_string_dtype(column.dtype) and not column.isna().any()
 
 
 def read_prediction_tables(
@@ -69,28 +68,33 @@ def read_prediction_tables(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Turn user tables into (oof, test) arrays in the store's row and class order."""
     frame = load_table(table, what=f"entry {name!r} predictions", id_col=id_col)
+    where = f"entry {name!r}"
+    ids, values = _columns(frame, store.classes, id_col=id_col, where=f"{where} oof table")
+    oof_rows = test_rows = None  # rows of `values` for each split (None: all of them)
+    test_ids = test_values = None
     if test is None and SPLIT_COL in frame.columns:
-        splits = set(frame[SPLIT_COL].astype(str).unique()) - {"oof", "test"}
+        split = frame[SPLIT_COL]
+        splits = set(map(str, split.unique())) - {"oof", "test"}
         if splits:
-            raise ValidationError(
-                f"entry {name!r}: column {SPLIT_COL!r} may only hold 'oof' or 'test'; found {sorted(splits)}."
-            )
-        is_test = frame[SPLIT_COL].astype(str) == "test"
-        oof_frame, test_frame = frame[~is_test], (frame[is_test] if is_test.any() else None)
-    else:
-        oof_frame = frame
-        test_frame = None if test is None else load_table(test, what=f"entry {name!r} test predictions", id_col=id_col)
-    oof = _align(oof_frame, store.train_ids, store.classes, id_col=id_col, where=f"entry {name!r} oof table")
-    test_values = None
-    if test_frame is not None:
-        if store.test_ids is None:
-            raise StoreError(f"entry {name!r}: test rows given, but the store has no test ids.")
-        test_values = _align(test_frame, store.test_ids, store.classes, id_col=id_col,
-                             where=f"entry {name!r} test table")
-    return oof, test_values
+            raise ValidationError(f"{where}: column {SPLIT_COL!r} may only hold 'oof' or 'test'; found {sorted(splits)}.")
+        is_test = (split == "test").to_numpy(dtype=bool)
+        if is_test.any():
+            oof_rows, test_rows = np.flatnonzero(~is_test), np.flatnonzero(is_test)
+            test_ids, test_values = ids.iloc[test_rows], values
+            ids = ids.iloc[oof_rows]
+    elif test is not None:
+        test_frame = load_table(test, what=f"{where} test predictions", id_col=id_col)
+        test_ids, test_values = _columns(test_frame, store.classes, id_col=id_col, where=f"{where} test table")
+    oof = _align(ids, values, oof_rows, store.train_ids, where=f"{where} oof table")
+    if test_ids is None:
+        return oof, None
+    if store.test_ids is None:
+        raise StoreError(f"{where}: test rows given, but the store has no test ids.")
+    return oof, _align(test_ids, test_values, test_rows, store.test_ids, where=f"{where} test table")
 
 
-def _align(frame: pd.DataFrame, ids: np.ndarray, classes: list, *, id_col: str, where: str) -> np.ndarray:
+def _columns(frame: pd.DataFrame, classes: list, *, id_col: str, where: str) -> tuple[pd.Series, np.ndarray]:
+    """The id column and the class columns (as one numeric array, in the store's class order)."""
     if id_col not in frame.columns:
         raise IdMismatchError(
             f"{where}: no id column {id_col!r}; columns are {list(frame.columns)[:20]}. "
@@ -107,23 +111,28 @@ def _align(frame: pd.DataFrame, ids: np.ndarray, classes: list, *, id_col: str, 
             f"{where}: missing class column(s) {missing_cols[:20]}; expected one column per class "
             f"named {class_cols[:20]}."
         )
-    # Hash joins on text ids: linear in the rows (numpy's set routines on object arrays are quadratic).
-    given = pd.Index(ids_as_text(frame[id_col].to_numpy()))
-    if given.has_duplicates:
-        raise IdMismatchError(f"{where}: duplicated ids {sorted(set(given[given.duplicated()]))[:10]}.")
-    expected = ids_as_text(ids)
-    position = given.get_indexer(expected)
-    missing = expected[position < 0]
-    extra = given[~given.isin(expected)]
-    if len(missing) or len(extra):
+    selected = frame[[columns[c] for c in class_cols]]
+    bad = [str(c) for c, dtype in selected.dtypes.items() if not pd.api.types.is_numeric_dtype(dtype)
+           or pd.api.types.is_bool_dtype(dtype)]
+    if bad:
+        raise ValidationError(f"{where}: class columns must be numeric; {bad[:10]} are not (dtype "
+                              f"{selected[bad[0]].dtype}).")
+    # float32 is what the store keeps (at most): converting once here halves every copy after it
+    return frame[id_col].reset_index(drop=True), selected.to_numpy(dtype=np.float32)
+
+
+def _align(ids: pd.Series, values: np.ndarray, rows: np.ndarray | None, store_ids: np.ndarray, *,
+           where: str) -> np.ndarray:
+    """``values[rows]`` (the rows labelled ``ids``) in the store's id order: one gather."""
+    match = match_ids(ids, store_ids)
+    if match.duplicated:
+        raise IdMismatchError(f"{where}: duplicated ids {match.duplicated}.")
+    if not match.exact:
         raise IdMismatchError(
-            f"{where}: ids do not match the store: {len(missing)} missing (e.g. {sorted(missing.tolist())[:5]}), "
-            f"{len(extra)} unknown (e.g. {sorted(extra.tolist())[:5]})."
+            f"{where}: ids do not match the store: {match.n_missing} missing (e.g. {match.missing}), "
+            f"{match.n_extra} unknown (e.g. {match.extra})."
         )
-    values = frame[[columns[c] for c in class_cols]].to_numpy()
-    if not np.issubdtype(values.dtype, np.number):
-        raise ValidationError(f"{where}: class columns must be numeric; got dtype {values.dtype}.")
-    return values[position]
+    return values[match.position if rows is None else rows[match.position]]
 
 
 def write_prediction_table(store: LogitStore, name: str, path: Path, *, kind: str) -> Path:

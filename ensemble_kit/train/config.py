@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -151,20 +152,55 @@ class TrainConfig:
         return TrainConfig.from_dict(data)
 
 
-def _validate(cfg: TrainConfig) -> None:
-    def positive(name: str, value: float) -> None:
-        if value <= 0:
-            raise ValidationError(f"Config key {name!r} must be positive; got {value!r}.")
+def _check_range(key: str, value: float | None, *, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False) -> None:
+    """``value`` must be finite and within the bounds (open or closed); ``None`` passes."""
+    if value is None:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        lo = "" if low is None else f"{'(' if low_open else '['}{low:g}"
+        hi = "" if high is None else f"{high:g}{')' if high_open else ']'}"
+        bounds = f"in {lo or '(-inf'}, {hi or 'inf)'}"
+        raise ValidationError(f"Config key {key!r} must be a finite number {bounds}; got {value!r}.")
 
-    positive("img_size", cfg.img_size)
-    positive("epochs", cfg.epochs)
-    positive("batch_size", cfg.batch_size)
-    positive("optimizer.lr", cfg.optimizer.lr)
-    positive("optimizer.accumulation_steps", cfg.optimizer.accumulation_steps)
-    positive("augment.repeated_augment", cfg.augment.repeated_augment)
-    if cfg.regularization.ema_decay is not None and not 0 < cfg.regularization.ema_decay < 1:
-        raise ValidationError(f"Config key 'regularization.ema_decay' must be in (0, 1); got {cfg.regularization.ema_decay}.")
-    if (cfg.regularization.mixup_alpha > 0 or cfg.regularization.cutmix_alpha > 0) and cfg.batch_size % 2:
+
+def _validate(cfg: TrainConfig) -> None:
+    opt, sched, aug, reg = cfg.optimizer, cfg.schedule, cfg.augment, cfg.regularization
+    for key, value in (("img_size", cfg.img_size), ("epochs", cfg.epochs), ("batch_size", cfg.batch_size),
+                       ("keep_checkpoints", cfg.keep_checkpoints), ("optimizer.accumulation_steps", opt.accumulation_steps),
+                       ("augment.repeated_augment", aug.repeated_augment), ("schedule.restart_epochs", sched.restart_epochs),
+                       ("schedule.restart_mult", sched.restart_mult), ("augment.test_img_size", aug.test_img_size),
+                       ("regularization.early_stopping_patience", reg.early_stopping_patience)):
+        _check_range(key, value, low=1)
+    for key, value in (("num_workers", cfg.num_workers), ("seed", cfg.seed), ("augment.randaugment_n", aug.randaugment_n),
+                       ("focal_gamma", cfg.focal_gamma), ("optimizer.weight_decay", opt.weight_decay),
+                       ("schedule.min_lr", sched.min_lr), ("schedule.warmup_epochs", sched.warmup_epochs),
+                       ("regularization.mixup_alpha", reg.mixup_alpha), ("regularization.cutmix_alpha", reg.cutmix_alpha)):
+        _check_range(key, value, low=0)
+    for key, value in (("optimizer.lr", opt.lr), ("optimizer.clip_grad_norm", opt.clip_grad_norm),
+                       ("schedule.warmup_lr", sched.warmup_lr)):
+        _check_range(key, value, low=0, low_open=True)
+    for key, value in (("augment.hflip", aug.hflip), ("augment.vflip", aug.vflip),
+                       ("augment.random_erasing", aug.random_erasing), ("regularization.mix_prob", reg.mix_prob),
+                       ("regularization.switch_prob", reg.switch_prob)):
+        _check_range(key, value, low=0, high=1)
+    for key, value in (("regularization.label_smoothing", reg.label_smoothing), ("regularization.drop_rate", reg.drop_rate),
+                       ("regularization.drop_path_rate", reg.drop_path_rate), ("optimizer.momentum", opt.momentum)):
+        _check_range(key, value, low=0, high=1, high_open=True)
+    _check_range("augment.crop_scale_min", aug.crop_scale_min, low=0, high=1, low_open=True)
+    _check_range("augment.randaugment_m", aug.randaugment_m, low=0, high=30)
+    _check_range("regularization.ema_decay", reg.ema_decay, low=0, high=1, low_open=True, high_open=True)
+    _check_range("bi_tempered_t1", cfg.bi_tempered_t1, low=0, high=1, low_open=True)
+    _check_range("bi_tempered_t2", cfg.bi_tempered_t2, low=1)
+    if sched.warmup_epochs > cfg.epochs:
+        raise ValidationError(f"Config key 'schedule.warmup_epochs' ({sched.warmup_epochs:g}) is larger than 'epochs' "
+                              f"({cfg.epochs}): the learning rate would never leave its warmup.")
+    if (reg.mixup_alpha > 0 or reg.cutmix_alpha > 0) and cfg.batch_size % 2:
         raise ValidationError("mixup/cutmix need an even batch_size (timm Mixup pairs samples).")
     from ensemble_kit.train.tta import check_views
 

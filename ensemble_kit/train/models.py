@@ -179,3 +179,42 @@ class _MultiScaleResNet(nn.Module):
 def resnet18_multiscale(num_classes: int, drop_rate: float = 0.0, drop_path_rate: float = 0.0, **_: Any) -> nn.Module:
     """ResNet-18 with multi-scale features, as in the CIFAR-10 study."""
     return _MultiScaleResNet(num_classes, drop_rate, drop_path_rate)
+
+
+def input_sizes(cfg: Any) -> dict[int, str]:
+    """Every square input size a fold run feeds the model, with the config key that sets it."""
+    from ensemble_kit.train.tta import view_size
+
+    eval_size = cfg.augment.test_img_size or cfg.img_size
+    sizes = {cfg.img_size: "img_size"}
+    sizes.setdefault(eval_size, "augment.test_img_size")
+    for view in cfg.tta.views:
+        sizes.setdefault(view_size(view, eval_size), f"tta.views ({view!r})")
+    return sizes
+
+
+def check_model_inputs(cfg: Any, num_classes: int) -> None:
+    """Build ``cfg.model`` and run a batch of two at every input size training and TTA will use.
+
+    A size the model cannot take (too small for its downsampling, or not the fixed size of a
+    ViT/Swin) is a :class:`ValidationError` naming the config key, before any training starts
+    instead of after the last epoch of a fold. ``cfg`` is a :class:`TrainConfig`.
+    """
+    reg = cfg.regularization
+    model = create_model(cfg.model, num_classes=num_classes, img_size=cfg.img_size, drop_rate=reg.drop_rate,
+                         drop_path_rate=reg.drop_path_rate, pooling=cfg.pooling, pretrained=cfg.pretrained,
+                         pretrained_path=cfg.pretrained_path, model_kwargs=cfg.model_kwargs)
+    model.eval()
+    for size, key in input_sizes(cfg).items():
+        try:
+            with torch.no_grad():
+                out = model(torch.zeros(2, 3, size, size))
+        except (RuntimeError, ValueError, AssertionError, TypeError, IndexError) as exc:
+            raise ValidationError(
+                f"Config key '{key}': model {cfg.model!r} cannot take {size}x{size} inputs "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else exc!r}). Choose a size the model "
+                "accepts (fixed-size transformers need exactly their img_size)."
+            ) from exc
+        if tuple(out.shape) != (2, num_classes):
+            raise ValidationError(f"Config key 'model': {cfg.model!r} returns shape {tuple(out.shape)} for a batch of 2; "
+                                  f"expected (2, {num_classes}) logits.")

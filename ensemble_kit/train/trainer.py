@@ -43,7 +43,7 @@ from ensemble_kit.train.checkpoint import (
 )
 from ensemble_kit.train.config import TrainConfig
 from ensemble_kit.train.losses import create_loss
-from ensemble_kit.train.models import create_model
+from ensemble_kit.train.models import check_model_inputs, create_model
 from ensemble_kit.train.tta import predict_views
 
 logger = logging.getLogger(__name__)
@@ -108,6 +108,11 @@ def train_cv(cfg: TrainConfig, store: LogitStore, source: ImageSource, test: Ima
         test_index = positions_of(store.test_ids, test, what="test source")
     if extra_train is not None:
         _check_extra(store, source, extra_train)
+    # every file's header and every input size before the first epoch: faults are named now, not mid-fold
+    for images in (source, test, extra_train):
+        if images is not None:
+            images.check()
+    check_model_inputs(cfg, store.n_classes)
     check_name(name, what="model name")
     if output_dir is None:
         run_dir = store.workspace.run_dir(name, create=True)

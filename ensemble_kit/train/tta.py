@@ -41,6 +41,12 @@ def _scale_factor(view: str) -> float | None:
     return factor if factor > 0 else None
 
 
+def view_size(view: str, size: int) -> int:
+    """Side of a square ``size`` input after ``view`` (only ``scaleF`` views change it)."""
+    factor = _scale_factor(view)
+    return size if factor is None else max(1, round(size * factor))
+
+
 def apply_view(view: str, batch: torch.Tensor) -> torch.Tensor:
     """One named view of an ``(N, C, H, W)`` batch; ``scaleF`` resizes by ``F`` (bilinear)."""
     factor = _scale_factor(view)

@@ -44,3 +44,40 @@ def test_dashboard_errors(small_store, monkeypatch):
     monkeypatch.setitem(sys.modules, "optuna_dashboard", None)  # import fails as if not installed
     with pytest.raises(MissingDependencyError, match=r'pip install "ensemble_kit\[dashboard\]"'):
         launch_dashboard(small_store)
+
+
+def test_two_concurrent_stacks_on_one_store_both_succeed_with_exact_trial_counts(small_store, tmp_path):
+    import shutil
+    import subprocess
+
+    import optuna
+
+    from ensemble_kit.project import load_stack
+
+    reference = tmp_path / "reference"
+    shutil.copytree(small_store.path, reference)
+    command = [sys.executable, "-m", "ensemble_kit.cli.main", "stack", "--recipe", "aoi", "--n-trials", "25"]
+    runs = [subprocess.Popen([*command, str(small_store.path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for _ in range(2)]
+    outputs = [run.communicate(timeout=240) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err.decode()[-2000:] for _, err in outputs]
+    storage = f"sqlite:///{small_store.path / 'optuna.db'}"
+    summaries = optuna.study.get_all_study_summaries(storage)
+    assert summaries and all(s.n_trials == 25 for s in summaries)
+    for summary in summaries:
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 25
+    assert subprocess.run([*command, str(reference)], capture_output=True).returncode == 0
+    raced, alone = load_stack(small_store), load_stack(LogitStore.open(reference))
+    np.testing.assert_array_equal(raced.test_proba, alone.test_proba)
+    np.testing.assert_array_equal(raced.oof_proba, alone.oof_proba)
+
+
+@pytest.mark.parametrize("name", ["./../entries", "../x", "full\n", "a/b"])
+def test_stack_name_that_is_not_one_file_name_is_refused_before_anything_is_written(small_store, capsys, name):
+    from helpers import snapshot
+
+    before = snapshot(small_store.path)
+    assert main(["stack", str(small_store.path), "--recipe", "hill_climb", "--name", name]) == 2
+    assert "Invalid stack name" in capsys.readouterr().err
+    assert snapshot(small_store.path) == before and small_store.models() == ["m0", "m1", "m2"]

@@ -18,7 +18,7 @@ def test_array_source_converts_gray_and_rgba():
     rgba = ArrayImageSource(np.full((1, 4, 4, 4), 9, np.uint8))
     assert rgba.load(0).shape == (4, 4, 3) and rgba.labels is None
     floats = ArrayImageSource(np.full((1, 2, 2, 3), 0.5))
-    assert floats.load(0)[0, 0, 0] == 127
+    assert floats.load(0)[0, 0, 0] == 128  # 0.5 * 255, rounded
 
 
 def test_image_folder(tmp_path):

@@ -170,3 +170,43 @@ def test_offsets_that_lose_on_held_out_folds_are_rejected():
     assert stk.thresholds_ is None
     np.testing.assert_array_equal(stk.oof_labels_, stk.oof_proba_.argmax(1))
     np.testing.assert_array_equal(stk.predict(logits), stk.predict_proba(logits).argmax(1))
+
+
+def _absent_class_inputs():
+    rng = np.random.default_rng(0)
+    y = np.arange(120) % 3
+    folds = np.arange(120) % 4
+    y[y == 2] = 0
+    y[:6], folds[:6] = 2, 0  # class 2 lives in fold 0 only: the fold-0 clones never see it
+    return {f"m{i}": rng.normal(size=(120, 3)) + np.eye(3)[y] for i in range(3)}, y, folds
+
+
+@pytest.mark.parametrize("where", ["absent everywhere", "absent outside one fold"])
+def test_default_recipe_keeps_every_class_column_and_warns(fast_yandex, caplog, where):
+    logits, y, folds = _absent_class_inputs()
+    if where == "absent everywhere":
+        y, folds = np.where(y == 2, 1, y), np.arange(120) % 4
+    stk = Stacker(n_trials=8).fit(logits, y, folds=folds)
+    proba = stk.predict_proba(logits)
+    assert proba.shape == (120, 3) and np.allclose(proba.sum(axis=1), 1)
+    assert stk.oof_proba_.shape == (120, 3)
+    assert "classes [2] have no" in caplog.text
+
+
+@pytest.mark.parametrize("case, message", [
+    ("single class", "every row has class 0"),
+    ("constant logits", "every model predicts the same logits"),
+    ("zero rows", "no rows"),
+])
+def test_degenerate_inputs_get_named_errors(case, message):
+    if case == "single class":
+        logits, y = make_logits(n=60)
+        y = np.zeros_like(y)
+    elif case == "constant logits":
+        y = np.arange(60) % 3
+        logits = {f"m{i}": np.tile([0.1, 0.2, 0.3], (60, 1)) for i in range(3)}
+    else:
+        y = np.zeros(0, dtype=np.int64)
+        logits = {f"m{i}": np.zeros((0, 3)) for i in range(3)}
+    with pytest.raises(ValidationError, match=message):
+        Stacker(n_trials=5).fit(logits, y)

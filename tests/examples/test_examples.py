@@ -22,7 +22,7 @@ from helpers import class_image, write_images
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 TINY = ["models.*.model=resnet10t", "models.*.img_size=16", "models.*.epochs=1", "models.*.batch_size=8",
         "models.*.pooling=default", "models.*.device=cpu", "models.*.model_kwargs=null", "folds.n_folds=2",
-        "stack.n_trials=4", "models.*.augment.test_img_size=null"]
+        "stack.n_trials=4", "models.*.augment.test_img_size=null", "models.*.schedule.warmup_epochs=0"]
 
 
 def run_example(name: str, tmp_path: Path, data_root: Path, extra: list[str] = (), argv: list[str] = ()) -> LogitStore:

@@ -39,7 +39,7 @@ def test_overrides_with_wildcards_and_sections():
     (BASE, ["models.*.epochz=1"], r"unknown key 'models\.a\.epochz'"),
     (BASE, ["models.c.epochs=1"], r"unknown key 'models\.c'"),
     (BASE, ["stack.recipe"], "must look like key=value"),
-    (BASE, ["models.a.epochs=-1"], r"'epochs' must be positive"),
+    (BASE, ["models.a.epochs=-1"], r"'epochs' must be a finite number in \[1"),
 ])
 def test_bad_config_names_the_key(data, overrides, message):
     with pytest.raises(ValidationError, match=message):
@@ -66,3 +66,22 @@ def test_example_configs_are_valid():
     for name in ("aoi", "cifar10", "yandex", "cars"):
         cfg = ProjectConfig.from_yaml(examples / name / "config.yaml")
         assert len(cfg.models) >= 3, name
+
+
+@pytest.mark.parametrize("name", ["../../x", "lgbm\n", "a b"])
+def test_model_names_that_are_not_one_file_name_are_refused_before_anything_is_written(tmp_path, monkeypatch, name):
+    from ensemble_kit.errors import ValidationError
+    from ensemble_kit.project import ProjectConfig
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValidationError, match="Invalid model name"):
+        ProjectConfig.from_dict({"store": "runs/s", "models": {name: {"model": "resnet10t"}}})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_model_names_differing_only_in_case_are_refused():
+    from ensemble_kit.errors import ValidationError
+    from ensemble_kit.project import ProjectConfig
+
+    with pytest.raises(ValidationError, match="differ only in case"):
+        ProjectConfig.from_dict({"store": "s", "models": {"ResNet": {}, "resnet": {}}})

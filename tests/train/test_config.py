@@ -23,7 +23,18 @@ def test_yaml_round_trip(tmp_path):
         ({"batch_size": 7, "regularization": {"mixup_alpha": 0.2}}, "even batch_size"),
         ({"tta": {"views": ["identity", "spin"]}}, "Unknown TTA view 'spin'"),
         ({"optimizer": 3}, "must be a mapping"),
-        ({"epochs": 0}, "'epochs' must be positive"),
+        ({"epochs": 0}, r"'epochs' must be a finite number in \[1"),
+        # values that used to pass silently
+        ({"optimizer": {"lr": float("nan")}}, "'optimizer.lr' must be a finite number"),
+        ({"optimizer": {"lr": float("inf")}}, "'optimizer.lr' must be a finite number"),
+        ({"keep_checkpoints": 0}, "'keep_checkpoints'"),
+        ({"keep_checkpoints": -1}, "'keep_checkpoints'"),
+        ({"num_workers": -1}, "'num_workers'"),
+        ({"regularization": {"label_smoothing": 2}}, "'regularization.label_smoothing'"),
+        ({"regularization": {"mixup_alpha": -1}}, "'regularization.mixup_alpha'"),
+        ({"epochs": 3, "schedule": {"warmup_epochs": 5}}, "'schedule.warmup_epochs' .* larger than 'epochs'"),
+        ({"augment": {"hflip": 1.5}}, "'augment.hflip'"),
+        ({"seed": -3}, "'seed'"),
     ],
 )
 def test_bad_config_names_the_key(data, message):

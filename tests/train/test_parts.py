@@ -82,3 +82,24 @@ def test_schedules_warm_up_then_follow_their_shape(name):
         assert lrs[20] == pytest.approx(0.1)
     if name == "cosine_restarts":
         assert lrs[20] > lrs[19]  # restarted
+
+
+@pytest.mark.parametrize("settings, key", [
+    ({"model": "plain_cnn", "img_size": 4}, "'img_size'"),  # three 2x poolings: 4 px is too small
+    ({"model": "test_vit", "img_size": 32, "tta": {"views": ["identity", "scale1.25"]}}, r"'tta.views \('scale1.25'\)'"),
+    ({"model": "test_vit", "img_size": 32, "augment": {"test_img_size": 40}}, "'augment.test_img_size'"),
+])
+def test_sizes_a_model_cannot_take_are_named_before_training(tmp_path, monkeypatch, settings, key):
+    from ensemble_kit import LogitStore
+    from ensemble_kit.train import TrainConfig, train_cv
+    from ensemble_kit.train.trainer import _FoldRun
+    from helpers import tiny_image_data
+
+    train, test, _ = tiny_image_data()
+    store = LogitStore.create(tmp_path / "s", train.ids, train.labels, [0, 1, 2], n_folds=2, test_ids=test.ids)
+    started = []
+    monkeypatch.setattr(_FoldRun, "run", lambda self: started.append(self.fold))
+    cfg = TrainConfig.from_dict({"epochs": 1, "batch_size": 8, **settings})
+    with pytest.raises(ValidationError, match=key):
+        train_cv(cfg, store, train, test, name="m")
+    assert started == [] and store.incomplete() == {} and store.models() == []
