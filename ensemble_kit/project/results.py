@@ -29,6 +29,7 @@ from ensemble_kit.metrics import get_metric, list_metrics
 from ensemble_kit.project.config import StackConfig
 from ensemble_kit.project.pipeline import held_out_labels
 from ensemble_kit.store import LogitStore, check_name
+from ensemble_kit.store._paths import case_collision
 from ensemble_kit.store._files import load_array, open_regular, read_json
 from ensemble_kit.store._workspace import remove_tree
 
@@ -76,6 +77,7 @@ def fit_stack(store: LogitStore, config: StackConfig) -> StackResult:
     >>> result.name, result.test_proba.shape, sorted(p.name for p in result.path.glob("*.json"))
     ('hill_climb', (10, 3), ['stack.json'])
     """
+    _check_new_stack(store, config.result_name)
     stacker = Stacker.from_store(store, models=list(config.models) if config.models else None, recipe=config.recipe,
                                  metric=config.metric, n_trials=config.n_trials, seed=config.seed)
     has_test = store.test_ids is not None
@@ -146,7 +148,7 @@ def _scores(y: NDArray, probs: NDArray, labels: NDArray) -> dict[str, float]:
 
 def _save(store: LogitStore, name: str, summary: dict[str, Any], report: pd.DataFrame,
           arrays: dict[str, NDArray | None]) -> Path:
-    final = store.workspace.stack_dir(name)
+    final = _check_new_stack(store, name)
     root = store.workspace.stacks_root(create=True)
     staging = root / f".{name}.writing-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
@@ -167,6 +169,18 @@ def _save(store: LogitStore, name: str, summary: dict[str, Any], report: pd.Data
         shutil.rmtree(staging, ignore_errors=True)
         raise
     logger.info("saved stack %r to %s", name, final)
+    return final
+
+
+def _check_new_stack(store: LogitStore, name: str) -> Path:
+    """The folder a stack ``name`` will be saved in, refused before anything is fitted if unusable."""
+    final = store.workspace.stack_dir(name)
+    root = store.workspace.stacks_root()
+    if root.is_dir():
+        other = case_collision(name, (p.name for p in root.iterdir() if not p.name.startswith(".")))
+        if other is not None:
+            raise ValidationError(f"Stack name {name!r} differs only in case from the saved stack {other!r}; on "
+                                  "case-insensitive file systems (macOS, Windows) both would share one folder.")
     return final
 
 

@@ -182,26 +182,27 @@ def load_array(path: Path, *, checksum: str | None = None, mmap: bool = False) -
             if count:
                 return np.memmap(fh, dtype=dtype, mode="r", offset=offset, shape=shape, order=order)
             return np.empty(shape, dtype=dtype)
-        # One read into a writable buffer: the array aliases it (no copy), and the checksum is
-        # computed over those same bytes.
-        buffer = bytearray(offset + count * dtype.itemsize)
+        # One read, straight into the array's memory (np.empty: no zero-filling pass); the
+        # checksum is computed over the header and those same bytes, not a second read.
         fh.seek(0)
-        view = memoryview(buffer)
+        header = fh.read(offset)
+        array = np.empty(count, dtype=dtype)
+        data = memoryview(array).cast("B") if count else memoryview(b"")
         filled = 0
-        while filled < len(buffer):
-            got = fh.readinto(view[filled:])
+        while filled < len(data):
+            got = fh.readinto(data[filled:])
             if not got:
                 raise StoreCorruptedError(f"Array file {str(path)!r} ended early while being read.", path=path)
             filled += got
     if checksum is not None:
         algorithm, _, expected = check_checksum_tag(checksum, path=path).partition(":")
-        digest = _HASHERS[algorithm]()
-        for start in range(0, len(buffer), _HASH_CHUNK):
-            digest.update(view[start : start + _HASH_CHUNK])
+        digest = _HASHERS[algorithm](header)
+        for start in range(0, len(data), _HASH_CHUNK):
+            digest.update(data[start : start + _HASH_CHUNK])
         if digest.hexdigest() != expected:
             raise StoreCorruptedError(f"Array file {str(path)!r} does not match its checksum (modified or corrupted).",
                                       path=path)
-    return np.frombuffer(buffer, dtype=dtype, count=count, offset=offset).reshape(shape, order=order)
+    return array.reshape(shape, order=order)
 
 
 def read_npy(path: Path, *, mmap: bool = False) -> np.ndarray:

@@ -33,7 +33,7 @@ from ensemble_kit.data.transforms import (
 from ensemble_kit.errors import CheckpointError, EntryNotFoundError, ValidationError
 from ensemble_kit.store import EntryInfo, LogitStore, check_name
 from ensemble_kit.store._files import check_not_link
-from ensemble_kit.store._paths import safe_dir
+from ensemble_kit.store._paths import case_collision, safe_dir
 from ensemble_kit.train.checkpoint import (
     PREFIX,
     list_checkpoints,
@@ -114,6 +114,10 @@ def train_cv(cfg: TrainConfig, store: LogitStore, source: ImageSource, test: Ima
             images.check()
     check_model_inputs(cfg, store.n_classes)
     check_name(name, what="model name")
+    other = case_collision(name, [*store.models(), *store.incomplete(), *store.problems()])
+    if other is not None:
+        raise ValidationError(f"Model name {name!r} differs only in case from the stored entry {other!r}; on case-"
+                              "insensitive file systems (macOS, Windows) both would share one folder.")
     if output_dir is None:
         run_dir = store.workspace.run_dir(name, create=True)
     else:

@@ -81,3 +81,10 @@ def test_stack_name_that_is_not_one_file_name_is_refused_before_anything_is_writ
     assert main(["stack", str(small_store.path), "--recipe", "hill_climb", "--name", name]) == 2
     assert "Invalid stack name" in capsys.readouterr().err
     assert snapshot(small_store.path) == before and small_store.models() == ["m0", "m1", "m2"]
+
+
+def test_stack_names_differing_only_in_case_are_refused(small_store, capsys):
+    assert main(["stack", str(small_store.path), "--recipe", "hill_climb", "--name", "Full"]) == 0
+    assert main(["stack", str(small_store.path), "--recipe", "hill_climb", "--name", "full"]) == 2
+    assert "differs only in case" in capsys.readouterr().err
+    assert sorted(p.name for p in (small_store.path / "stacks").iterdir()) == ["Full"]

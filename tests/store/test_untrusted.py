@@ -309,3 +309,33 @@ def test_probabilities_passed_as_logits_are_refused(store):
     assert snapshot(store.path) == before
     store.put("m", p, np.full((12, 3), 1 / 3), kind="probs")
     assert store.entry("m").kind_written == "probs"
+
+
+@pytest.mark.parametrize("key, value", [("classes", _DELETE), ("dtype", _DELETE), ("arrays", _DELETE),
+                                        ("n_folds", _DELETE), ("n_folds", -1), ("dtype", "float64"),
+                                        ("n_test", "12")])
+def test_store_manifest_faults_name_the_field(store, key, value):
+    path = store.path / "ensemble_kit_store.json"
+    document = json.loads(path.read_text())
+    if value is _DELETE:
+        del document[key]
+    else:
+        document[key] = value
+    path.write_text(json.dumps(document))
+    before = snapshot(store.path)
+    with pytest.raises(StoreCorruptedError) as raised:
+        LogitStore.open(store.path)
+    assert raised.value.field == key and raised.value.path == str(path)
+    assert snapshot(store.path) == before
+
+
+def test_missing_checksum_in_an_array_record_is_named(store, rng):
+    store.put("m", rng.normal(size=(60, 3)), rng.normal(size=(3, 12, 3)))
+    path = _manifest(store, "m")
+    document = json.loads(path.read_text())
+    del document["test"]["checksum"]
+    path.write_text(json.dumps(document))
+    with pytest.raises(StoreCorruptedError) as raised:
+        store.test("m")
+    assert raised.value.field == "test.checksum"
+    assert store.problems().keys() == {"m"}
