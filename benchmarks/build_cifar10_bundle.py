@@ -109,7 +109,7 @@ def main() -> None:
     data = load_cifar10()
     classes = data["classes"].tolist()
     if (args.out / "ensemble_kit_store.json").exists():
-        store = LogitStore.open(args.out)
+        store = LogitStore(args.out)
     else:
         store = LogitStore.create(args.out, data["train_ids"], data["train_labels"], list(range(10)),
                                   n_folds=5, seed=0, test_ids=data["test_ids"])

@@ -31,7 +31,7 @@ def main() -> None:
     start = time.perf_counter()
     train_project(cfg)
     phases["train 3 backbones x 5 folds"] = time.perf_counter() - start
-    store = LogitStore.open(cfg.store)
+    store = LogitStore(cfg.store)
     t0 = time.perf_counter()
     stack = fit_stack(store, cfg.stack)
     phases["full stack (nested, f1_macro)"] = time.perf_counter() - t0

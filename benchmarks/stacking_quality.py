@@ -21,16 +21,11 @@ import numpy as np
 import pandas as pd
 
 from ensemble_kit import HillClimbing, LogitStore, MetaLearner, Stacker
-from ensemble_kit.metrics import f1_macro, log_loss, log_softmax
+from ensemble_kit.metrics import log_softmax, scores
 
 
 def _scores(y, probs, labels=None):
-    out = {"log_loss": log_loss(y, probs, kind="probs")}
-    labels = probs.argmax(1) if labels is None else labels
-    out["accuracy"] = float(np.mean(labels == y))
-    onehot = np.eye(probs.shape[1])[labels]
-    out["f1_macro"] = f1_macro(y, onehot, kind="probs")
-    return out
+    return scores(y, probs, kind="probs", labels=labels)
 
 
 def main() -> None:
@@ -43,7 +38,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write the table as CSV here")
     args = parser.parse_args()
 
-    store = LogitStore.open(args.store)
+    store = LogitStore(args.store)
     models = args.models.split(",") if args.models else store.models()
     y_test = np.load(args.test_labels or args.store.parent / f"{args.store.name}-test-labels.npy")
     y = store.y
@@ -74,19 +69,19 @@ def main() -> None:
 
     def run_recipe(recipe: str, *, with_stages: bool) -> None:
         start = time.perf_counter()
-        stk = Stacker(recipe=recipe, n_trials=args.n_trials, seed=0).fit(store, models=models)
+        stk = Stacker.from_recipe(recipe, n_trials=args.n_trials, seed=0).fit(store, models=models)
         seconds = time.perf_counter() - start
-        weights = ", ".join(f"{n} {w:.3f}" for n, w in stk.blender_.weights_.items())
+        weights = ", ".join(f"{n} {w:.3f}" for n, w in stk.ensemble_.weights_.items())
         print(f"  {recipe} stacker: {seconds:.1f}s; blend weights: {weights}", flush=True)
         if with_stages:
-            stage_test = stk.blender_.stage_proba(store)
-            for name, stage in stk.blender_.stages_.items():
+            stage_test = stk.ensemble_.stage_proba(store)
+            for name, stage in stk.ensemble_.stages_.items():
                 layout = getattr(stage, "layout_", None)
                 rows.append((f"{stage_labels.get(name, name)}{f' ({layout})' if layout else ''}",
                              _scores(y, stage.oof_proba_), _scores(y_test, stage_test[name]), stage.fit_seconds_))
-        blend_test = np.exp(stk.blender_._predict_log_proba(test))
-        rows.append((f"{recipe}: blend ({weights})", _scores(y, stk.blender_.oof_proba_), _scores(y_test, blend_test),
-                     stk.blender_.fit_seconds_))
+        blend_test = np.exp(stk.ensemble_._predict_log_proba(test))
+        rows.append((f"{recipe}: blend ({weights})", _scores(y, stk.ensemble_.oof_proba_), _scores(y_test, blend_test),
+                     stk.ensemble_.fit_seconds_))
         report = stk.report_.set_index("step")
         rows.append((f"{recipe}: blend + temperature{' (default recipe)' if recipe == 'full' else ''}",
                      report.loc["+temperature", ["log_loss", "accuracy", "f1_macro"]].to_dict(),

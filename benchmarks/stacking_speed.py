@@ -49,8 +49,8 @@ def _run(args) -> tuple[float, float, float]:
         "catboost": lambda: MetaLearner("catboost"),
         "lightgbm": lambda: MetaLearner("lightgbm"),
         "logreg": lambda: MetaLearner("logreg"),
-        "yandex": lambda: Stacker(recipe="yandex", n_trials=n_trials),
-        "full": lambda: Stacker(recipe="full", n_trials=n_trials),
+        "yandex": lambda: Stacker.from_recipe("yandex", n_trials=n_trials),
+        "full": lambda: Stacker.from_recipe("full", n_trials=n_trials),
     }[stage]()
     start = time.perf_counter()
     estimator.fit(logits, y)

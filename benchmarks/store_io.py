@@ -73,7 +73,7 @@ def main() -> None:
         open_times = []
         for _ in range(args.repeats):
             start = time.perf_counter()
-            opened = LogitStore.open(store.path)
+            opened = LogitStore(store.path)
             names = opened.models()
             infos = [opened.entry(n) for n in names]
             open_times.append(time.perf_counter() - start)

@@ -14,6 +14,8 @@ from ensemble_kit.ensemble import (
     Stacker,
     create_ensembler,
     list_ensemblers,
+    list_recipes,
+    register_recipe,
 )
 from ensemble_kit.errors import EnsembleKitError, StoreError, ValidationError
 from ensemble_kit.store import LogitStore
@@ -33,4 +35,6 @@ __all__ = [
     "__version__",
     "create_ensembler",
     "list_ensemblers",
+    "list_recipes",
+    "register_recipe",
 ]

@@ -15,6 +15,7 @@ _HINTS: dict[str, tuple[str, str | None]] = {
     "matplotlib.pyplot": ("matplotlib", "report"),
     "optuna_dashboard": ("optuna-dashboard", "dashboard"),
     "pyarrow": ("pyarrow", "parquet"),
+    **{name: (name, "train") for name in ("torch", "torchvision", "timm", "albumentations", "safetensors", "PIL")},
 }
 
 
@@ -31,9 +32,19 @@ def import_optional(module: str, *, feature: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        requirement, extra = _HINTS.get(module, (module.split(".")[0], None))
-        hint = f'pip install "ensemble_kit[{extra}]"' if extra else f"pip install {requirement}"
-        raise MissingDependencyError(
-            f"{feature} needs the optional package {requirement!r}, which could not be "
-            f"imported ({exc}). Install it with: {hint}"
-        ) from exc
+        raise missing_dependency(module, feature=feature, cause=exc) from exc
+
+
+def missing_dependency(module: str, *, feature: str, cause: BaseException) -> MissingDependencyError:
+    """The error for an optional ``module`` that could not be imported, naming what to install."""
+    requirement, extra = _HINTS.get(module, _HINTS.get(module.split(".")[0], (module.split(".")[0], None)))
+    hint = f'pip install "ensemble_kit[{extra}]"' if extra else f"pip install {requirement}"
+    return MissingDependencyError(
+        f"{feature} needs the optional package {requirement!r}, which could not be "
+        f"imported ({cause}). Install it with: {hint}"
+    )
+
+
+def is_optional(module: str) -> bool:
+    """Whether ``module`` (or its top-level package) is an optional dependency of ensemble_kit."""
+    return module in _HINTS or module.split(".")[0] in _HINTS

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from ensemble_kit.errors import ValidationError
-from ensemble_kit.project import ProjectConfig, fit_stack, leaderboard, train_project, write_submission
+from ensemble_kit.project import ProjectConfig, fit_stack, results_table, train_project, write_submission
 from ensemble_kit.project.pipeline import RESOLVED_CONFIG
 from ensemble_kit.report import write_report
 from ensemble_kit.store import LogitStore, Workspace
@@ -72,12 +72,12 @@ def run_demo(out: Path, *, seed: int = 0, n_folds: int = 5, n_trials: int = 60,
     _remove_earlier_demo(Path(cfg.store))
     config_path = cfg.to_yaml(out / "demo.yaml")
     train_project(cfg)
-    store = LogitStore.open(cfg.store)
+    store = LogitStore(cfg.store)
     stack = fit_stack(store, cfg.stack)
     report = write_report(store, stack=stack.name)
     submission = write_submission(store, stack, out / "submission.csv", format=cfg.submission.format,
                                   id_col=cfg.submission.id_col, label_col=cfg.submission.label_col)
-    return DemoResult(store, leaderboard(store, stack), report, submission, config_path)
+    return DemoResult(store, results_table(store, stack), report, submission, config_path)
 
 
 def _remove_earlier_demo(path: Path) -> None:

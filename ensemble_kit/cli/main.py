@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -17,11 +18,11 @@ logger = logging.getLogger("ensemble_kit")
 
 
 def _cmd_ls(args: argparse.Namespace) -> int:
-    from ensemble_kit import LogitStore
+    from ensemble_kit.store import LogitStore
 
-    from ensemble_kit.project import leaderboard, list_stacks, load_stack
+    from ensemble_kit.project import list_stacks, load_stack, results_table
 
-    store = LogitStore.open(args.store)
+    store = LogitStore(args.store)
     print(store)
     board = store.leaderboard(metric=args.metric)
     with pd.option_context("display.max_columns", 20, "display.width", 160):
@@ -30,25 +31,25 @@ def _cmd_ls(args: argparse.Namespace) -> int:
         if stacks and len(board):
             stack = load_stack(store, stacks[-1])
             print(f"\nstack {stack.name!r} (recipe {stack.summary['recipe']}, metric {stack.metric}); honest OOF CV:")
-            print(_format(leaderboard(store, stack)))
+            print(_format(results_table(store, stack)))
     for name, missing in store.incomplete().items():
         print(f"incomplete: {name} (missing folds {list(missing)})")
     return 0
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from ensemble_kit import LogitStore
+    from ensemble_kit.store import LogitStore
 
-    store = LogitStore.open(args.store)
+    store = LogitStore(args.store)
     store.verify()
     print(f"OK: {store.path} ({len(store.models())} complete entries, {len(store.incomplete())} incomplete)")
     return 0
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from ensemble_kit import LogitStore
+    from ensemble_kit.store import LogitStore
 
-    store = LogitStore.open(args.store)
+    store = LogitStore(args.store)
     info = store.import_predictions(args.name, args.file, test=args.test, id_col=args.id_col,
                                     kind=args.kind, overwrite=args.overwrite)
     print(f"imported {info.name!r} into {store.path}")
@@ -56,9 +57,9 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from ensemble_kit import LogitStore
+    from ensemble_kit.store import LogitStore
 
-    out = LogitStore.open(args.store).export(args.name, args.out, kind=args.kind)
+    out = LogitStore(args.store).export(args.name, args.out, kind=args.kind)
     print(f"wrote {out}")
     return 0
 
@@ -83,33 +84,33 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_stack(args: argparse.Namespace) -> int:
-    from ensemble_kit import LogitStore
-    from ensemble_kit.project import StackConfig, fit_stack, leaderboard
+    from ensemble_kit.store import LogitStore
+    from ensemble_kit.project import StackConfig, fit_stack, results_table
 
-    store = LogitStore.open(args.store)
+    store = LogitStore(args.store)
     config = StackConfig(recipe=args.recipe, metric=args.metric, n_trials=args.n_trials, seed=args.seed,
                          models=tuple(args.models.split(",")) if args.models else None, name=args.name)
     stack = fit_stack(store, config)
-    print(_format(leaderboard(store, stack)))
+    print(_format(results_table(store, stack)))
     print(f"saved: {stack.path}")
     print(f"Optuna studies: {stack.summary['optuna_storage']}  (open with: ensemble-kit dashboard {store.path})")
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from ensemble_kit import LogitStore
+    from ensemble_kit.store import LogitStore
     from ensemble_kit.report import write_report
 
-    path = write_report(LogitStore.open(args.store), stack=args.stack, out_dir=args.out)
+    path = write_report(LogitStore(args.store), stack=args.stack, out_dir=args.out)
     print(f"wrote {path}")
     return 0
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    from ensemble_kit import LogitStore
+    from ensemble_kit.store import LogitStore
     from ensemble_kit.project import load_stack, write_submission
 
-    store = LogitStore.open(args.store)
+    store = LogitStore(args.store)
     stack = load_stack(store, args.stack)
     out = write_submission(store, stack, args.out, format=args.format, id_col=args.id_col, label_col=args.label_col)
     print(f"wrote {out} ({len(store.test_ids)} rows, stack {stack.name!r})")
@@ -117,9 +118,11 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
-    from ensemble_kit.report import launch_dashboard, study_storage
+    from ensemble_kit.report import launch_dashboard
+    from ensemble_kit.store import LogitStore
 
-    print(f"Serving {study_storage(args.store)} at http://{args.host}:{args.port} (Ctrl-C to stop)")
+    print(f"Serving {LogitStore(args.store).workspace.study_storage()} at http://{args.host}:{args.port} "
+          "(Ctrl-C to stop)")
     launch_dashboard(args.store, host=args.host, port=args.port)
     return 0
 
@@ -139,7 +142,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _choices_help(registry: Any) -> str:
+    return "; ".join(f"{name}: {registry.summary(name).rstrip('.')}" for name in registry.names())
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from ensemble_kit.ensemble import RECIPES, list_recipes
+    from ensemble_kit.ensemble._recipes import DEFAULT_RECIPE
+    from ensemble_kit.metrics import METRICS, list_metrics
+
     parser = argparse.ArgumentParser(
         prog="ensemble-kit",
         description="Build image-classification ensembles from out-of-fold logits.",
@@ -150,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ls", help="leaderboard of a store's models (OOF scores)")
     p.add_argument("store", type=Path)
-    p.add_argument("--metric", default="log_loss", help="metric to sort by (default: log_loss)")
+    p.add_argument("--metric", default="log_loss", choices=list_metrics(), metavar="METRIC",
+                   help="metric to sort by (default: %(default)s); one of " + ", ".join(list_metrics()))
     p.set_defaults(func=_cmd_ls)
 
     p = sub.add_parser("verify", help="re-check every checksum and invariant of a store")
@@ -184,9 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("stack", help="fit a stacking recipe on a store's OOF logits; save it; print the honest report")
     p.add_argument("store", type=Path)
-    p.add_argument("--recipe", default="full", choices=["full", "yandex", "aoi", "hill_climb", "logloss"])
+    p.add_argument("--recipe", default=DEFAULT_RECIPE, choices=list_recipes(), metavar="RECIPE",
+                   help="stacking recipe (default: %(default)s): " + _choices_help(RECIPES))
     p.add_argument("--models", default=None, help="comma-separated entries (default: all complete)")
-    p.add_argument("--metric", default="log_loss", choices=["log_loss", "accuracy", "f1_macro"])
+    p.add_argument("--metric", default="log_loss", choices=list_metrics(), metavar="METRIC",
+                   help="what tuning optimises and the report is sorted by (default: %(default)s): "
+                        + _choices_help(METRICS))
     p.add_argument("--n-trials", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default=None, help="name of the saved stack (default: the recipe)")

@@ -11,14 +11,14 @@ from numpy.typing import NDArray
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from ensemble_kit.errors import ValidationError
+from ensemble_kit._registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def aoi_albumentations(img_size: int) -> Any:
-    """The AOI champion's augmentation set (Affine, blur-or-sharpen, CoarseDropout, colour)."""
+    """The AOI champion's set: Affine, blur-or-sharpen, CoarseDropout, colour jitter."""
     import albumentations as A
 
     hole = max(1, img_size // 10)
@@ -32,9 +32,41 @@ def aoi_albumentations(img_size: int) -> Any:
     ])
 
 
+#: torchvision auto-augment policies, ``augment.policy``: ``factory(augment_config) -> transform``.
+AUGMENT_POLICIES: Registry[Callable[[Any], Any]] = Registry("augmentation policy")
+#: albumentations pipelines, ``augment.albumentations``: ``factory(img_size) -> A.Compose``.
+ALBUMENTATIONS: Registry[Callable[[int], Any]] = Registry("albumentations pipeline")
+
+
+def register_policy(name: str, factory: Callable[[Any], Any] | None = None, *, replace: bool = False) -> Any:
+    """Register ``factory(augment_config) -> torchvision v2 transform`` as ``augment.policy: name``."""
+    return AUGMENT_POLICIES.register(name, factory, replace=replace)
+
+
+@register_policy("trivial")
+def _trivial(augment: Any) -> Any:
+    """TrivialAugmentWide (Müller & Hutter, 2021): one random op at a random strength."""
+    return v2.TrivialAugmentWide()
+
+
+@register_policy("randaugment")
+def _randaugment(augment: Any) -> Any:
+    """RandAugment with randaugment_n ops at magnitude randaugment_m."""
+    return v2.RandAugment(num_ops=augment.randaugment_n, magnitude=augment.randaugment_m)
+
+
+@register_policy("autoaugment")
+def _autoaugment(augment: Any) -> Any:
+    """AutoAugment's ImageNet policy."""
+    return v2.AutoAugment()
+
+
+ALBUMENTATIONS.register("aoi", aoi_albumentations)
+
+
 def build_train_transform(augment: Any, *, img_size: int, mean: Sequence[float], std: Sequence[float]) -> Callable:
     """``augment`` is an :class:`~ensemble_kit.train.config.AugmentConfig`."""
-    album = aoi_albumentations(img_size) if augment.albumentations == "aoi" else None
+    album = ALBUMENTATIONS.get(augment.albumentations)(img_size) if augment.albumentations else None
     steps: list[Any] = []
     if augment.random_resized_crop:
         steps.append(v2.RandomResizedCrop(img_size, scale=(augment.crop_scale_min, 1.0), antialias=True))
@@ -44,13 +76,8 @@ def build_train_transform(augment: Any, *, img_size: int, mean: Sequence[float],
         steps.append(v2.RandomHorizontalFlip(augment.hflip))
     if augment.vflip:
         steps.append(v2.RandomVerticalFlip(augment.vflip))
-    policy = {None: None, "trivial": lambda: v2.TrivialAugmentWide(),
-              "randaugment": lambda: v2.RandAugment(num_ops=augment.randaugment_n, magnitude=augment.randaugment_m),
-              "autoaugment": lambda: v2.AutoAugment()}
-    if augment.policy not in policy:
-        raise ValidationError(f"augment.policy must be one of {list(policy)}; got {augment.policy!r}.")
     if augment.policy:
-        steps.append(policy[augment.policy]())
+        steps.append(AUGMENT_POLICIES.get(augment.policy)(augment))
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
     if augment.random_erasing:
         steps.append(v2.RandomErasing(p=augment.random_erasing))

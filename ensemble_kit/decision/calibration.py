@@ -9,7 +9,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from ensemble_kit.errors import ValidationError
-from ensemble_kit.metrics import log_softmax
+from ensemble_kit.metrics import log_softmax, safe_log
 from ensemble_kit.metrics._scores import check_targets
 
 _LOG_T_BOUNDS = (np.log(0.05), np.log(20.0))
@@ -63,7 +63,7 @@ class TemperatureScaling(BaseEstimator):
         if self.kind not in ("logits", "probs"):
             raise ValidationError(f"kind must be 'logits' or 'probs'; got {self.kind!r}.")
         s = np.asarray(scores, dtype=np.float64)
-        return log_softmax(s) if self.kind == "logits" else np.log(np.clip(s, 1e-12, 1.0))
+        return log_softmax(s) if self.kind == "logits" else safe_log(s)
 
     def fit(self, scores: ArrayLike, y: ArrayLike) -> TemperatureScaling:
         yy, s = check_targets(y, scores)

@@ -11,7 +11,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from ensemble_kit.errors import ValidationError
-from ensemble_kit.metrics import get_metric
+from ensemble_kit.metrics import get_metric, safe_log
 from ensemble_kit.metrics._scores import check_targets
 
 OPTIMIZE = ("f1_macro", "accuracy", "recall")
@@ -94,7 +94,7 @@ class ClassThresholds(BaseEstimator):
     # ------------------------------------------------------------------ internals
     @staticmethod
     def _apply(p: NDArray, offsets: NDArray, rules: Mapping[int, float]) -> NDArray[np.int64]:
-        pred = (np.log(np.clip(p, 1e-12, None)) + offsets).argmax(axis=1)
+        pred = (safe_log(p) + offsets).argmax(axis=1)
         if rules:
             classes = np.array(list(rules))
             thresholds = np.array([rules[c] for c in classes])
@@ -146,7 +146,7 @@ class ClassThresholds(BaseEstimator):
         Moving class c's offset only switches rows between c and their best other class, so the
         predictions for every grid value form one (G, n) matrix scored with one bincount.
         """
-        log_p = np.log(np.clip(p, 1e-12, None))
+        log_p = safe_log(p)
         n, n_classes = log_p.shape
         offsets = np.zeros(n_classes)
         grid = np.linspace(-self.max_offset, self.max_offset, self.grid_size)

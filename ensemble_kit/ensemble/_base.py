@@ -1,30 +1,58 @@
-"""The contract every ensembler follows (scikit-learn style, on stacked per-model logits)."""
+"""The contract every ensembler follows (scikit-learn style, on stacked per-model logits), and the
+one nested-CV template every honest score in the package goes through.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from sklearn.base import BaseEstimator, clone
 from sklearn.utils.validation import check_is_fitted
 
-from ensemble_kit.ensemble._inputs import LogitInput, as_logit_stack, check_same_models, resolve_fit_inputs
+from ensemble_kit.ensemble._inputs import LogitInput, LogitStack, as_logit_stack, check_same_models, resolve_fit_inputs
 from ensemble_kit.ensemble._optuna import SEARCH_SPACE_VERSION, input_hash
+from ensemble_kit.errors import ValidationError
+
+__all__ = ["BaseEnsembler", "cross_fit"]
 
 logger = logging.getLogger(__name__)
+
+
+def cross_fit(folds: NDArray[np.int64], fit_predict: Callable[[NDArray, NDArray, int], NDArray]) -> NDArray:
+    """Honest per-fold predictions: the nested-CV template of the whole package.
+
+    For every fold ``k``, ``fit_predict(fit_rows, held_rows, k)`` fits on the other folds' rows
+    (boolean masks) and returns predictions for fold ``k``'s rows; the parts are assembled in row
+    order. Every OOF score ensemble_kit reports (stages, blends, temperatures, class offsets) is
+    made this way, so no step ever scores rows it was fitted on.
+    """
+    out: NDArray | None = None
+    for k in np.unique(folds):
+        held = folds == k
+        part = np.asarray(fit_predict(~held, held, int(k)))
+        if out is None:
+            out = np.empty((len(folds),) + part.shape[1:], dtype=part.dtype)
+        out[held] = part
+    if out is None:
+        raise ValidationError("folds is empty: nothing to predict out of fold.")
+    return out
 
 
 class BaseEnsembler(BaseEstimator, ABC):
     """Base class of ensemblers: combine M models' logits into one probability matrix.
 
-    Subclasses implement ``_fit_final(logits, y)`` (fit on the rows given) and
-    ``_predict_log_proba(logits)``; both receive the per-model logits ``(M, n, C)`` (float32).
-    :meth:`fit` validates the input, fits on all rows, and computes honest out-of-fold
-    predictions ``oof_proba_`` by refitting a clone on K-1 folds for each fold.
+    :meth:`fit` validates the input, prepares it once (:meth:`_prepare`, e.g. meta-features),
+    fits on all rows (:meth:`_fit_prepared`), and computes honest out-of-fold predictions
+    ``oof_proba_`` with :func:`cross_fit`: for each fold, a clone fitted on the other folds
+    predicts it. Subclasses implement ``_fit_prepared(prepared, y, folds)`` and
+    ``_predict_prepared(prepared)`` (log-probabilities); the prepared input defaults to the
+    per-model logits ``(M, n, C)`` (float32).
 
     Fitted attributes: ``model_names_``, ``n_models_``, ``n_classes_``, ``classes_``,
     ``oof_proba_`` (honest OOF probabilities), ``folds_``, ``fit_seconds_``.
@@ -43,18 +71,25 @@ class BaseEnsembler(BaseEstimator, ABC):
         predictions; default: 5 stratified folds seeded with ``seed``.
         """
         start = time.perf_counter()
-        stack, yy, folds_array = self._validate_fit(X, y, folds, models)
+        stack, yy, folds_array = resolve_fit_inputs(X, y, folds, models, owner=type(self).__name__,
+                                                    min_models=self._min_models, seed=getattr(self, "seed", 0))
+        self.model_names_ = stack.names
+        self.n_models_ = stack.n_models
+        self.n_classes_ = stack.n_classes
+        self.classes_ = np.arange(stack.n_classes)
+        self.folds_ = folds_array
+        self.study_names_: list[str] = []
         self._input_digest = input_hash(stack.logits, yy, folds_array)
-        self._fit_final(stack.logits, yy)
-        self.oof_proba_ = self._honest_oof(stack.logits, yy, folds_array)
+        self._start_fit(stack, yy, folds_array)
+        prepared = self._prepare(stack.logits)
+        self._fit_prepared(prepared, yy, folds_array)
+        self.oof_proba_ = self._honest_oof(prepared, yy, folds_array)
         self.fit_seconds_ = time.perf_counter() - start
         return self
 
     def predict_log_proba(self, X: LogitInput, *, models: Sequence[str] | None = None) -> NDArray:
         check_is_fitted(self, "model_names_")
-        stack = as_logit_stack(X, models=models if models is not None else self._store_models(X), split="test")
-        check_same_models(self.model_names_, stack.names, self.n_classes_, stack)
-        return self._predict_log_proba(stack.logits)
+        return self._predict_log_proba(self._check_predict_input(X, models).logits)
 
     def predict_proba(self, X: LogitInput, *, models: Sequence[str] | None = None) -> NDArray:
         """Probabilities ``(n, C)``; for a LogitStore, of its fold-averaged test logits."""
@@ -65,49 +100,63 @@ class BaseEnsembler(BaseEstimator, ABC):
         return self.predict_proba(X, models=models).argmax(axis=1)
 
     # ---------------------------------------------------------------- for subclasses
-    @abstractmethod
-    def _fit_final(self, logits: NDArray, y: NDArray[np.int64]) -> None: ...
+    def _start_fit(self, stack: LogitStack, y: NDArray[np.int64], folds: NDArray[np.int64]) -> None:
+        """Hook run once per fit, before anything is fitted (e.g. to resolve a layout or warn)."""
+
+    def _prepare(self, logits: NDArray) -> Any:
+        """What ``_fit_prepared``/``_predict_prepared`` consume, built once per fit (default: the logits)."""
+        return logits
+
+    def _take(self, prepared: Any, rows: NDArray[np.bool_]) -> Any:
+        """The rows ``rows`` (a boolean mask over samples) of a prepared input."""
+        return prepared[:, rows]
 
     @abstractmethod
-    def _predict_log_proba(self, logits: NDArray) -> NDArray: ...
+    def _fit_prepared(self, prepared: Any, y: NDArray[np.int64], folds: NDArray[np.int64]) -> None: ...
 
-    # ---------------------------------------------------------------- internals
-    def _validate_fit(self, X, y, folds, models):
-        stack, yy, folds_array = resolve_fit_inputs(X, y, folds, models, owner=type(self).__name__,
-                                                    min_models=self._min_models, seed=getattr(self, "seed", 0))
-        self.model_names_ = stack.names
-        self.n_models_ = stack.n_models
-        self.n_classes_ = stack.n_classes
-        self.classes_ = np.arange(stack.n_classes)
-        self.folds_ = folds_array
-        return stack, yy, folds_array
+    @abstractmethod
+    def _predict_prepared(self, prepared: Any) -> NDArray: ...
 
-    def _store_models(self, X) -> list[str] | None:
+    def _predict_log_proba(self, logits: NDArray) -> NDArray:
+        return self._predict_prepared(self._prepare(logits))
+
+    def _honest_oof(self, prepared: Any, y: NDArray[np.int64], folds: NDArray[np.int64]) -> NDArray:
+        """OOF probabilities: for each fold, a clone fitted on the other folds predicts it."""
+
+        def fit_predict(fit: NDArray, held: NDArray, k: int) -> NDArray:
+            model = self._fold_clone(k)
+            model._fit_prepared(self._take(prepared, fit), y[fit], folds[fit])
+            return np.exp(model._predict_prepared(self._take(prepared, held)))
+
+        return cross_fit(folds, fit_predict).astype(np.float64, copy=False)
+
+    def _fold_clone(self, fold: int) -> BaseEnsembler:
+        """An unfitted copy that fits one fold: it inherits what the parent's fit resolved."""
+        model = clone(self)
+        for attr in self._inherited:
+            setattr(model, attr, getattr(self, attr))
+        model._fold_tag = f"fold{fold}"
+        model._parent = self
+        return model
+
+    # attributes a fold clone takes from its parent's fit
+    _inherited = ("n_classes_", "n_models_", "model_names_", "classes_", "_input_digest")
+
+    def _record_studies(self, names: list[str]) -> None:
+        """Study names of this fit, on the estimator that was fitted by the user (not a fold clone)."""
+        owner = self
+        while getattr(owner, "_parent", None) is not None:
+            owner = owner._parent
+        owner.__dict__.setdefault("study_names_", []).extend(names)
+
+    def _check_predict_input(self, X: LogitInput, models: Sequence[str] | None) -> LogitStack:
         from ensemble_kit.store import LogitStore
 
-        return list(self.model_names_) if isinstance(X, LogitStore) else None
-
-    def _honest_oof(self, logits: NDArray, y: NDArray[np.int64], folds: NDArray[np.int64]) -> NDArray:
-        """OOF probabilities: for each fold, a clone fitted on the other folds predicts it."""
-        oof = np.zeros((logits.shape[1], logits.shape[2]), dtype=np.float64)
-        for k in np.unique(folds):
-            held_out = folds == k
-            model = clone(self)
-            model._inherit_fit_context(self, fold=int(k))
-            model._fit_final(logits[:, ~held_out], y[~held_out])
-            oof[held_out] = np.exp(model._predict_log_proba(logits[:, held_out]))
-            if hasattr(self, "study_names_"):
-                self.study_names_ += model.study_names_
-            logger.debug("%s fold %d fitted", type(self).__name__, k)
-        return oof
-
-    def _inherit_fit_context(self, parent: BaseEnsembler, *, fold: int) -> None:
-        """Give a per-fold clone what it needs from the parent's fit (e.g. a study name suffix)."""
-        self.n_classes_ = parent.n_classes_
-        self.n_models_ = parent.n_models_
-        self.model_names_ = parent.model_names_
-        self._input_digest = parent._input_digest
-        self._fold_tag = f"fold{fold}"
+        if models is None and isinstance(X, LogitStore):
+            models = list(self.model_names_)
+        stack = as_logit_stack(X, models=models, split="test")
+        check_same_models(self.model_names_, stack.names, self.n_classes_, stack)
+        return stack
 
     def _study_name(self, stage: str, *arrays: NDArray, extra: str = "") -> str:
         """``<stage>-<digest of the fit's whole input>-<final|foldK>``: one prefix per fit."""

@@ -8,7 +8,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ensemble_kit.errors import ValidationError
-from ensemble_kit.metrics import log_softmax
+from ensemble_kit.metrics import log_softmax, safe_log
 
 FEATURE_KINDS = ("logprobs", "logits", "probs")
 
@@ -25,7 +25,7 @@ def _per_model_values(logits: NDArray, features: str) -> NDArray:
 def ensemble_log_probs(logits: NDArray) -> NDArray:
     """Log of the plain mean of the models' probabilities, ``(n, C)``."""
     mean = np.exp(log_softmax(logits)).mean(axis=0)
-    return np.log(np.clip(mean, 1e-12, None))
+    return safe_log(mean)
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def assemble_classwise(rows: ClasswiseRows, margins: NDArray) -> NDArray:
     """
     n, k = rows.candidates.shape
     scores = margins.reshape(n, k)
-    cand_log_probs = log_softmax(scores) + np.log(np.clip(1.0 - rows.outside_mass, 1e-12, None))[:, None]
+    cand_log_probs = log_softmax(scores) + safe_log(1.0 - rows.outside_mass)[:, None]
     out = rows.ensemble_log_probs.copy()
     np.put_along_axis(out, rows.candidates, cand_log_probs, axis=1)
     return log_softmax(out)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Union
 
@@ -147,21 +147,6 @@ def resolve_fit_inputs(X: LogitInput, y: ArrayLike | None, folds: ArrayLike | No
             "stack. Were the predictions written correctly?"
         )
     return stack, yy, default_folds(yy, folds, seed=seed)
-
-
-def nested_by_fold(folds: NDArray[np.int64], fit_predict: Callable[[NDArray, NDArray, int], NDArray]) -> NDArray:
-    """Honest per-fold predictions: ``fit_predict(fit_rows, held_rows, k)`` fits on the other folds'
-    rows (boolean masks) and returns predictions for fold ``k``'s rows."""
-    out: NDArray | None = None
-    for k in np.unique(folds):
-        held = folds == k
-        part = np.asarray(fit_predict(~held, held, int(k)))
-        if out is None:
-            out = np.empty((len(folds),) + part.shape[1:], dtype=part.dtype)
-        out[held] = part
-    if out is None:
-        raise ValidationError("folds is empty: nothing to predict out of fold.")
-    return out
 
 
 def default_folds(y: NDArray[np.int64], folds: ArrayLike | None, *, n_folds: int = 5, seed: int = 0) -> NDArray[np.int64]:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,18 @@ def starting_points(keys: list[str], n_trials: int) -> list[dict[str, float]]:
     return points[:n_trials]
 
 
+@contextmanager
+def _quiet_trials() -> Iterator[None]:
+    """Optuna logs a line per trial at INFO; thousands of them bury the library's own progress.
+    Lower it for the study's duration only, leaving the user's setting as it was."""
+    previous = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(max(previous, optuna.logging.WARNING))
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(previous)
+
+
 def run_study(
     name: str,
     objective: Callable[[optuna.Trial], float],
@@ -57,16 +70,17 @@ def run_study(
     The objective is minimised. A study that already holds ``n_trials`` completed trials in a
     persistent storage is reused as is, so re-running a fit is instant and gives the same result.
     """
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        study_name=name, storage=storage, direction="minimize", load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(20, max(5, n_trials // 5))),
-    )
-    done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
-    if done == 0:
-        for params in enqueue or []:
-            study.enqueue_trial(params)
-    if done < n_trials:
-        study.optimize(objective, n_trials=n_trials - done, show_progress_bar=False)
+    with _quiet_trials():
+        study = optuna.create_study(
+            study_name=name, storage=storage, direction="minimize", load_if_exists=True,
+            sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True,
+                                               n_startup_trials=min(20, max(5, n_trials // 5))),
+        )
+        done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+        if done == 0:
+            for params in enqueue or []:
+                study.enqueue_trial(params)
+        if done < n_trials:
+            study.optimize(objective, n_trials=n_trials - done, show_progress_bar=False)
     logger.info("study %s: best %.6f after %d trials", name, study.best_value, len(study.trials))
     return study

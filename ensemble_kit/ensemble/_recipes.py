@@ -1,75 +1,89 @@
-"""Named stacking recipes: which stages, how they are blended, and the decision steps after."""
+"""Named stacking recipes: each builds an ordinary :class:`~ensemble_kit.Stacker` whose every
+stage is visible to ``get_params``/``set_params``.
+
+A recipe is a function ``builder(*, metric, n_trials, seed, storage) -> dict`` of Stacker
+parameters (``stages``, ``blend``, ``calibrate``, ``thresholds``), registered with
+:func:`register_recipe`. :data:`RECIPES` is the single source of the names the API, the project
+config, the CLI and the docs accept.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
+from ensemble_kit._registry import Registry
 from ensemble_kit.decision.thresholds import ClassThresholds
-from ensemble_kit.ensemble._base import BaseEnsembler
-from ensemble_kit.ensemble.blending import YANDEX_WEIGHTS, default_stages
+from ensemble_kit.ensemble.blending import YANDEX_WEIGHTS
 from ensemble_kit.ensemble.hill_climbing import HillClimbing
 from ensemble_kit.ensemble.meta_learner import MetaLearner
 from ensemble_kit.ensemble.voting import SoftVoting
-from ensemble_kit.errors import ValidationError
 
-RECIPES = ("full", "yandex", "aoi", "hill_climb", "logloss")
+__all__ = ["DEFAULT_RECIPE", "RECIPES", "list_recipes", "recipe_params", "register_recipe"]
+
+RecipeBuilder = Callable[..., dict[str, Any]]
+RECIPES: Registry[RecipeBuilder] = Registry("recipe")
 DEFAULT_RECIPE = "full"
 
 
-@dataclass(frozen=True)
-class StackPlan:
-    """What a Stacker fits: stages, blend weights (``None`` for a single stage), decision steps."""
+def register_recipe(name: str, builder: RecipeBuilder | None = None, *, replace: bool = False) -> Any:
+    """Register ``builder(*, metric, n_trials, seed, storage) -> dict of Stacker params`` as ``name``.
 
-    stages: Mapping[str, BaseEnsembler]
-    blend_weights: Mapping[str, float] | str | None
-    calibrate: bool
-    thresholds: ClassThresholds | None = None
-    description: str = ""
-
-
-def _label_thresholds(metric: str) -> ClassThresholds | None:
-    """Class offsets when labels are what is scored; a log-loss competition scores probabilities."""
-    return ClassThresholds(optimize=metric) if metric in ("f1_macro", "accuracy") else None
-
-
-def _linear_and_yandex_stages(**common: Any) -> dict[str, BaseEnsembler]:
-    """A logistic stack on the log-probs (class-wise at many classes) next to the Yandex stages.
-
-    On real logits the linear stack and the GBMs err differently (the blend of the two beats
-    each alone), while the GBMs alone stay behind the linear stack; see ``benchmarks/README.md``.
+    Usable as a decorator. The builder's docstring's first line is the recipe's help text (CLI,
+    docs).
     """
-    return {"logreg": MetaLearner("logreg", layout="auto", seed=common["seed"]), **default_stages(**common)}
+    return RECIPES.register(name, builder, replace=replace)
 
 
-def build_plan(recipe: str, *, metric: str, n_trials: int, seed: int, storage: Any) -> StackPlan:
-    """The plan of a named recipe (see ``docs/stacking.md``)."""
-    common = dict(metric=metric, n_trials=n_trials, seed=seed, storage=storage)
-    if recipe == "full":
-        return StackPlan(
-            stages=_linear_and_yandex_stages(**common), blend_weights="optuna", calibrate=metric == "log_loss",
-            thresholds=_label_thresholds(metric),
-            description="logistic stack + CatBoost + LightGBM + soft vote -> Optuna blend (nested), then temperature "
-                        "scaling when the metric is log loss, or class offsets tuned for the metric when labels are scored",
-        )
-    if recipe == "yandex":
-        return StackPlan(
-            stages=default_stages(**common), blend_weights=dict(YANDEX_WEIGHTS), calibrate=metric == "log_loss",
-            thresholds=_label_thresholds(metric),
-            description="soft vote + CatBoost + LightGBM -> 0.4/0.3/0.3 blend, then temperature scaling when "
-                        "the metric is log loss, or class offsets tuned for the metric when labels are scored",
-        )
-    if recipe == "aoi":
-        return StackPlan(
-            stages={"soft_vote": SoftVoting("optuna", temperature=True, **common)}, blend_weights=None,
-            calibrate=False, thresholds=ClassThresholds(rules={2: 0.4}),
-            description="weighted soft vote + 'predict class 2 when p > 0.4'",
-        )
-    if recipe == "hill_climb":
-        return StackPlan(stages={"hill_climbing": HillClimbing(metric=metric, seed=seed)}, blend_weights=None,
-                         calibrate=False, description="Caruana hill climbing")
-    if recipe == "logloss":
-        return StackPlan(stages=_linear_and_yandex_stages(**common), blend_weights="optuna", calibrate=True,
-                         description="logistic stack + CatBoost + LightGBM + soft vote -> Optuna blend -> temperature")
-    raise ValidationError(f"Unknown recipe {recipe!r}; choose one of {RECIPES}, or recipe=None with stages=...")
+def list_recipes() -> list[str]:
+    """Names accepted by :meth:`Stacker.from_recipe <ensemble_kit.Stacker.from_recipe>`."""
+    return RECIPES.names()
+
+
+def recipe_params(name: str, *, metric: str, n_trials: int, seed: int, storage: Any) -> dict[str, Any]:
+    """The Stacker parameters recipe ``name`` builds for this metric."""
+    return RECIPES.get(name)(metric=metric, n_trials=n_trials, seed=seed, storage=storage)
+
+
+def _yandex_stages(*, metric: str, n_trials: int, seed: int, storage: Any) -> list[tuple[str, Any]]:
+    """The Yandex stages: class-wise CatBoost and LightGBM on log-probs, Optuna soft vote."""
+    return [
+        ("catboost", MetaLearner("catboost", seed=seed)),
+        ("lightgbm", MetaLearner("lightgbm", seed=seed)),
+        ("soft_vote", SoftVoting("optuna", temperature=True, metric=metric, n_trials=n_trials, seed=seed,
+                                 storage=storage)),
+    ]
+
+
+@register_recipe("full")
+def full(*, metric: str, n_trials: int, seed: int, storage: Any) -> dict[str, Any]:
+    """Logistic stack + CatBoost + LightGBM + soft vote, Optuna-tuned nested blend, then temperature (log loss) or class offsets (label metrics).
+
+    On real logits the linear stack and the GBMs err differently (their blend beats each
+    alone), while the GBMs alone stay behind the linear stack; see ``benchmarks/README.md``.
+    """
+    stages = [("logreg", MetaLearner("logreg", layout="auto", seed=seed)),
+              *_yandex_stages(metric=metric, n_trials=n_trials, seed=seed, storage=storage)]
+    return {"stages": stages, "blend": "optuna", "calibrate": "auto", "thresholds": "auto"}
+
+
+@register_recipe("yandex")
+def yandex(*, metric: str, n_trials: int, seed: int, storage: Any) -> dict[str, Any]:
+    """The Yandex solution: CatBoost + LightGBM + soft vote in a fixed 0.4/0.3/0.3 blend, then temperature or class offsets."""
+    return {"stages": _yandex_stages(metric=metric, n_trials=n_trials, seed=seed, storage=storage),
+            "blend": dict(YANDEX_WEIGHTS), "calibrate": "auto", "thresholds": "auto"}
+
+
+@register_recipe("aoi")
+def aoi(*, metric: str, n_trials: int, seed: int, storage: Any) -> dict[str, Any]:
+    """The AOI champion: weighted soft vote, then "predict class 2 when p > 0.4"."""
+    vote = SoftVoting("optuna", temperature=True, metric=metric, n_trials=n_trials, seed=seed, storage=storage)
+    return {"stages": [("soft_vote", vote)], "blend": "optuna", "calibrate": False,
+            "thresholds": ClassThresholds(rules={2: 0.4})}
+
+
+@register_recipe("hill_climb")
+def hill_climb(*, metric: str, n_trials: int, seed: int, storage: Any) -> dict[str, Any]:
+    """Caruana hill climbing (greedy ensemble selection with replacement)."""
+    return {"stages": [("hill_climbing", HillClimbing(metric=metric, seed=seed))], "blend": "optuna",
+            "calibrate": False, "thresholds": None}

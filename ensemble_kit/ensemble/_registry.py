@@ -5,22 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ensemble_kit.errors import ValidationError
+from ensemble_kit._registry import Registry
 
-_REGISTRY: dict[str, type] = {}
+__all__ = ["ENSEMBLERS", "create_ensembler", "list_ensemblers", "register_ensembler"]
+
+ENSEMBLERS: Registry[type] = Registry("ensembler")
 T = TypeVar("T", bound=type)
 
 
-def register_ensembler(name: str) -> Callable[[T], T]:
+def register_ensembler(name: str, *, replace: bool = False) -> Callable[[T], T]:
     """Class decorator adding an ensembler to the registry under ``name``."""
-
-    def decorator(cls: T) -> T:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValidationError(f"An ensembler named {name!r} is already registered ({_REGISTRY[name].__name__}).")
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorator
+    return ENSEMBLERS.register(name, replace=replace)
 
 
 def create_ensembler(name: str, **params: Any) -> Any:
@@ -31,13 +26,9 @@ def create_ensembler(name: str, **params: Any) -> Any:
     >>> create_ensembler("hill_climbing", n_iter=20).n_iter
     20
     """
-    try:
-        cls = _REGISTRY[name]
-    except KeyError:
-        raise ValidationError(f"Unknown ensembler {name!r}; registered: {list_ensemblers()}.") from None
-    return cls(**params)
+    return ENSEMBLERS.get(name)(**params)
 
 
 def list_ensemblers() -> list[str]:
     """Names accepted by :func:`create_ensembler`."""
-    return sorted(_REGISTRY)
+    return ENSEMBLERS.names()

@@ -1,45 +1,53 @@
-"""Blend the outputs of several ensembling stages (the Yandex 0.4/0.3/0.3 recipe by default)."""
+"""Blend the outputs of several ensembling stages, with weights tuned by Optuna or fixed
+(e.g. the Yandex solution's ``0.4 CatBoost + 0.3 LightGBM + 0.3 soft vote``)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import optuna
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import NDArray
 from sklearn.base import clone
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from ensemble_kit.ensemble._base import BaseEnsembler
-from ensemble_kit.ensemble._inputs import LogitInput, as_logit_stack, check_same_models, default_folds, nested_by_fold
+from ensemble_kit.ensemble._base import BaseEnsembler, cross_fit
+from ensemble_kit.ensemble._inputs import LogitInput
 from ensemble_kit.ensemble._optuna import SEARCH_SPACE_VERSION, input_hash, run_study, starting_points, suggest_weights
 from ensemble_kit.ensemble._registry import register_ensembler
-from ensemble_kit.ensemble.meta_learner import MetaLearner
-from ensemble_kit.ensemble.voting import SoftVoting, mixture_log_loss
+from ensemble_kit.ensemble.voting import mixture_log_loss
 from ensemble_kit.errors import ValidationError
-from ensemble_kit.metrics import get_metric
+from ensemble_kit.metrics import get_metric, safe_log
+
+__all__ = ["Blender", "YANDEX_WEIGHTS", "check_stages", "mix"]
 
 YANDEX_WEIGHTS = {"catboost": 0.4, "lightgbm": 0.3, "soft_vote": 0.3}
-
-
-def default_stages(*, metric: str = "log_loss", n_trials: int = 100, seed: int = 0,
-                   storage: Any = None) -> dict[str, BaseEnsembler]:
-    """The Yandex stages: class-wise CatBoost and LightGBM on log-probs, Optuna soft vote."""
-    return {
-        "catboost": MetaLearner("catboost", seed=seed),
-        "lightgbm": MetaLearner("lightgbm", seed=seed),
-        "soft_vote": SoftVoting("optuna", temperature=True, metric=metric, n_trials=n_trials, seed=seed, storage=storage),
-    }
 
 
 def mix(stage_probs: Mapping[str, NDArray], weights: Mapping[str, float]) -> NDArray:
     """Weighted average of stage probabilities, returned as log-probabilities."""
     total = sum(weights.values())
     mixed = sum((w / total) * stage_probs[name] for name, w in weights.items())
-    return np.log(np.clip(mixed / mixed.sum(axis=1, keepdims=True), 1e-12, 1.0))
+    return safe_log(mixed / mixed.sum(axis=1, keepdims=True))
+
+
+def check_stages(stages: Any, *, owner: str) -> list[tuple[str, BaseEnsembler]]:
+    """``stages`` as a list of ``(name, ensembler)`` pairs with unique names."""
+    if isinstance(stages, Mapping) or not isinstance(stages, Sequence) or not stages:
+        raise ValidationError(f"{owner}: stages must be a non-empty list of (name, ensembler) pairs, as in "
+                              f"scikit-learn's StackingClassifier; got {stages!r}.")
+    pairs = []
+    for item in stages:
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
+                and isinstance(item[1], BaseEnsembler)):
+            raise ValidationError(f"{owner}: every stage must be a (name, ensembler) pair; got {item!r}.")
+        pairs.append(item)
+    names = [n for n, _ in pairs]
+    if len(set(names)) != len(names):
+        raise ValidationError(f"{owner}: stage names must be unique; got {names}.")
+    return pairs
 
 
 @register_ensembler("blend")
@@ -48,14 +56,14 @@ class Blender(BaseEnsembler):
 
     Parameters
     ----------
-    weights : dict stage name -> weight, or "optuna"
-        Fixed weights (the Yandex recipe by default) or weights tuned with Optuna on the
-        stages' honest OOF predictions.
-    stages : dict name -> ensembler, optional
-        The stages to blend (default: :func:`default_stages`). Each is cloned and fitted on
-        the same folds; their honest OOF predictions feed the weight tuning.
+    stages : list of (name, ensembler)
+        The stages to blend. Each is cloned and fitted on the same folds; their honest OOF
+        predictions feed the weight tuning.
+    weights : "optuna" or dict stage name -> weight
+        ``"optuna"`` tunes weights on the stages' honest OOF predictions for ``metric``; a dict
+        gives fixed weights (``YANDEX_WEIGHTS`` is the Yandex solution's 0.4/0.3/0.3).
     metric, n_trials, seed, storage
-        As in :class:`SoftVoting` (used when ``weights="optuna"`` and by default stages).
+        As in :class:`SoftVoting` (used when ``weights="optuna"``).
 
     Attributes
     ----------
@@ -67,61 +75,73 @@ class Blender(BaseEnsembler):
     -----
     With ``weights="optuna"`` the blend's own OOF predictions are nested: for each fold, the
     weights are tuned on the other folds' stage OOF predictions and applied to that fold.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ensemble_kit import HillClimbing, SoftVoting
+    >>> rng = np.random.default_rng(0)
+    >>> y = rng.integers(0, 3, 300)
+    >>> logits = {f"m{i}": np.eye(3)[y] * (i + 1) + rng.normal(size=(300, 3)) * 2 for i in range(3)}
+    >>> blend = Blender([("vote", SoftVoting("equal")), ("hc", HillClimbing(n_iter=10))], weights={"vote": 1, "hc": 3})
+    >>> blend.fit(logits, y).weights_
+    {'vote': 0.25, 'hc': 0.75}
     """
 
-    def __init__(self, weights: Mapping[str, float] | str | None = None, *, stages: Mapping[str, BaseEnsembler] | None = None,
-                 metric: str = "log_loss", n_trials: int = 100, seed: int = 0,
-                 storage: str | optuna.storages.BaseStorage | None = None) -> None:
-        self.weights = weights
+    def __init__(self, stages: Sequence[tuple[str, BaseEnsembler]] | None = None, *,
+                 weights: Mapping[str, float] | str = "optuna", metric: str = "log_loss", n_trials: int = 100,
+                 seed: int = 0, storage: str | optuna.storages.BaseStorage | None = None) -> None:
         self.stages = stages
+        self.weights = weights
         self.metric = metric
         self.n_trials = n_trials
         self.seed = seed
         self.storage = storage
 
-    def fit(self, X: LogitInput, y: ArrayLike | None = None, *, folds: ArrayLike | None = None,
-            models: Sequence[str] | None = None) -> Blender:
-        start = time.perf_counter()
-        stack, yy, folds_array = self._validate_fit(X, y, folds, models)
-        self._input_digest = input_hash(stack.logits, yy, folds_array)
-        self._fit_blend(dict(zip(stack.names, stack.logits)), yy, folds_array)
-        self.fit_seconds_ = time.perf_counter() - start
-        return self
-
-    def _fit_blend(self, named: Mapping[str, NDArray], yy: NDArray[np.int64], folds_array: NDArray[np.int64]) -> None:
-        """Fit every stage on the same folds, then the blend weights (nested by fold)."""
-        self.study_names_: list[str] = []
-        stages = dict(self.stages) if self.stages is not None else default_stages(
-            metric=self.metric, n_trials=self.n_trials, seed=self.seed, storage=self.storage)
-        weights = YANDEX_WEIGHTS if self.weights is None else self.weights
-        if not stages:
-            raise ValidationError("Blender needs at least one stage.")
-        if not isinstance(weights, str):
-            unknown = sorted(set(weights) - set(stages))
+    def _start_fit(self, stack: Any, y: NDArray[np.int64], folds: NDArray[np.int64]) -> None:
+        stages = check_stages(self.stages, owner="Blender")
+        weights = self.weights
+        if isinstance(weights, str):
+            if weights != "optuna":
+                raise ValidationError(f"weights must be 'optuna' or a dict of stage weights; got {weights!r}.")
+        else:
+            names = [n for n, _ in stages]
+            unknown = sorted(set(weights) - set(names))
             if unknown:
-                raise ValidationError(f"Blend weights name stages {unknown} that do not exist; stages are {sorted(stages)}.")
+                raise ValidationError(f"Blend weights name stages {unknown} that do not exist; stages are {names}.")
             if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
                 raise ValidationError(f"Blend weights must be non-negative with a positive sum; got {dict(weights)}.")
-        elif weights != "optuna":
-            raise ValidationError(f"weights must be a dict of stage weights or 'optuna'; got {weights!r}.")
+
+    def _fit_prepared(self, logits: NDArray, y: NDArray[np.int64], folds: NDArray[np.int64]) -> None:
+        """Fit every stage on the same folds (each nested), then the blend weights on their OOF."""
+        named = dict(zip(self.model_names_, logits))
         self.stages_ = {}
-        bar = tqdm(stages.items(), total=len(stages), desc="blend: stages (each nested over the folds)", disable=None)
+        stages = check_stages(self.stages, owner="Blender")
+        bar = tqdm(stages, total=len(stages), desc="blend: stages (each nested over the folds)", disable=None)
         for name, stage in bar:
             bar.set_postfix_str(name)
-            self.stages_[name] = clone(stage).fit(named, yy, folds=folds_array)
+            fitted = clone(stage).fit(named, y, folds=folds)
+            self._record_studies(list(getattr(fitted, "study_names_", [])))
+            self.stages_[name] = fitted
         self.stage_oof_ = {name: stage.oof_proba_ for name, stage in self.stages_.items()}
-        if isinstance(weights, str):
-            self.weights_ = self._tune(self.stage_oof_, yy, tag="final")
-
-            def fit_predict(fit: NDArray, held: NDArray, k: int) -> NDArray:
-                w = self._tune({n: p[fit] for n, p in self.stage_oof_.items()}, yy[fit], tag=f"fold{k}")
-                return np.exp(mix({n: p[held] for n, p in self.stage_oof_.items()}, w))
-
-            self.oof_proba_ = nested_by_fold(folds_array, fit_predict)
+        if isinstance(self.weights, str):
+            # a fold clone's own weights must not share a study with its parent's fold-k weights
+            tag = f"{self._fold_tag}-final" if hasattr(self, "_fold_tag") else "final"
+            self.weights_ = self._tune(self.stage_oof_, y, tag=tag)
         else:
-            total = float(sum(weights.values()))
-            self.weights_ = {n: float(w) / total for n, w in weights.items()}
-            self.oof_proba_ = np.exp(mix(self.stage_oof_, self.weights_))
+            total = float(sum(self.weights.values()))
+            self.weights_ = {n: float(w) / total for n, w in self.weights.items()}
+
+    def _honest_oof(self, logits: NDArray, y: NDArray[np.int64], folds: NDArray[np.int64]) -> NDArray:
+        """The stages' OOF predictions are honest already; only the weights need nesting."""
+        if not isinstance(self.weights, str):
+            return np.exp(mix(self.stage_oof_, self.weights_))
+
+        def fit_predict(fit: NDArray, held: NDArray, k: int) -> NDArray:
+            weights = self._tune({n: p[fit] for n, p in self.stage_oof_.items()}, y[fit], tag=f"fold{k}")
+            return np.exp(mix({n: p[held] for n, p in self.stage_oof_.items()}, weights))
+
+        return cross_fit(folds, fit_predict)
 
     def _tune(self, stage_probs: Mapping[str, NDArray], y: NDArray[np.int64], *, tag: str) -> dict[str, float]:
         metric = get_metric(self.metric)
@@ -138,7 +158,7 @@ class Blender(BaseEnsembler):
 
         digest = input_hash(extra=self._input_digest + ",".join(names) + SEARCH_SPACE_VERSION)
         name = f"blend-{metric.name}-{digest}-{tag}"
-        self.study_names_.append(name)
+        self._record_studies([name])
         study = run_study(name, objective, n_trials=self.n_trials, seed=self.seed,
                           storage=self.storage, enqueue=starting_points(names, self.n_trials))
         total = sum(study.best_params.values())
@@ -147,16 +167,9 @@ class Blender(BaseEnsembler):
     def stage_proba(self, X: LogitInput, *, models: Sequence[str] | None = None) -> dict[str, NDArray]:
         """Each fitted stage's probabilities for ``X``."""
         check_is_fitted(self, "stages_")
-        stack = as_logit_stack(X, models=models if models is not None else self._store_models(X), split="test")
-        check_same_models(self.model_names_, stack.names, self.n_classes_, stack)
+        stack = self._check_predict_input(X, models)
         return {name: np.exp(stage._predict_log_proba(stack.logits)) for name, stage in self.stages_.items()}
 
-    def _fit_final(self, logits: NDArray, y: NDArray[np.int64]) -> None:
-        """Fit on these rows alone (e.g. as a fold clone), with stratified folds seeded by ``seed``."""
-        if not getattr(self, "_input_digest", None):
-            self._input_digest = input_hash(logits, y)
-        self._fit_blend(dict(zip(self.model_names_, logits)), y, default_folds(y, None, seed=self.seed))
-
-    def _predict_log_proba(self, logits: NDArray) -> NDArray:
+    def _predict_prepared(self, logits: NDArray) -> NDArray:
         probs = {name: np.exp(stage._predict_log_proba(logits)) for name, stage in self.stages_.items()}
         return mix(probs, self.weights_)

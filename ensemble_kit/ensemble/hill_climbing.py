@@ -9,9 +9,9 @@ from numpy.typing import NDArray
 
 from ensemble_kit.ensemble._base import BaseEnsembler
 from ensemble_kit.ensemble._registry import register_ensembler
-from ensemble_kit.ensemble.voting import combine, true_class_log_loss
+from ensemble_kit.ensemble.voting import check_space, combine, true_class_log_loss
 from ensemble_kit.errors import ValidationError
-from ensemble_kit.metrics import get_metric, log_softmax
+from ensemble_kit.metrics import get_metric, log_softmax, safe_log
 
 
 @register_ensembler("hill_climbing")
@@ -33,7 +33,7 @@ class HillClimbing(BaseEnsembler):
     bag_fraction : float
         Fraction of models available in each bag.
     metric : str
-    space : {"prob", "logit"}
+    space : {"probs", "logits"}
     seed : int
 
     Attributes
@@ -54,7 +54,7 @@ class HillClimbing(BaseEnsembler):
     """
 
     def __init__(self, n_iter: int = 100, *, init: Literal["best", "empty"] = "best", bagging: int | None = None,
-                 bag_fraction: float = 0.5, metric: str = "log_loss", space: Literal["prob", "logit"] = "prob",
+                 bag_fraction: float = 0.5, metric: str = "log_loss", space: Literal["probs", "logits"] = "probs",
                  seed: int = 0) -> None:
         self.n_iter = n_iter
         self.init = init
@@ -64,8 +64,9 @@ class HillClimbing(BaseEnsembler):
         self.space = space
         self.seed = seed
 
-    def _fit_final(self, logits: NDArray, y: NDArray[np.int64]) -> None:
+    def _fit_prepared(self, logits: NDArray, y: NDArray[np.int64], folds: NDArray[np.int64]) -> None:
         log_probs = log_softmax(logits)
+        check_space(self.space)
         if self.init not in ("best", "empty"):
             raise ValidationError(f"init must be 'best' or 'empty'; got {self.init!r}.")
         if not isinstance(self.n_iter, int) or self.n_iter < 1:
@@ -88,18 +89,18 @@ class HillClimbing(BaseEnsembler):
         counts = np.zeros(n_models)
         # As in mixture_log_loss: a mixture of normalised members is normalised, so log loss
         # needs only the true class's probability, (n,) work per candidate instead of (n, C).
-        true_class_only = metric.name == "log_loss" and self.space == "prob"
+        true_class_only = metric.name == "log_loss" and self.space == "probs"
         if true_class_only:
             members = np.exp(log_probs[:, np.arange(len(y)), y]).astype(np.float64)
         else:
-            members = np.exp(log_probs) if self.space == "prob" else log_probs
+            members = np.exp(log_probs) if self.space == "probs" else log_probs
         total = np.zeros(members.shape[1:], dtype=np.float64)
 
         def loss_of(candidate_total: NDArray, n: float) -> float:
             if true_class_only:
                 return true_class_log_loss(candidate_total / n)
-            if self.space == "prob":
-                mixed = np.log(np.clip(candidate_total / n, 1e-12, None))
+            if self.space == "probs":
+                mixed = safe_log(candidate_total / n)
             else:
                 mixed = candidate_total / n
             return metric.loss(y, mixed, kind="logits")
@@ -119,5 +120,5 @@ class HillClimbing(BaseEnsembler):
             self.trajectory_.append(losses[best])
         return counts / counts.sum()
 
-    def _predict_log_proba(self, logits: NDArray) -> NDArray:
+    def _predict_prepared(self, logits: NDArray) -> NDArray:
         return combine(log_softmax(logits), self.weights_, self.space)

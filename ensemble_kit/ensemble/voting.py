@@ -14,16 +14,30 @@ from ensemble_kit.ensemble._base import BaseEnsembler
 from ensemble_kit.ensemble._optuna import run_study, starting_points, suggest_weights
 from ensemble_kit.ensemble._registry import register_ensembler
 from ensemble_kit.errors import ValidationError
-from ensemble_kit.metrics import get_metric, log_softmax
+from ensemble_kit.metrics import get_metric, log_softmax, safe_log
+
+
+SPACES = ("probs", "logits")
+
+
+def check_space(space: str) -> str:
+    if space not in SPACES:
+        raise ValidationError(f"space must be one of {SPACES} (average probabilities, or logits = geometric mean of "
+                              f"probabilities); got {space!r}.")
+    return space
 
 
 def combine(log_probs: NDArray, weights: NDArray, space: str) -> NDArray:
-    """Weighted combination of per-model log-probs ``(M, n, C)``; returns log-probs ``(n, C)``."""
+    """Weighted combination of per-model log-probs ``(M, n, C)``; returns log-probs ``(n, C)``.
+
+    ``space="probs"`` averages probabilities (the classic soft vote); ``"logits"`` averages
+    log-probabilities (a geometric mean of the probabilities, renormalised).
+    """
     w = np.asarray(weights, dtype=np.float64)
     w = w / w.sum()
-    if space == "prob":
+    if check_space(space) == "probs":
         mixed = np.tensordot(w.astype(np.float32), np.exp(log_probs), axes=1)
-        return np.log(np.clip(mixed / mixed.sum(axis=1, keepdims=True), 1e-12, 1.0))
+        return safe_log(mixed / mixed.sum(axis=1, keepdims=True))
     return log_softmax(np.tensordot(w.astype(np.float32), log_probs, axes=1))
 
 
@@ -46,7 +60,7 @@ def mixture_log_loss(probs_of_true_class: NDArray) -> Callable[[NDArray], float]
 
 def true_class_log_loss(mixed_probs_of_true_class: NDArray) -> float:
     """Log loss from a normalised mixture's ``(n,)`` probabilities of each row's true class."""
-    return float(-np.mean(np.log(np.clip(mixed_probs_of_true_class, 1e-12, None))))
+    return float(-np.mean(safe_log(mixed_probs_of_true_class)))
 
 
 @register_ensembler("soft_vote")
@@ -58,7 +72,7 @@ class SoftVoting(BaseEnsembler):
     weights : {"optuna", "equal"} or array-like of shape (n_models,)
         ``"optuna"`` tunes weights on the simplex for ``metric``; ``"equal"`` averages; an
         array gives fixed weights (normalised to sum to 1).
-    space : {"prob", "logit"}
+    space : {"probs", "logits"}
         Average probabilities (classic soft vote) or log-probabilities (geometric mean).
     temperature : bool
         Fit one temperature per model (on the fitting rows) before combining, so that
@@ -73,7 +87,8 @@ class SoftVoting(BaseEnsembler):
         Where the studies live (``None``: in memory). Any Optuna storage URL works.
     study_name : str, optional
         Prefix of the study names (default ``"soft_vote-<space>-<metric>"``); each name ends in
-        a digest of the input and ``-final`` or ``-fold<k>``.
+        a digest of the input and ``-final`` or ``-fold<k>``. Weight parameters in the study are
+        named after the models (``w:<model>``).
 
     Attributes
     ----------
@@ -92,7 +107,7 @@ class SoftVoting(BaseEnsembler):
     True
     """
 
-    def __init__(self, weights: str | ArrayLike = "optuna", *, space: Literal["prob", "logit"] = "prob",
+    def __init__(self, weights: str | ArrayLike = "optuna", *, space: Literal["probs", "logits"] = "probs",
                  temperature: bool = False, metric: str = "log_loss", n_trials: int = 100, seed: int = 0,
                  storage: str | optuna.storages.BaseStorage | None = None, study_name: str | None = None) -> None:
         self.weights = weights
@@ -104,15 +119,13 @@ class SoftVoting(BaseEnsembler):
         self.storage = storage
         self.study_name = study_name
 
-    def _fit_final(self, logits: NDArray, y: NDArray[np.int64]) -> None:
+    def _fit_prepared(self, logits: NDArray, y: NDArray[np.int64], folds: NDArray[np.int64]) -> None:
         log_probs = log_softmax(logits)
-        if self.space not in ("prob", "logit"):
-            raise ValidationError(f"space must be 'prob' or 'logit'; got {self.space!r}.")
+        check_space(self.space)
         n_models = log_probs.shape[0]
         self.temperatures_ = (np.array([fit_temperature(lp, y) for lp in log_probs]) if self.temperature
                               else np.ones(n_models))
         scaled = self._scale(log_probs)
-        self.study_names_: list[str] = []
         if isinstance(self.weights, str) and self.weights == "equal":
             self.weights_ = np.full(n_models, 1.0 / n_models)
         elif isinstance(self.weights, str) and self.weights == "optuna":
@@ -133,13 +146,14 @@ class SoftVoting(BaseEnsembler):
     def _tune(self, log_probs: NDArray, y: NDArray[np.int64]) -> NDArray:
         metric = get_metric(self.metric)
         n_models = log_probs.shape[0]
-        keys = [f"w{i}" for i in range(n_models)]
+        # parameters named after the models, so a study reads in optuna-dashboard
+        keys = [f"w:{name}" for name in self.model_names_]
 
         def weights_of(params: dict) -> NDArray:
             w = np.array([params[k] for k in keys])
             return w / w.sum() if w.sum() > 0 else np.full(n_models, 1.0 / n_models)
 
-        if metric.name == "log_loss" and self.space == "prob":
+        if metric.name == "log_loss" and self.space == "probs":
             loss = mixture_log_loss(np.exp(log_probs[:, np.arange(len(y)), y]))
         else:
             def loss(w: NDArray) -> float:
@@ -152,11 +166,11 @@ class SoftVoting(BaseEnsembler):
                                 extra=f"temperature={self.temperature}")
         study = run_study(name, objective, n_trials=self.n_trials, seed=self.seed, storage=self.storage,
                           enqueue=starting_points(keys, self.n_trials))
-        self.study_names_.append(name)
+        self._record_studies([name])
         return weights_of(study.best_params)
 
-    def _predict_log_proba(self, logits: NDArray) -> NDArray:
+    def _predict_prepared(self, logits: NDArray) -> NDArray:
         return combine(self._scale(log_softmax(logits)), self.weights_, self.space)
 
 
-__all__: Sequence[str] = ["SoftVoting", "combine", "mixture_log_loss", "true_class_log_loss"]
+__all__: Sequence[str] = ["SPACES", "SoftVoting", "combine", "mixture_log_loss", "true_class_log_loss"]

@@ -8,10 +8,11 @@ from ensemble_kit.metrics._classification import (
     per_class_recall,
     per_class_report,
 )
-from ensemble_kit.metrics._registry import Metric, get_metric, list_metrics
+from ensemble_kit.metrics._registry import METRICS, Metric, get_metric, list_metrics, register_metric, scores
 from ensemble_kit.metrics._scores import PROB_EPS, check_kind, log_softmax, safe_log, softmax, to_log_probs, to_probs
 
 __all__ = [
+    "METRICS",
     "PROB_EPS",
     "Metric",
     "accuracy",
@@ -24,7 +25,9 @@ __all__ = [
     "per_class_precision",
     "per_class_recall",
     "per_class_report",
+    "register_metric",
     "safe_log",
+    "scores",
     "softmax",
     "to_log_probs",
     "to_probs",

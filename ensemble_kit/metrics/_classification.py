@@ -7,6 +7,7 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from sklearn.metrics import f1_score, precision_recall_fscore_support
 
+from ensemble_kit.errors import ValidationError
 from ensemble_kit.metrics._scores import ScoreKind, check_kind, check_targets, to_log_probs
 
 
@@ -22,6 +23,28 @@ def accuracy(y: ArrayLike, scores: ArrayLike, *, kind: ScoreKind) -> float:
     check_kind(kind)
     yy, s = check_targets(y, scores)
     return float(np.mean(s.argmax(axis=1) == yy))
+
+
+def accuracy_of_labels(y: ArrayLike, labels: ArrayLike, n_classes: int) -> float:
+    """Fraction of decided labels that are the true class."""
+    yy, decided = _check_labels(y, labels, n_classes)
+    return float(np.mean(decided == yy))
+
+
+def f1_macro_of_labels(y: ArrayLike, labels: ArrayLike, n_classes: int) -> float:
+    """Macro F1 of decided labels over all ``n_classes`` classes (absent classes count as 0)."""
+    yy, decided = _check_labels(y, labels, n_classes)
+    return float(f1_score(yy, decided, labels=np.arange(n_classes), average="macro", zero_division=0))
+
+
+def _check_labels(y: ArrayLike, labels: ArrayLike, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    yy, decided = np.asarray(y), np.asarray(labels)
+    if yy.shape != decided.shape or yy.ndim != 1:
+        raise ValidationError(f"y and labels must be 1-D of one length; got shapes {yy.shape} and {decided.shape}.")
+    for name, values in (("y", yy), ("labels", decided)):
+        if values.size and (not np.issubdtype(values.dtype, np.integer) or values.min() < 0 or values.max() >= n_classes):
+            raise ValidationError(f"{name} must hold class indices in [0, {n_classes}).")
+    return yy, decided
 
 
 def log_loss(y: ArrayLike, scores: ArrayLike, *, kind: ScoreKind) -> float:
@@ -52,8 +75,7 @@ def f1_macro(y: ArrayLike, scores: ArrayLike, *, kind: ScoreKind) -> float:
     """
     check_kind(kind)
     yy, s = check_targets(y, scores)
-    labels = np.arange(s.shape[1])
-    return float(f1_score(yy, s.argmax(axis=1), labels=labels, average="macro", zero_division=0))
+    return f1_macro_of_labels(yy, s.argmax(axis=1), s.shape[1])
 
 
 def per_class_report(

@@ -11,15 +11,19 @@ import copy
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import yaml
 
 from ensemble_kit._config import build_dataclass, set_dotted
+from ensemble_kit.ensemble._recipes import DEFAULT_RECIPE, RECIPES
 from ensemble_kit.errors import ValidationError
+from ensemble_kit.metrics import METRICS
 from ensemble_kit.store._files import write_text
 from ensemble_kit.store._paths import case_collision, check_name
-from ensemble_kit.train.config import TrainConfig
+
+if TYPE_CHECKING:  # a project's models need the train extra; its stack and submission sections do not
+    from ensemble_kit.train.config import TrainConfig
 
 DATA_FORMATS = ("digits", "folder", "csv", "cifar10_batches")
 
@@ -112,14 +116,16 @@ class ModelSpec:
 class StackConfig:
     """The stacking step (see :class:`~ensemble_kit.Stacker`)."""
 
-    recipe: Literal["full", "yandex", "aoi", "hill_climb", "logloss"] = "full"
-    metric: Literal["log_loss", "accuracy", "f1_macro"] = "log_loss"
+    recipe: str = DEFAULT_RECIPE
+    metric: str = "log_loss"
     models: Optional[tuple[str, ...]] = None
     n_trials: int = 200
     seed: int = 0
     name: Optional[str] = None
 
     def __post_init__(self) -> None:
+        RECIPES.check(self.recipe, key="stack.recipe")
+        METRICS.check(self.metric, key="stack.metric")
         if self.n_trials < 1:
             raise ValidationError(f"Config key 'stack.n_trials' must be positive; got {self.n_trials}.")
         if self.name is not None:
@@ -228,6 +234,8 @@ class ProjectConfig:
                 raise ValidationError(f"Config key 'models.{name}' must be a mapping of training settings; got {entry!r}.")
             entry = dict(entry)
             pseudo = entry.pop("pseudo_label", None)
+            from ensemble_kit.train.config import TrainConfig
+
             train = build_dataclass(TrainConfig, entry, prefix=f"models.{name}.")
             pseudo_cfg = build_dataclass(PseudoLabelConfig, pseudo, prefix=f"models.{name}.pseudo_label.") if pseudo else None
             specs.append(ModelSpec(str(name), train, pseudo_cfg))
@@ -270,6 +278,8 @@ def _with_defaults(data: dict[str, Any]) -> dict[str, Any]:
             data[key] = {**_plain(asdict(section())), **given}
     models = data.get("models")
     if isinstance(models, dict):
+        from ensemble_kit.train.config import TrainConfig
+
         base = TrainConfig().to_dict()
         for name, entry in list(models.items()):
             if entry is None:

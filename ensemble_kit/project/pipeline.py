@@ -21,7 +21,8 @@ from ensemble_kit.data.sources import (
 from ensemble_kit.errors import NotAStoreError, StoreCorruptedError, StoreExistsError, ValidationError
 from ensemble_kit.project.config import DataConfig, ProjectConfig
 from ensemble_kit.store import EntryInfo, LogitStore
-from ensemble_kit.store._files import load_array, write_npy
+from ensemble_kit.project.results import TEST_LABELS
+from ensemble_kit.store._files import write_npy
 from ensemble_kit.train.models import check_model_inputs
 from ensemble_kit.train.pseudo import pseudo_label
 from ensemble_kit.train.trainer import train_cv
@@ -29,7 +30,6 @@ from ensemble_kit.train.trainer import train_cv
 logger = logging.getLogger(__name__)
 
 RESOLVED_CONFIG = "project.yaml"
-TEST_LABELS = "test_labels.npy"
 
 
 def open_sources(data: DataConfig) -> tuple[ImageSource, ImageSource | None]:
@@ -70,7 +70,7 @@ def open_project_store(cfg: ProjectConfig, train: ImageSource, test: ImageSource
     """
     path = Path(cfg.store)
     try:
-        store = LogitStore.open(path)
+        store = LogitStore(path)
     except NotAStoreError:
         if path.exists() and any(path.iterdir()):
             raise
@@ -78,7 +78,7 @@ def open_project_store(cfg: ProjectConfig, train: ImageSource, test: ImageSource
             store = LogitStore.create(path, train.ids, train.labels, classes=train.classes, n_folds=cfg.folds.n_folds,
                                       seed=cfg.folds.seed, test_ids=None if test is None else test.ids)
         except StoreExistsError:  # another job (e.g. another fold) created it first: use theirs, if it matches
-            store = LogitStore.open(path)
+            store = LogitStore(path)
             _check_store_matches(store, cfg, train, test)
     else:
         _check_store_matches(store, cfg, train, test)
@@ -169,15 +169,3 @@ def train_project(cfg: ProjectConfig, *, models: Sequence[str] | None = None,
         logger.info("training %s (%s)", name, spec.train.model)
         results[name] = train_cv(spec.train, store, train, test, name=name, folds=folds, extra_train=extra)
     return results
-
-
-def held_out_labels(store: LogitStore) -> np.ndarray | None:
-    """Test labels saved by :func:`open_project_store` (``None`` when the test set is unlabelled)."""
-    path = store.workspace.project_dir() / TEST_LABELS
-    if not os.path.lexists(path):
-        return None
-    labels = load_array(path)
-    if labels.shape != (0 if store.test_ids is None else len(store.test_ids),) or labels.dtype.kind != "i" \
-            or (labels.size and (labels.min() < 0 or labels.max() >= store.n_classes)):
-        raise StoreCorruptedError(f"{str(path)!r} does not hold one class index per test id of the store.", path=path)
-    return labels

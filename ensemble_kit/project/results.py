@@ -23,11 +23,12 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
+from ensemble_kit.ensemble.blending import Blender
 from ensemble_kit.ensemble.stacker import Stacker
 from ensemble_kit.errors import StoreCorruptedError, StoreError, ValidationError
-from ensemble_kit.metrics import get_metric, list_metrics
+from ensemble_kit.ensemble._recipes import RECIPES
+from ensemble_kit.metrics import list_metrics, scores
 from ensemble_kit.project.config import StackConfig
-from ensemble_kit.project.pipeline import held_out_labels
 from ensemble_kit.store import LogitStore, check_name
 from ensemble_kit.store._paths import case_collision
 from ensemble_kit.store._files import load_array, open_regular, read_json
@@ -36,6 +37,7 @@ from ensemble_kit.store._workspace import remove_tree
 logger = logging.getLogger(__name__)
 
 _ARRAYS = ("oof_proba", "oof_labels", "test_proba", "test_labels")
+TEST_LABELS = "test_labels.npy"
 
 
 @dataclass(frozen=True)
@@ -78,22 +80,22 @@ def fit_stack(store: LogitStore, config: StackConfig) -> StackResult:
     ('hill_climb', (10, 3), ['stack.json'])
     """
     _check_new_stack(store, config.result_name)
-    stacker = Stacker.from_store(store, models=list(config.models) if config.models else None, recipe=config.recipe,
-                                 metric=config.metric, n_trials=config.n_trials, seed=config.seed)
+    stacker = Stacker.from_recipe(config.recipe, metric=config.metric, n_trials=config.n_trials, seed=config.seed)
+    stacker.fit(store, models=list(config.models) if config.models else None)
     has_test = store.test_ids is not None
     test_proba = stacker.predict_proba(store) if has_test else None
     test_labels = stacker.decide(test_proba) if has_test else None
     summary = {
         "name": config.result_name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
-        "recipe": config.recipe, "metric": config.metric, "description": stacker.plan_.description,
+        "recipe": config.recipe, "metric": config.metric, "description": RECIPES.summary(config.recipe),
         "models": list(stacker.model_names_), "classes": list(store.classes), "fit_seconds": stacker.fit_seconds_,
         "optuna_storage": str(stacker.storage_), "study_names": stacker.study_names_,
         "fitted": describe_stacker(stacker),
     }
     y_test = held_out_labels(store)
     if y_test is not None and test_proba is not None:
-        summary["held_out_test"] = _scores(y_test, test_proba, test_labels)
+        summary["held_out_test"] = scores(y_test, test_proba, kind="probs", labels=test_labels)
     arrays = {"oof_proba": stacker.oof_proba_, "oof_labels": stacker.oof_labels_, "test_proba": test_proba,
               "test_labels": test_labels}
     _save(store, config.result_name, summary, stacker.report_, arrays)
@@ -104,8 +106,8 @@ def describe_stacker(stacker: Stacker) -> dict[str, Any]:
     """What a fitted Stacker learned, as plain JSON-able values (weights per model/stage, decisions)."""
     names = list(stacker.model_names_)
     out: dict[str, Any] = {"stages": {}}
-    blender = stacker.blender_
-    stages = getattr(blender, "stages_", None) or dict(zip(stacker.plan_.stages, [blender]))
+    ensemble = stacker.ensemble_
+    stages = ensemble.stages_ if isinstance(ensemble, Blender) else {stacker.stage_names_[0]: ensemble}
     for stage_name, stage in stages.items():
         info: dict[str, Any] = {"type": type(stage).__name__}
         weights = getattr(stage, "weights_", None)
@@ -118,14 +120,14 @@ def describe_stacker(stacker: Stacker) -> dict[str, Any]:
             if getattr(stage, attr, None) is not None:
                 info[attr.rstrip("_")] = getattr(stage, attr)
         out["stages"][stage_name] = info
-    blend = getattr(blender, "weights_", None)
+    blend = getattr(ensemble, "weights_", None)
     if isinstance(blend, dict):
         out["blend_weights"] = {k: round(float(v), 6) for k, v in blend.items()}
     if stacker.temperature_ is not None:
         out["temperature"] = float(stacker.temperature_)
+    out["temperature_rejected"] = bool(stacker.temperature_rejected_)
+    out["thresholds_rejected"] = bool(stacker.thresholds_rejected_)
     thresholds = stacker.thresholds_
-    if stacker.report_["step"].str.startswith("+thresholds (rejected").any():
-        out["thresholds_rejected"] = True
     if thresholds is not None:
         if thresholds.rules is not None:
             out["class_rules"] = {str(k): float(v) for k, v in thresholds.rules.items()}
@@ -133,17 +135,6 @@ def describe_stacker(stacker: Stacker) -> dict[str, Any]:
             out["class_offsets"] = np.asarray(thresholds.offsets_, dtype=float).round(6).tolist()
             out["thresholds_optimize"] = thresholds.optimize
     return out
-
-
-def _scores(y: NDArray, probs: NDArray, labels: NDArray) -> dict[str, float]:
-    scores = {}
-    for name in list_metrics():
-        metric = get_metric(name)
-        if metric.name == "log_loss":
-            scores[name] = float(metric(y, probs, kind="probs"))
-        else:
-            scores[name] = float(metric(y, np.eye(probs.shape[1])[labels], kind="probs"))
-    return scores
 
 
 def _save(store: LogitStore, name: str, summary: dict[str, Any], report: pd.DataFrame,
@@ -223,7 +214,19 @@ def load_stack(store: LogitStore, name: str | None = None) -> StackResult:
     return StackResult(name=name, path=path, summary=summary, report=report, **loaded)
 
 
-def leaderboard(store: LogitStore, stack: StackResult | None = None) -> pd.DataFrame:
+def held_out_labels(store: LogitStore) -> np.ndarray | None:
+    """Test labels saved by :func:`open_project_store` (``None`` when the test set is unlabelled)."""
+    path = store.workspace.project_dir() / TEST_LABELS
+    if not os.path.lexists(path):
+        return None
+    labels = load_array(path)
+    if labels.shape != (0 if store.test_ids is None else len(store.test_ids),) or labels.dtype.kind != "i" \
+            or (labels.size and (labels.min() < 0 or labels.max() >= store.n_classes)):
+        raise StoreCorruptedError(f"{str(path)!r} does not hold one class index per test id of the store.", path=path)
+    return labels
+
+
+def results_table(store: LogitStore, stack: StackResult | None = None) -> pd.DataFrame:
     """Every base model and every stack step with honest OOF scores, plus held-out test scores.
 
     Without a stack, the base models' OOF scores. Columns ``test_<metric>`` appear when the
@@ -232,7 +235,9 @@ def leaderboard(store: LogitStore, stack: StackResult | None = None) -> pd.DataF
     """
     metrics = list_metrics()
     if stack is not None:
-        table = stack.report[["step", "kind", *[m for m in metrics if m in stack.report.columns], "fit_seconds"]].copy()
+        columns = ["step", "kind", *(["kept"] if "kept" in stack.report.columns else []),
+                   *[m for m in metrics if m in stack.report.columns], "fit_seconds"]
+        table = stack.report[columns].copy()
         models = stack.models
     else:
         board = store.leaderboard("log_loss")
@@ -242,15 +247,14 @@ def leaderboard(store: LogitStore, stack: StackResult | None = None) -> pd.DataF
     y_test = held_out_labels(store)
     if y_test is None or store.test_ids is None:
         return table
-    test_scores = {name: _scores_from_logits(y_test, store.test(name)) for name in models}
+    test_scores = {name: scores(y_test, store.test(name), kind="logits") for name in models}
+    # only base models have test scores of their own: key by (kind, name), never by display name alone
+    is_model = table["kind"] == "base model"
     for m in metrics:
-        table[f"test_{m}"] = [test_scores.get(step, {}).get(m, np.nan) for step in table["step"]]
+        table[f"test_{m}"] = [test_scores[step][m] if model and step in test_scores else np.nan
+                              for step, model in zip(table["step"], is_model)]
     if stack is not None and "held_out_test" in stack.summary:
         final = {"step": "final (as submitted)", "kind": "held-out test",
                  **{f"test_{m}": v for m, v in stack.summary["held_out_test"].items()}}
         table = pd.concat([table, pd.DataFrame([final])], ignore_index=True)
     return table
-
-
-def _scores_from_logits(y: NDArray, logits: NDArray) -> dict[str, float]:
-    return {m: float(get_metric(m)(y, logits, kind="logits")) for m in list_metrics()}

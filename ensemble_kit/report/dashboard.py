@@ -12,12 +12,6 @@ from ensemble_kit.store._workspace import STUDY_DB
 
 logger = logging.getLogger(__name__)
 
-def study_storage(store: LogitStore | str | Path) -> str:
-    """The Optuna storage URL where a Stacker fitted from ``store`` keeps its studies."""
-    opened = store if isinstance(store, LogitStore) else LogitStore.open(store)
-    return opened.workspace.study_storage()
-
-
 def launch_dashboard(store: LogitStore | str | Path, *, host: str = "127.0.0.1", port: int = 8080) -> None:
     """Serve optuna-dashboard on the store's studies (blocks until interrupted).
 
@@ -28,13 +22,13 @@ def launch_dashboard(store: LogitStore | str | Path, *, host: str = "127.0.0.1",
     StoreError
         The store has no studies yet (fit a Stacker from it first).
     """
-    opened = store if isinstance(store, LogitStore) else LogitStore.open(store)
+    opened = store if isinstance(store, LogitStore) else LogitStore(store)
     if not opened.workspace.study_db().is_file():
         raise StoreError(
             f"Store {str(opened.path)!r} has no Optuna studies yet ({STUDY_DB} is missing). Fit a stack first: "
             f"ensemble-kit stack {opened.path}"
         )
     dashboard = import_optional("optuna_dashboard", feature="The Optuna dashboard")
-    url = study_storage(opened)
+    url = opened.workspace.study_storage()
     logger.info("optuna-dashboard on %s at http://%s:%d", url, host, port)
     dashboard.run_server(url, host=host, port=port)

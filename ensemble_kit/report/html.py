@@ -22,14 +22,13 @@ from sklearn.metrics import precision_recall_fscore_support
 
 from ensemble_kit.errors import StoreError
 from ensemble_kit.metrics import get_metric, log_softmax
-from ensemble_kit.project.results import StackResult, leaderboard, list_stacks, load_stack
-from ensemble_kit.report import figures
+from ensemble_kit.project.results import StackResult, list_stacks, load_stack, results_table
+import ensemble_kit.report.figures as figures
 from ensemble_kit.store import LogitStore
 from ensemble_kit.store._files import write_bytes, write_text
 
 logger = logging.getLogger(__name__)
 
-SECTIONS = ("leaderboard", "correlation", "weights", "confusion", "thresholds", "reliability", "training-curves")
 
 
 def write_report(store: LogitStore, *, stack: str | None = None, out_dir: str | Path | None = None) -> Path:
@@ -65,8 +64,8 @@ def write_report(store: LogitStore, *, stack: str | None = None, out_dir: str | 
         raise StoreError(f"Store {str(store.path)!r} has no complete model to report on.")
     result = load_stack(store, stack) if (stack is not None or list_stacks(store)) else None
     builder = _Report(store, result, models, out)
-    for section in SECTIONS:
-        getattr(builder, "section_" + section.replace("-", "_"))()
+    for build_section in _Report.SECTIONS.values():
+        build_section(builder)
     path = write_text(out / "report.html", builder.render())
     logger.info("report written to %s", path)
     return path
@@ -106,7 +105,7 @@ class _Report:
 
     # ------------------------------------------------------------------ sections
     def section_leaderboard(self) -> None:
-        table = leaderboard(self.store, self.stack)
+        table = results_table(self.store, self.stack)
         body = self._note("OOF columns are honest: every score is computed on rows the scored step never saw "
                           "while fitting (nested on the store's folds).")
         if "test_log_loss" in table.columns:  # the project kept held-out test labels
@@ -168,7 +167,7 @@ class _Report:
         if fitted.get("thresholds_rejected"):
             self._section("thresholds", "Class thresholds", self._note(
                 "Class offsets were tuned but rejected: they scored worse than arg-max on held-out folds "
-                "(see the leaderboard's '+thresholds (rejected ...)' row), so decisions stay arg-max."))
+                "(the leaderboard's '+thresholds' row is marked not kept), so decisions stay arg-max."))
             return
         if "class_rules" not in fitted and "class_offsets" not in fitted:
             self._section("thresholds", "Class thresholds", self._note(
@@ -248,6 +247,15 @@ h1 {{ font-size: 1.5em; }} h2 {{ border-bottom: 1px solid #ddd; padding-bottom: 
 <footer><p class="note">Optuna studies: <code>ensemble-kit dashboard {html.escape(str(store.path))}</code></p></footer>
 </body></html>
 """
+
+
+    #: every section of the page, in order: its id (the anchor) and the method that writes it
+    SECTIONS = {"leaderboard": section_leaderboard, "correlation": section_correlation, "weights": section_weights,
+                "confusion": section_confusion, "thresholds": section_thresholds,
+                "reliability": section_reliability, "training-curves": section_training_curves}
+
+
+SECTIONS = tuple(_Report.SECTIONS)
 
 
 def _per_class(y: NDArray, labels: NDArray, n_classes: int) -> pd.DataFrame:

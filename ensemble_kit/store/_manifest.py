@@ -21,6 +21,9 @@ from ensemble_kit.store._files import check_checksum_tag
 
 SCHEMA_VERSION = 1
 FORMAT_NAME = "ensemble_kit.logit_store"
+STORE_MANIFEST = "ensemble_kit_store.json"
+ENTRY_MANIFEST = "entry.json"
+ENTRIES_DIR = "entries"
 STORE_DTYPES = ("float32", "float16")
 KINDS_WRITTEN = ("logits", "probs")
 BASE_ARRAYS = ("train_ids", "y", "folds", "test_ids")

@@ -39,7 +39,10 @@ from ensemble_kit.metrics import get_metric, list_metrics
 from ensemble_kit.store._files import load_array, npy_shape, read_json, to_json_safe, write_json, write_npy
 from ensemble_kit.store._folds import check_folds, make_folds
 from ensemble_kit.store._manifest import (
+    ENTRIES_DIR,
+    ENTRY_MANIFEST,
     FORMAT_NAME,
+    STORE_MANIFEST,
     SCHEMA_VERSION,
     ArrayRecord,
     EntryManifest,
@@ -60,9 +63,6 @@ __all__ = ["EntryInfo", "LogitStore", "SCHEMA_VERSION"]
 
 logger = logging.getLogger(__name__)
 
-STORE_MANIFEST = "ensemble_kit_store.json"
-ENTRY_MANIFEST = "entry.json"
-ENTRIES_DIR = "entries"
 # Arrays up to this size are re-hashed on every read; larger ones get a size/header check on
 # read and a full hash in verify(), so reading a 400 MB entry stays as fast as np.load.
 HASH_ON_READ_BYTES = 16 << 20
@@ -124,8 +124,8 @@ class LogitStore:
     """Out-of-fold and test logits of many models, aligned to one fixed fold split.
 
     A store is a directory of plain ``.npy`` arrays and JSON manifests (see
-    ``docs/store-format.md``). Create one with :meth:`create`, open it with :meth:`open`,
-    write predictions with :meth:`put` (all folds at once) or :meth:`put_fold` (one fold per
+    ``docs/store-format.md``). Create one with :meth:`create`, open one with
+    ``LogitStore(path)`` (cheap: arrays are read only when asked for), write predictions with :meth:`put` (all folds at once) or :meth:`put_fold` (one fold per
     job, several processes may write at the same time), read them with :meth:`oof` and
     :meth:`test`. Values are always stored as logits (probabilities are converted to
     log-probabilities on write). Nothing is ever unpickled and no link is ever followed, so a
@@ -143,11 +143,23 @@ class LogitStore:
     EntryInfo(name='coin_flip', complete=True, ...)
     >>> store.models()
     ['coin_flip']
-    >>> LogitStore.open(path).oof("coin_flip").shape
+    >>> LogitStore(path).oof("coin_flip").shape
     (20, 2)
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        """Open the store at ``path``.
+
+        Raises
+        ------
+        NotAStoreError
+            The path is not a store.
+        SchemaVersionError
+            The store was written with a newer schema than this version reads.
+        StoreCorruptedError
+            The manifest breaks its schema, or the ids, labels or folds do not match their
+            checksums or the manifest's sizes.
+        """
         self._path = Path(path)
         manifest_path = self._path / STORE_MANIFEST
         if not self._path.is_dir():
@@ -275,7 +287,7 @@ class LogitStore:
         if target.exists() and (not target.is_dir() or any(target.iterdir())):
             raise StoreExistsError(
                 f"Cannot create a store at {str(target)!r}: it already exists and is not an "
-                "empty directory. Open it with LogitStore.open(), or choose another path."
+                "empty directory. Open it with LogitStore(), or choose another path."
             )
         dtype = check_dtype(dtype)
         class_list = _check_classes(classes)
@@ -318,22 +330,6 @@ class LogitStore:
             raise
         logger.info("Created logit store %s (%d train, %d folds)", target, len(train), fold_array.max() + 1)
         return cls(target)
-
-    @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> LogitStore:
-        """Open an existing store (cheap: arrays are read only when asked for).
-
-        Raises
-        ------
-        NotAStoreError
-            The path is not a store.
-        SchemaVersionError
-            The store was written with a newer schema than this version reads.
-        StoreCorruptedError
-            The manifest breaks its schema, or the ids, labels or folds do not match their
-            checksums or the manifest's sizes.
-        """
-        return cls(path)
 
     # ------------------------------------------------------------------ properties
     @property

@@ -10,7 +10,7 @@ import numpy as np
 
 from ensemble_kit.errors import StoreCorruptedError, ValidationError
 from ensemble_kit.store._files import file_matches, load_array
-from ensemble_kit.store._manifest import ArrayRecord, EntryManifest
+from ensemble_kit.store._manifest import ENTRIES_DIR, ENTRY_MANIFEST, ArrayRecord, EntryManifest
 from ensemble_kit.store._paths import check_name, safe_dir
 
 if TYPE_CHECKING:
@@ -21,8 +21,6 @@ logger = logging.getLogger(__name__)
 
 def verify_store(store: LogitStore) -> None:
     """Raise :class:`StoreCorruptedError` listing every problem of ``store`` (see :meth:`LogitStore.verify`)."""
-    from ensemble_kit.store._store import ENTRIES_DIR, ENTRY_MANIFEST
-
     problems: list[str] = []
     for key, (file_name, checksum) in store._manifest.arrays.items():
         file = store.path / file_name

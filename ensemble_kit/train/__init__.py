@@ -1,28 +1,43 @@
-"""Training base models fold by fold into the logit store."""
+"""Training base models fold by fold into the logit store (needs the ``train`` extra: torch, timm).
 
-from ensemble_kit.train.config import (
-    AugmentConfig,
-    OptimizerConfig,
-    RegularizationConfig,
-    ScheduleConfig,
-    TrainConfig,
-    TTAConfig,
-)
-from ensemble_kit.train.models import GeM, create_model, register_model
-from ensemble_kit.train.pseudo import pseudo_label
-from ensemble_kit.train.trainer import resolve_device, train_cv
+Names are imported on first use, so ``ensemble_kit.train.config`` alone does not load torch.
+"""
 
-__all__ = [
-    "AugmentConfig",
-    "GeM",
-    "OptimizerConfig",
-    "RegularizationConfig",
-    "ScheduleConfig",
-    "TTAConfig",
-    "TrainConfig",
-    "create_model",
-    "pseudo_label",
-    "register_model",
-    "resolve_device",
-    "train_cv",
-]
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ensemble_kit._lazy import lazy_attribute
+
+_EXPORTS = {
+    **{name: "ensemble_kit.train.config" for name in (
+        "AugmentConfig", "OptimizerConfig", "RegularizationConfig", "ScheduleConfig", "TTAConfig", "TrainConfig")},
+    "LOSSES": "ensemble_kit.train.losses", "register_loss": "ensemble_kit.train.losses",
+    "MODEL_FACTORIES": "ensemble_kit.train.models", "GeM": "ensemble_kit.train.models",
+    "build_model": "ensemble_kit.train.models", "register_model_factory": "ensemble_kit.train.models",
+    "pseudo_label": "ensemble_kit.train.pseudo",
+    "resolve_device": "ensemble_kit.train.trainer", "train_cv": "ensemble_kit.train.trainer",
+}
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from ensemble_kit.train.config import (
+        AugmentConfig,
+        OptimizerConfig,
+        RegularizationConfig,
+        ScheduleConfig,
+        TrainConfig,
+        TTAConfig,
+    )
+    from ensemble_kit.train.losses import LOSSES, register_loss
+    from ensemble_kit.train.models import MODEL_FACTORIES, GeM, build_model, register_model_factory
+    from ensemble_kit.train.pseudo import pseudo_label
+    from ensemble_kit.train.trainer import resolve_device, train_cv
+
+
+def __getattr__(name: str) -> Any:
+    return lazy_attribute(__name__, _EXPORTS, name)
+
+
+def __dir__() -> list[str]:
+    return __all__

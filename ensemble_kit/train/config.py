@@ -41,13 +41,14 @@ class ScheduleConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Training augmentation. ``policy`` is a torchvision auto-augment policy; ``albumentations``
-    names a pipeline (``"aoi"``: the AOI champion's set)."""
+    """Training augmentation. ``policy`` names a registered torchvision auto-augment policy
+    (``AUGMENT_POLICIES``: trivial, randaugment, autoaugment); ``albumentations`` a registered
+    pipeline (``ALBUMENTATIONS``; ``"aoi"``: the AOI champion's set)."""
 
-    policy: Optional[Literal["trivial", "randaugment", "autoaugment"]] = None
+    policy: Optional[str] = None
     randaugment_n: int = 2
     randaugment_m: int = 9
-    albumentations: Optional[Literal["aoi"]] = None
+    albumentations: Optional[str] = None
     random_resized_crop: bool = True
     crop_scale_min: float = 0.5
     hflip: float = 0.5
@@ -95,7 +96,7 @@ class TrainConfig:
     img_size: int = 224
     epochs: int = 20
     batch_size: int = 32
-    loss: Literal["ce", "focal", "bi_tempered"] = "ce"
+    loss: str = "ce"
     focal_gamma: float = 2.0
     bi_tempered_t1: float = 0.8
     bi_tempered_t2: float = 1.2
@@ -202,6 +203,13 @@ def _validate(cfg: TrainConfig) -> None:
                               f"({cfg.epochs}): the learning rate would never leave its warmup.")
     if (reg.mixup_alpha > 0 or reg.cutmix_alpha > 0) and cfg.batch_size % 2:
         raise ValidationError("mixup/cutmix need an even batch_size (timm Mixup pairs samples).")
+    from ensemble_kit.data.transforms import ALBUMENTATIONS, AUGMENT_POLICIES
+    from ensemble_kit.train.losses import LOSSES
     from ensemble_kit.train.tta import check_views
 
+    LOSSES.check(cfg.loss, key="loss")
+    if aug.policy is not None:
+        AUGMENT_POLICIES.check(aug.policy, key="augment.policy")
+    if aug.albumentations is not None:
+        ALBUMENTATIONS.check(aug.albumentations, key="augment.albumentations")
     check_views(cfg.tta.views)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ensemble_kit._registry import Registry
 from ensemble_kit.errors import ValidationError
 
 
@@ -86,12 +90,37 @@ class BiTemperedLoss(nn.Module):
         return loss.sum(dim=1).mean()
 
 
-def create_loss(name: str, *, label_smoothing: float = 0.0, class_weights: torch.Tensor | None = None,
-                focal_gamma: float = 2.0, t1: float = 0.8, t2: float = 1.2) -> nn.Module:
-    if name == "ce":
-        return CrossEntropy(label_smoothing=label_smoothing, weight=class_weights)
-    if name == "focal":
-        return FocalLoss(gamma=focal_gamma, label_smoothing=label_smoothing, weight=class_weights)
-    if name == "bi_tempered":
-        return BiTemperedLoss(t1=t1, t2=t2, label_smoothing=label_smoothing)
-    raise ValidationError(f"Unknown loss {name!r}; use 'ce', 'focal' or 'bi_tempered'.")
+LossFactory = Callable[..., nn.Module]
+LOSSES: Registry[LossFactory] = Registry("loss")
+
+
+def register_loss(name: str, factory: LossFactory | None = None, *, replace: bool = False) -> Any:
+    """Register ``factory(*, label_smoothing, class_weights, cfg) -> nn.Module`` as ``loss: name``.
+
+    ``cfg`` is the :class:`~ensemble_kit.train.TrainConfig` (for loss-specific keys such as
+    ``focal_gamma``); ``class_weights`` is a tensor or ``None``. Usable as a decorator.
+    """
+    return LOSSES.register(name, factory, replace=replace)
+
+
+@register_loss("ce")
+def _cross_entropy(*, label_smoothing: float, class_weights: torch.Tensor | None, cfg: Any) -> nn.Module:
+    """Cross-entropy, with label smoothing and class weights."""
+    return CrossEntropy(label_smoothing=label_smoothing, weight=class_weights)
+
+
+@register_loss("focal")
+def _focal(*, label_smoothing: float, class_weights: torch.Tensor | None, cfg: Any) -> nn.Module:
+    """Focal loss (Lin et al., 2017) with exponent focal_gamma."""
+    return FocalLoss(gamma=cfg.focal_gamma, label_smoothing=label_smoothing, weight=class_weights)
+
+
+@register_loss("bi_tempered")
+def _bi_tempered(*, label_smoothing: float, class_weights: torch.Tensor | None, cfg: Any) -> nn.Module:
+    """Bi-tempered logistic loss (Amid et al., 2019) with bi_tempered_t1 <= 1 <= bi_tempered_t2; robust to label noise."""
+    return BiTemperedLoss(t1=cfg.bi_tempered_t1, t2=cfg.bi_tempered_t2, label_smoothing=label_smoothing)
+
+
+def create_loss(cfg: Any, *, label_smoothing: float, class_weights: torch.Tensor | None = None) -> nn.Module:
+    """The loss ``cfg.loss`` names (a :class:`~ensemble_kit.train.TrainConfig`), built from the registry."""
+    return LOSSES.get(cfg.loss)(label_smoothing=label_smoothing, class_weights=class_weights, cfg=cfg)

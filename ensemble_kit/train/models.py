@@ -11,35 +11,31 @@ import timm
 import torch
 from torch import nn
 
+from ensemble_kit._registry import Registry
 from ensemble_kit.errors import ValidationError
 
 logger = logging.getLogger(__name__)
 
 ModelFactory = Callable[..., nn.Module]
-_FACTORIES: dict[str, ModelFactory] = {}
+#: Model factories registered by name; they take precedence over timm's models of the same name.
+MODEL_FACTORIES: Registry[ModelFactory] = Registry("model factory")
 
 
-def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
-    """Register ``factory(num_classes=..., drop_rate=..., drop_path_rate=...) -> nn.Module``.
+def register_model_factory(name: str, factory: ModelFactory | None = None, *, replace: bool = False) -> Any:
+    """Register ``factory(num_classes=..., drop_rate=..., drop_path_rate=...) -> nn.Module`` as ``model: name``.
 
-    Registered names take precedence over timm's. Examples
+    Registered names take precedence over timm's; registering a name twice is an error unless
+    ``replace=True``. Usable as a decorator.
+
+    Examples
     --------
-    >>> @register_model("tiny_linear")
+    >>> @register_model_factory("tiny_linear")
     ... def tiny_linear(num_classes, **_):
     ...     return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(num_classes))
-    >>> create_model("tiny_linear", num_classes=3).__class__.__name__
+    >>> build_model("tiny_linear", num_classes=3).__class__.__name__
     'Sequential'
     """
-
-    def decorator(factory: ModelFactory) -> ModelFactory:
-        _FACTORIES[name] = factory
-        return factory
-
-    return decorator
-
-
-def list_registered_models() -> list[str]:
-    return sorted(_FACTORIES)
+    return MODEL_FACTORIES.register(name, factory, replace=replace)
 
 
 class GeM(nn.Module):
@@ -72,7 +68,7 @@ class _GeMHead(nn.Module):
         return self.fc(self.drop(self.pool(features)))
 
 
-def create_model(name: str, *, num_classes: int, img_size: int | None = None, drop_rate: float = 0.0,
+def build_model(name: str, *, num_classes: int, img_size: int | None = None, drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, pooling: str = "default", pretrained: bool = False,
                  pretrained_path: str | None = None, model_kwargs: Mapping[str, Any] | None = None) -> nn.Module:
     """Build a classifier with ``num_classes`` outputs.
@@ -84,13 +80,13 @@ def create_model(name: str, *, num_classes: int, img_size: int | None = None, dr
     local checkpoint (state dict in ``.pth``/``.pt``/``.safetensors``) with the classifier
     head dropped when its shape differs.
     """
-    if name in _FACTORIES:
-        model = _FACTORIES[name](num_classes=num_classes, drop_rate=drop_rate, drop_path_rate=drop_path_rate)
+    if name in MODEL_FACTORIES:
+        model = MODEL_FACTORIES.get(name)(num_classes=num_classes, drop_rate=drop_rate, drop_path_rate=drop_path_rate)
     else:
         if not timm.is_model(name):
             raise ValidationError(
-                f"Unknown model {name!r}: neither registered with register_model() nor a timm model "
-                f"(see timm.list_models()). Registered: {list_registered_models()}."
+                f"Unknown model {name!r}: neither registered with register_model_factory() nor a timm model "
+                f"(see timm.list_models()). Registered: {MODEL_FACTORIES.names()}."
             )
         kwargs: dict[str, Any] = dict(pretrained=pretrained, num_classes=num_classes, drop_rate=drop_rate,
                                       **(model_kwargs or {}))
@@ -110,7 +106,7 @@ def create_model(name: str, *, num_classes: int, img_size: int | None = None, dr
             model = _GeMHead(model, num_classes, drop_rate)
     if pooling not in ("default", "gem"):
         raise ValidationError(f"pooling must be 'default' or 'gem'; got {pooling!r}.")
-    if pooling == "gem" and name in _FACTORIES:
+    if pooling == "gem" and name in MODEL_FACTORIES:
         raise ValidationError("pooling='gem' applies to timm backbones; a registered factory builds its own head.")
     if pretrained_path:
         load_checkpoint(model, pretrained_path)
@@ -147,7 +143,7 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
                 len(usable), path, len(skipped), skipped[:3], len(missing), missing[:3])
 
 
-@register_model("plain_cnn")
+@register_model_factory("plain_cnn")
 def plain_cnn(num_classes: int, drop_rate: float = 0.0, **_: Any) -> nn.Module:
     """The plain VGG-style CNN of the CIFAR-10 study (no skip connections)."""
 
@@ -175,7 +171,7 @@ class _MultiScaleResNet(nn.Module):
         return self.head(torch.cat(pooled, dim=1))
 
 
-@register_model("resnet18_multiscale")
+@register_model_factory("resnet18_multiscale")
 def resnet18_multiscale(num_classes: int, drop_rate: float = 0.0, drop_path_rate: float = 0.0, **_: Any) -> nn.Module:
     """ResNet-18 with multi-scale features, as in the CIFAR-10 study."""
     return _MultiScaleResNet(num_classes, drop_rate, drop_path_rate)
@@ -200,10 +196,13 @@ def check_model_inputs(cfg: Any, num_classes: int) -> None:
     ViT/Swin) is a :class:`ValidationError` naming the config key, before any training starts
     instead of after the last epoch of a fold. ``cfg`` is a :class:`TrainConfig`.
     """
+    from ensemble_kit.train._rng import isolated_global_rngs
+
     reg = cfg.regularization
-    model = create_model(cfg.model, num_classes=num_classes, img_size=cfg.img_size, drop_rate=reg.drop_rate,
-                         drop_path_rate=reg.drop_path_rate, pooling=cfg.pooling, pretrained=cfg.pretrained,
-                         pretrained_path=cfg.pretrained_path, model_kwargs=cfg.model_kwargs)
+    with isolated_global_rngs(cfg.seed):  # building the model draws weights: leave the caller's RNG alone
+        model = build_model(cfg.model, num_classes=num_classes, img_size=cfg.img_size, drop_rate=reg.drop_rate,
+                            drop_path_rate=reg.drop_path_rate, pooling=cfg.pooling, pretrained=cfg.pretrained,
+                            pretrained_path=cfg.pretrained_path, model_kwargs=cfg.model_kwargs)
     model.eval()
     for size, key in input_sizes(cfg).items():
         try:

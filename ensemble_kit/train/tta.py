@@ -7,25 +7,29 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from ensemble_kit._registry import Registry
 from ensemble_kit.errors import ValidationError
 
-_VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+#: Named TTA views of an ``(N, C, H, W)`` batch (plus ``scale<factor>``, e.g. ``scale1.15``).
+VIEWS: Registry[Callable[[torch.Tensor], torch.Tensor]] = Registry("TTA view")
+for _name, _view in {
     "identity": lambda x: x,
     "hflip": lambda x: x.flip(3),
     "vflip": lambda x: x.flip(2),
     "hvflip": lambda x: x.flip(2).flip(3),
     "rot90": lambda x: x.rot90(1, dims=(2, 3)),
     "rot270": lambda x: x.rot90(3, dims=(2, 3)),
-}
+}.items():
+    VIEWS.register(_name, _view)
 
 
 def check_views(views: Sequence[str]) -> None:
     if not views:
         raise ValidationError("tta.views must list at least one view (e.g. ['identity']).")
     for view in views:
-        if view not in _VIEWS and not _scale_factor(view):
+        if view not in VIEWS and not _scale_factor(view):
             raise ValidationError(
-                f"Unknown TTA view {view!r}; use {sorted(_VIEWS)} or 'scale<factor>' (e.g. 'scale1.15')."
+                f"Unknown TTA view {view!r}; use {VIEWS.names()} or 'scale<factor>' (e.g. 'scale1.15')."
             )
     if len(set(views)) != len(views):
         raise ValidationError(f"tta.views lists a view twice: {list(views)}.")
@@ -53,7 +57,7 @@ def apply_view(view: str, batch: torch.Tensor) -> torch.Tensor:
     if factor is not None:
         size = [max(1, round(s * factor)) for s in batch.shape[2:]]
         return F.interpolate(batch, size=size, mode="bilinear", align_corners=False)
-    return _VIEWS[view](batch)
+    return VIEWS.get(view)(batch)
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ensemble_kit import LogitStore
-from ensemble_kit.project import ProjectConfig, fit_stack, leaderboard, train_project, write_submission
+from ensemble_kit.project import ProjectConfig, fit_stack, results_table, train_project, write_submission
 from ensemble_kit.report import write_report
 
 HERE = Path(__file__).resolve().parent
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     teachers = list(cfg.model("student").pseudo_label.teachers)
     train_project(cfg, models=teachers)            # step 1: teachers, all folds
     train_project(cfg, models=["student"])         # step 2: pseudo-labels + student
-    store = LogitStore.open(cfg.store)
+    store = LogitStore(cfg.store)
     pseudo = store.entry("student").meta.get("n_extra_train")  # pseudo-labelled images per fold
     stack = fit_stack(store, cfg.stack)            # step 3: weighted soft vote + class-2 rule
     report = write_report(store, stack=stack.name)
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     write_submission(store, stack, out, format=cfg.submission.format, id_col=cfg.submission.id_col,
                      label_col=cfg.submission.label_col)
 
-    print(leaderboard(store, stack).to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep=""))
+    print(results_table(store, stack).to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep=""))
     weights = stack.summary["fitted"]["stages"]["soft_vote"]["model_weights"]
     print("soft-vote weights:", ", ".join(f"{k}={v:.2f}" for k, v in weights.items()))
     print(f"class {store.classes[2]!r} predicted for {int(np.sum(stack.test_labels == 2))} of "

@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ensemble_kit import LogitStore
-from ensemble_kit.project import ProjectConfig, fit_stack, leaderboard, train_project, write_submission
+from ensemble_kit.project import ProjectConfig, fit_stack, results_table, train_project, write_submission
 from ensemble_kit.report import write_report
 
 HERE = Path(__file__).resolve().parent
@@ -36,12 +36,12 @@ def main(argv: list[str] | None = None) -> None:
     cfg = ProjectConfig.from_yaml(args.config, overrides=args.set)
     models = args.models.split(",") if args.models else None
     train_project(cfg, models=models)
-    store = LogitStore.open(cfg.store)
+    store = LogitStore(cfg.store)
     stack = fit_stack(store, cfg.stack if models is None else replace(cfg.stack, models=tuple(models)))
     report = write_report(store, stack=stack.name)
     out = write_submission(store, stack, Path(cfg.store).parent / "submission.csv", format=cfg.submission.format,
                            id_col=cfg.submission.id_col)
-    print(leaderboard(store, stack).to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep=""))
+    print(results_table(store, stack).to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep=""))
     print(f"temperature: {stack.summary['fitted'].get('temperature')}")
     print(f"report: {report}\nsubmission: {out} ({store.n_classes} probability columns)")
 

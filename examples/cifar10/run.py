@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 
 from ensemble_kit import LogitStore
-from ensemble_kit.project import ProjectConfig, fit_stack, leaderboard, train_project, write_submission
+from ensemble_kit.project import ProjectConfig, fit_stack, results_table, train_project, write_submission
 from ensemble_kit.report import write_report
 
 HERE = Path(__file__).resolve().parent
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
 
     cfg = ProjectConfig.from_yaml(args.config, overrides=args.set)
     train_project(cfg, folds=None if args.fold is None else [args.fold])
-    store = LogitStore.open(cfg.store)
+    store = LogitStore(cfg.store)
     if store.incomplete():
         print(f"trained fold {args.fold}; still missing: {store.incomplete()}")
         return
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     report = write_report(store, stack=stack.name)
     out = write_submission(store, stack, Path(cfg.store).parent / "submission.csv", format=cfg.submission.format,
                            id_col=cfg.submission.id_col, label_col=cfg.submission.label_col)
-    print(leaderboard(store, stack).to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep=""))
+    print(results_table(store, stack).to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep=""))
     if "held_out_test" in stack.summary:
         test = stack.summary["held_out_test"]
         print(f"held-out test: accuracy {test['accuracy']:.4f}, log loss {test['log_loss']:.4f}")

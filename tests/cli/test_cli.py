@@ -21,7 +21,7 @@ def test_demo_then_ls_verify_export_import_submit(tmp_path, capsys):
                      "+thresholds", "final (as submitted)", "test_f1_macro", "ensemble-kit dashboard"):
         assert expected in out
     store_path = out_dir / "store"
-    store = LogitStore.open(store_path)
+    store = LogitStore(store_path)
     assert store.models() == ["convnext", "efficientnet", "resnet10t"]
     assert {store.entry(m).meta["model"] for m in store.models()} == {"resnet10t", "test_convnext", "test_efficientnet"}
     assert (store_path / "report" / "report.html").is_file() and (out_dir / "demo.yaml").is_file()
@@ -61,7 +61,7 @@ def test_readme_commands_are_what_ci_runs():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "<!-- test-command -->" in readme and "<!-- test-command -->" in ci
     blocks = [line for line in readme.splitlines() if line.startswith("pip install")]
-    assert blocks == ['pip install -e ".[report]" && ensemble-kit demo', 'pip install -e ".[dev]" && python -m pytest']
+    assert blocks == ['pip install -e ".[train,report]" && ensemble-kit demo', 'pip install -e ".[dev]" && python -m pytest']
 
 
 @pytest.mark.parametrize("module", ["ensemble_kit", "ensemble_kit.store", "ensemble_kit.metrics", "ensemble_kit.data",
@@ -86,7 +86,7 @@ def test_train_command_folds_overrides_and_key_errors(tmp_path, capsys):
     }))
     assert main(["train", str(config), "--fold", "1", "--set", "models.r10.epochs=1"]) == 0
     assert "r10: folds [1] of 2" in capsys.readouterr().out
-    store = LogitStore.open(tmp_path / "store")
+    store = LogitStore(tmp_path / "store")
     assert store.entry("r10").meta["epochs_run"] == 1
     assert main(["train", str(config), "--set", "models.*.epochs=1"]) == 0
     assert "r10: complete" in capsys.readouterr().out

@@ -68,7 +68,7 @@ def test_two_concurrent_stacks_on_one_store_both_succeed_with_exact_trial_counts
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 25
     assert subprocess.run([*command, str(reference)], capture_output=True).returncode == 0
-    raced, alone = load_stack(small_store), load_stack(LogitStore.open(reference))
+    raced, alone = load_stack(small_store), load_stack(LogitStore(reference))
     np.testing.assert_array_equal(raced.test_proba, alone.test_proba)
     np.testing.assert_array_equal(raced.oof_proba, alone.oof_proba)
 

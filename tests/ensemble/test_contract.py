@@ -12,8 +12,8 @@ from ensemble_kit.errors import ValidationError
 FAST_PARAMS = {
     "soft_vote": dict(n_trials=15),
     "hill_climbing": dict(n_iter=15),
-    "meta_learner": dict(kind="lightgbm", params=FAST_GBM),
-    "blend": dict(weights={"a": 0.5, "b": 0.5}, stages=None),
+    "meta_learner": dict(learner="lightgbm", params=FAST_GBM),
+    "blend": dict(weights={"a": 0.5, "b": 0.5}),
 }
 
 
@@ -22,7 +22,7 @@ def make(name, **extra):
 
     params = dict(FAST_PARAMS.get(name, {}))
     if name == "blend":
-        params["stages"] = {"a": SoftVoting("equal"), "b": HillClimbing(n_iter=5)}
+        params["stages"] = [("a", SoftVoting("equal")), ("b", HillClimbing(n_iter=5))]
     return create_ensembler(name, **{**params, **extra})
 
 

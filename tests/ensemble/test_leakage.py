@@ -30,7 +30,7 @@ def test_leaky_estimate_is_optimistic_ours_is_not():
 
 def test_tuned_weights_are_scored_on_unseen_folds():
     train, y = _noise(300, 2)
-    vote = SoftVoting(n_trials=60, space="logit").fit(train, y)
+    vote = SoftVoting(n_trials=60, space="logits").fit(train, y)
     leaky = log_loss(y, vote.predict_proba(train), kind="probs")
     honest = log_loss(y, vote.oof_proba_, kind="probs")
     assert honest > leaky + 0.02
@@ -39,11 +39,11 @@ def test_tuned_weights_are_scored_on_unseen_folds():
 
 def test_stacker_report_is_honest():
     train, y = _noise(600, 3)
-    stk = Stacker(recipe="logloss", n_trials=20, seed=0).fit(train, y)
+    stk = Stacker(n_trials=20, seed=0).fit(train, y)  # the default: the "full" recipe
     report = stk.report_.set_index("step")
     for step in ["blend", "+temperature", "logreg", "lightgbm"]:
         assert report.loc[step, "accuracy"] < 1 / 3 + 0.07, step
     # a stage that can overfit shows the gap between in-sample and honest accuracy
-    leaky_lgbm = accuracy(y, stk.blender_.stages_["lightgbm"].predict_proba(train), kind="probs")
+    leaky_lgbm = accuracy(y, stk.ensemble_.stages_["lightgbm"].predict_proba(train), kind="probs")
     assert leaky_lgbm > report.loc["lightgbm", "accuracy"] + 0.05
     assert accuracy(y, stk.predict_proba(train), kind="probs") >= report.loc["blend", "accuracy"]

@@ -15,14 +15,14 @@ def test_soft_vote_weights_follow_model_quality():
     assert np.isclose(sv.weights_.sum(), 1.0)
     assert log_loss(y, sv.oof_proba_, kind="probs") < log_loss(y, np.exp(logits["m1"]) / np.exp(logits["m1"]).sum(1, keepdims=True), kind="probs")
     prefix = sv.study_names_[0].rsplit("-", 1)[0]
-    assert prefix.startswith("soft_vote-prob-log_loss-")
+    assert prefix.startswith("soft_vote-probs-log_loss-")
     assert sv.study_names_ == [f"{prefix}-final"] + [f"{prefix}-fold{k}" for k in range(5)]
 
 
 def test_soft_vote_fixed_equal_and_logit_space():
     logits, y = make_logits()
     np.testing.assert_allclose(SoftVoting("equal").fit(logits, y).weights_, 1 / 3)
-    fixed = SoftVoting([1, 0, 3], space="logit").fit(logits, y)
+    fixed = SoftVoting([1, 0, 3], space="logits").fit(logits, y)
     np.testing.assert_allclose(fixed.weights_, [0.25, 0.0, 0.75])
     with pytest.raises(ValidationError, match="non-negative"):
         SoftVoting([1, -1, 1]).fit(logits, y)
@@ -33,8 +33,8 @@ def test_soft_vote_fixed_equal_and_logit_space():
 def test_per_model_temperature_puts_models_on_one_scale():
     logits, y = make_logits(n=600)
     mixed = dict(logits, m0=logits["m0"] * 10)  # the weakest model is also 10x over-confident
-    plain = SoftVoting("equal", space="logit").fit(mixed, y)
-    tempered = SoftVoting("equal", space="logit", temperature=True).fit(mixed, y)
+    plain = SoftVoting("equal", space="logits").fit(mixed, y)
+    tempered = SoftVoting("equal", space="logits", temperature=True).fit(mixed, y)
     assert tempered.temperatures_[0] > 5 and (tempered.temperatures_[1:] < 3).all()
     assert log_loss(y, tempered.oof_proba_, kind="probs") < log_loss(y, plain.oof_proba_, kind="probs") - 1.0
 
@@ -72,7 +72,7 @@ def test_hill_climbing_log_loss_trajectory_is_the_mixtures_log_loss():
     stacked = np.stack(list(logits.values()))
     for n_iter in (1, 3, 12):
         hc = HillClimbing(n_iter=n_iter).fit(logits, y)
-        mixed = combine(log_softmax(stacked), hc.weights_, "prob")
+        mixed = combine(log_softmax(stacked), hc.weights_, "probs")
         assert hc.trajectory_[-1] == pytest.approx(log_loss(y, mixed, kind="logits"), abs=1e-6)
 
 
@@ -101,7 +101,7 @@ def test_auto_layout_switches_to_classwise_for_many_classes():
 
 def test_meta_learner_bad_params(logits_y):
     logits, y = logits_y
-    with pytest.raises(ValidationError, match="kind must be one of"):
+    with pytest.raises(ValidationError, match=r"Unknown meta-learner backend 'xgboost'.*\['catboost', 'lightgbm', 'logreg'\]"):
         MetaLearner("xgboost").fit(logits, y)
     with pytest.raises(ValidationError, match="layout must be one of"):
         MetaLearner(layout="tall").fit(logits, y)
@@ -111,18 +111,20 @@ def test_meta_learner_bad_params(logits_y):
 
 def test_blender_fixed_weights_mix_stage_oof(logits_y):
     logits, y = logits_y
-    stages = {"vote": SoftVoting("equal"), "hill": HillClimbing(n_iter=5)}
-    blend = Blender({"vote": 0.25, "hill": 0.75}, stages=stages).fit(logits, y)
+    stages = [("vote", SoftVoting("equal")), ("hill", HillClimbing(n_iter=5))]
+    blend = Blender(stages, weights={"vote": 0.25, "hill": 0.75}).fit(logits, y)
     expected = 0.25 * blend.stage_oof_["vote"] + 0.75 * blend.stage_oof_["hill"]
     np.testing.assert_allclose(blend.oof_proba_, expected / expected.sum(1, keepdims=True), atol=1e-6)
     with pytest.raises(ValidationError, match=r"stages \['lgbm'\] that do not exist"):
-        Blender({"lgbm": 1.0}, stages=stages).fit(logits, y)
+        Blender(stages, weights={"lgbm": 1.0}).fit(logits, y)
+    with pytest.raises(ValidationError, match=r"list of \(name, ensembler\) pairs"):
+        Blender({"vote": SoftVoting()}).fit(logits, y)
 
 
 def test_blender_optuna_weights(logits_y):
     logits, y = logits_y
-    stages = {"good": SoftVoting([0, 0, 1]), "bad": SoftVoting([1, 0, 0])}
-    blend = Blender("optuna", stages=stages, n_trials=25).fit(logits, y)
+    stages = [("good", SoftVoting([0, 0, 1])), ("bad", SoftVoting([1, 0, 0]))]
+    blend = Blender(stages, n_trials=25).fit(logits, y)  # weights="optuna" by default
     assert blend.weights_["good"] > blend.weights_["bad"]
     assert np.isclose(sum(blend.weights_.values()), 1.0)
 
@@ -145,12 +147,11 @@ def test_blender_fits_as_a_fold_clone(logits_y):
     from sklearn.base import clone
 
     logits, y = logits_y
-    stages = {"vote": SoftVoting("equal"), "hill": HillClimbing(n_iter=5)}
-    parent = Blender({"vote": 0.5, "hill": 0.5}, stages=stages).fit(logits, y)
-    fold = clone(parent)
-    fold._inherit_fit_context(parent, fold=0)
+    stages = [("vote", SoftVoting("equal")), ("hill", HillClimbing(n_iter=5))]
+    parent = Blender(stages, weights={"vote": 0.5, "hill": 0.5}).fit(logits, y)
+    fold = parent._fold_clone(0)
     stacked = np.stack(list(logits.values())).astype(np.float32)
-    fold._fit_final(stacked[:, :160], y[:160])
-    proba = np.exp(fold._predict_log_proba(stacked[:, 160:]))
+    fold._fit_prepared(stacked[:, :160], y[:160], parent.folds_[:160])
+    proba = np.exp(fold._predict_prepared(stacked[:, 160:]))
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
     assert set(fold.stages_) == {"vote", "hill"}

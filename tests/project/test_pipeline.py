@@ -9,7 +9,7 @@ from ensemble_kit.project import (
     StackConfig,
     fit_stack,
     held_out_labels,
-    leaderboard,
+    results_table,
     list_stacks,
     load_stack,
     open_sources,
@@ -46,7 +46,7 @@ def test_train_project_creates_store_saves_config_and_test_labels(tmp_path):
     _folder_data(tmp_path / "data")
     cfg = _config(tmp_path, r10=TINY, r10b={**TINY, "seed": 1})
     train_project(cfg, folds=[0])
-    store = LogitStore.open(cfg.store)
+    store = LogitStore(cfg.store)
     assert store.incomplete() == {"r10": (1,), "r10b": (1,)}
     train_project(cfg)
     assert store.models() == ["r10", "r10b"] and store.classes == ["cat", "dog", "emu"]
@@ -82,7 +82,7 @@ def test_students_train_after_complete_teachers(tmp_path):
     with pytest.raises(ValidationError, match=r"teachers that are not complete.*teacher \(missing folds all\)"):
         train_project(cfg, models=["student"])
     train_project(cfg)
-    store = LogitStore.open(cfg.store)
+    store = LogitStore(cfg.store)
     assert store.entry("student").meta["n_extra_train"] == 3  # half of the 6 test images
     cyclic = {"a": {**TINY, "pseudo_label": {"teachers": ["b"]}}, "b": {**TINY, "pseudo_label": {"teachers": ["a"]}}}
     with pytest.raises(ValidationError, match="cycle"):
@@ -115,7 +115,7 @@ def test_fit_stack_saves_and_reloads(logit_store):
     assert fitted["class_rules"] == {"2": 0.4}
     assert set(fitted["stages"]["soft_vote"]["model_weights"]) == {"m0", "m1", "m2"}
     assert set(again.summary["held_out_test"]) == {"log_loss", "accuracy", "f1_macro"}
-    board = leaderboard(logit_store, again)
+    board = results_table(logit_store, again)
     assert board["step"].tolist()[-1] == "final (as submitted)"
     assert board.set_index("step").loc["m2", "test_accuracy"] > board.set_index("step").loc["m0", "test_accuracy"]
     # refitting replaces the saved stack in place, leaving no staging folders behind

@@ -28,7 +28,7 @@ def test_overrides_with_wildcards_and_sections():
     ({**BASE, "models": {"a": {"epochz": 1}}}, [], r"models\.a\.epochz"),
     ({**BASE, "models": {"a": {"optimizer": {"lrr": 1}}}}, [], r"models\.a\.optimizer\.lrr"),
     ({**BASE, "models": {"a": {"epochs": "many"}}}, [], r"'models\.a\.epochs' must be an integer"),
-    ({**BASE, "stack": {"recipe": "magic"}}, [], r"'stack\.recipe' must be one of"),
+    ({**BASE, "stack": {"recipe": "magic"}}, [], r"'stack\.recipe': Unknown recipe 'magic'"),
     ({**BASE, "stack": {"models": ["a", "zzz"]}}, [], r"stack\.models.*zzz"),
     ({**BASE, "data": {"format": "csv", "train": "t.csv"}}, [], r"data\.train_images"),
     ({**BASE, "folds": {"n_folds": 1}}, [], r"folds\.n_folds"),

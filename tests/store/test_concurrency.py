@@ -10,7 +10,7 @@ N_PROCS = 4
 
 
 def _writer(path: str, worker: int) -> None:
-    store = LogitStore.open(path)
+    store = LogitStore(path)
     rng = np.random.default_rng(worker)
     test = np.full((8, 3), float(worker))
     # every worker writes fold `worker` of two shared entries, plus a whole entry of its own
@@ -31,7 +31,7 @@ def test_four_processes_write_concurrently(tmp_path):
     for p in procs:
         p.join(120)
         assert p.exitcode == 0
-    store = LogitStore.open(store.path)
+    store = LogitStore(store.path)
     store.verify()
     assert store.models() == ["own0", "own1", "own2", "own3", "shared_a", "shared_b"]
     assert store.incomplete() == {}

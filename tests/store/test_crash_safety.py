@@ -65,7 +65,7 @@ def _run_and_die_at(path, scenario, kill_at, counter):
         return wrapped
 
     os.replace, os.rename, os.unlink = wrap(os.replace), wrap(os.rename), wrap(os.unlink)
-    SCENARIOS[scenario](LogitStore.open(path))
+    SCENARIOS[scenario](LogitStore(path))
     counter.value = calls["n"]
 
 
@@ -79,7 +79,7 @@ def _fork_run(path, scenario, kill_at):
 
 
 def _check_consistent(path, scenario):
-    store = LogitStore.open(path)
+    store = LogitStore(path)
     store.verify()
     models = store.models()
     # entries not touched by the scenario are intact
@@ -126,7 +126,7 @@ def test_sigkill_at_every_step_leaves_store_consistent(tmp_path, scenario):
         assert exitcode == -signal.SIGKILL
         outcomes.append(_check_consistent(path, scenario))
         # the next writer succeeds and cleans up whatever the killed one left behind
-        store = LogitStore.open(path)
+        store = LogitStore(path)
         REDO[scenario](store)
         store.verify()
         assert not any(p.name.endswith(".tmp") for p in (path / "entries").rglob("*"))
@@ -138,7 +138,7 @@ WRITER = textwrap.dedent(
     """
     import sys, numpy as np
     from ensemble_kit import LogitStore
-    store = LogitStore.open(sys.argv[1])
+    store = LogitStore(sys.argv[1])
     big = np.random.default_rng(0).normal(size=(20000, 300)).astype("float32")
     print("ready", flush=True)
     i = 0
@@ -160,7 +160,7 @@ def test_external_sigkill_during_large_writes(tmp_path, delay):
     time.sleep(delay)
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
-    reopened = LogitStore.open(store.path)
+    reopened = LogitStore(store.path)
     reopened.verify()
     np.testing.assert_array_equal(reopened.oof("keep"), keep)
     if "victim" in reopened.models():

@@ -31,7 +31,7 @@ def test_create_fixes_stratified_seeded_folds(tmp_path):
 
 
 def test_open_round_trips_everything(store):
-    again = LogitStore.open(store.path)
+    again = LogitStore(store.path)
     np.testing.assert_array_equal(again.folds, store.folds)
     np.testing.assert_array_equal(again.y, store.y)
     assert again.train_ids.tolist() == store.train_ids.tolist()
@@ -62,7 +62,7 @@ def test_bad_explicit_folds(tmp_path, folds, message):
 def test_create_refuses_existing_store(store):
     with pytest.raises(StoreExistsError, match="already exists"):
         LogitStore.create(store.path, np.arange(60), np.arange(60) % 3, [0, 1, 2])
-    LogitStore.open(store.path).verify()
+    LogitStore(store.path).verify()
 
 
 def test_create_into_empty_directory(tmp_path):
@@ -94,13 +94,13 @@ def test_create_bad_input(tmp_path, kwargs, error, message):
 
 def test_open_not_a_store(tmp_path):
     with pytest.raises(NotAStoreError, match="no such directory"):
-        LogitStore.open(tmp_path / "missing")
+        LogitStore(tmp_path / "missing")
     (tmp_path / "plain").mkdir()
     with pytest.raises(NotAStoreError, match="ensemble_kit_store.json is missing"):
-        LogitStore.open(tmp_path / "plain")
+        LogitStore(tmp_path / "plain")
     (tmp_path / "plain" / STORE_MANIFEST).write_text('{"format": "something-else"}')
     with pytest.raises(NotAStoreError, match="does not describe a logit store"):
-        LogitStore.open(tmp_path / "plain")
+        LogitStore(tmp_path / "plain")
 
 
 def test_open_refuses_newer_schema_and_leaves_it_untouched(store):
@@ -110,7 +110,7 @@ def test_open_refuses_newer_schema_and_leaves_it_untouched(store):
     manifest_path.write_text(json.dumps(manifest))
     before = manifest_path.read_bytes()
     with pytest.raises(SchemaVersionError, match="schema version 99.*reads schema versions 1 to 1"):
-        LogitStore.open(store.path)
+        LogitStore(store.path)
     assert manifest_path.read_bytes() == before
 
 
@@ -120,7 +120,7 @@ def test_open_detects_tampered_folds(store):
     data[-1] ^= 1
     folds_file.write_bytes(bytes(data))
     with pytest.raises(StoreCorruptedError, match="folds.npy.*checksum"):
-        LogitStore.open(store.path)
+        LogitStore(store.path)
 
 
 def test_store_files_are_plain_numpy_and_json(store, rng):

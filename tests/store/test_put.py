@@ -10,7 +10,7 @@ def test_put_then_read_in_train_order(store, rng):
     oof, test = rng.normal(size=(60, 3)), rng.normal(size=(3, 12, 3))
     info = store.put("cnn", oof, test, meta={"lr": 0.1, "tags": ["a"]})
     assert info.complete and info.folds_present == (0, 1, 2) and info.kind_written == "logits"
-    again = LogitStore.open(store.path)
+    again = LogitStore(store.path)
     assert again.models() == ["cnn"] and "cnn" in again
     np.testing.assert_allclose(again.oof("cnn"), oof, rtol=1e-6)
     assert again.oof("cnn").dtype == np.float32

@@ -201,7 +201,7 @@ def test_wrong_type_for_classes_in_store_manifest_is_named(store):
     document["classes"] = "abc"
     path.write_text(json.dumps(document))
     with pytest.raises(StoreCorruptedError) as raised:
-        LogitStore.open(store.path)
+        LogitStore(store.path)
     assert raised.value.field == "classes"
 
 
@@ -241,7 +241,7 @@ def test_store_manifest_n_folds_is_checked_against_the_folds_array(store, n_fold
     before = snapshot(store.path)
     start = time.perf_counter()
     with pytest.raises(StoreCorruptedError) as raised:
-        LogitStore.open(store.path)
+        LogitStore(store.path)
     assert time.perf_counter() - start < 5  # nothing sized by the lie was allocated
     assert raised.value.field == "n_folds"
     assert snapshot(store.path) == before
@@ -253,7 +253,7 @@ def test_store_manifest_n_train_must_match_the_ids(store):
     document["n_train"] = 10**9
     path.write_text(json.dumps(document))
     with pytest.raises(StoreCorruptedError, match=r"train_ids.*shape \(60,\)"):
-        LogitStore.open(store.path)
+        LogitStore(store.path)
 
 
 def test_entry_manifest_shape_is_checked_against_the_store(store, rng):
@@ -269,7 +269,7 @@ def test_entry_manifest_shape_is_checked_against_the_store(store, rng):
 
 # ---------------------------------------------------------------------- concurrent overwrites
 def _overwrite_forever(path: str, stop_at: float) -> None:
-    store = LogitStore.open(path)
+    store = LogitStore(path)
     rng = np.random.default_rng(1)
     while time.time() < stop_at:
         store.put("m", rng.normal(size=(60, 3)), rng.normal(size=(3, 12, 3)), overwrite=True)
@@ -324,7 +324,7 @@ def test_store_manifest_faults_name_the_field(store, key, value):
     path.write_text(json.dumps(document))
     before = snapshot(store.path)
     with pytest.raises(StoreCorruptedError) as raised:
-        LogitStore.open(store.path)
+        LogitStore(store.path)
     assert raised.value.field == key and raised.value.path == str(path)
     assert snapshot(store.path) == before
 

@@ -17,7 +17,7 @@ def test_yaml_round_trip(tmp_path):
         ({"modle": "x"}, r"Unknown config key\(s\) \['modle'\]"),
         ({"optimizer": {"learning_rate": 1}}, r"\['optimizer.learning_rate'\]"),
         ({"epochs": "ten"}, "'epochs' must be an integer"),
-        ({"loss": "hinge"}, "'loss' must be one of"),
+        ({"loss": "hinge"}, "'loss': Unknown loss 'hinge'"),
         ({"amp": "yes"}, "'amp' must be true or false"),
         ({"regularization": {"ema_decay": 1.5}}, "ema_decay"),
         ({"batch_size": 7, "regularization": {"mixup_alpha": 0.2}}, "even batch_size"),

@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from ensemble_kit.errors import ValidationError
-from ensemble_kit.train import GeM, TrainConfig, create_model, register_model
+from ensemble_kit.train import GeM, TrainConfig, build_model, register_model_factory
 from ensemble_kit.train.losses import BiTemperedLoss, CrossEntropy, FocalLoss, create_loss
-from ensemble_kit.train.trainer import _scheduler
+from ensemble_kit.train.fold import lr_schedule
 from ensemble_kit.train.tta import apply_view, check_views
 
 
@@ -19,37 +19,40 @@ def test_soft_and_hard_targets_agree():
     assert torch.isfinite(BiTemperedLoss(t1=0.7, t2=1.3)(logits, soft))
     with pytest.raises(ValidationError, match="t1 <= 1 <= t2"):
         BiTemperedLoss(t1=1.2, t2=1.0)
-    with pytest.raises(ValidationError, match="Unknown loss"):
-        create_loss("hinge")
+    with pytest.raises(ValidationError, match=r"'loss': Unknown loss 'hinge'"):
+        TrainConfig(loss="hinge")
+    with pytest.raises(ValidationError, match=r"'augment.policy': Unknown augmentation policy 'trivia'; did you mean 'trivial'"):
+        TrainConfig.from_dict({"augment": {"policy": "trivia"}})
+    assert isinstance(create_loss(TrainConfig(loss="focal", focal_gamma=0.0), label_smoothing=0.0), FocalLoss)
 
 
 def test_models_timm_registered_gem_and_local_checkpoint(tmp_path):
-    model = create_model("resnet10t", num_classes=5)
+    model = build_model("resnet10t", num_classes=5)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 5)
-    gem = create_model("resnet10t", num_classes=5, pooling="gem")
+    gem = build_model("resnet10t", num_classes=5, pooling="gem")
     assert isinstance(gem.pool, GeM) and gem(torch.randn(2, 3, 32, 32)).shape == (2, 5)
-    vit = create_model("test_vit", num_classes=3, img_size=32)
+    vit = build_model("test_vit", num_classes=3, img_size=32)
     assert vit(torch.randn(1, 3, 32, 32)).shape == (1, 3)
-    assert create_model("plain_cnn", num_classes=4)(torch.randn(2, 3, 16, 16)).shape == (2, 4)
-    assert create_model("resnet18_multiscale", num_classes=4)(torch.randn(2, 3, 32, 32)).shape == (2, 4)
+    assert build_model("plain_cnn", num_classes=4)(torch.randn(2, 3, 16, 16)).shape == (2, 4)
+    assert build_model("resnet18_multiscale", num_classes=4)(torch.randn(2, 3, 32, 32)).shape == (2, 4)
 
     # a "pretrained" checkpoint with a different head: the backbone loads, the head is skipped
-    source = create_model("resnet10t", num_classes=7)
+    source = build_model("resnet10t", num_classes=7)
     torch.save(source.state_dict(), tmp_path / "weights.pth")
-    loaded = create_model("resnet10t", num_classes=5, pretrained_path=str(tmp_path / "weights.pth"))
+    loaded = build_model("resnet10t", num_classes=5, pretrained_path=str(tmp_path / "weights.pth"))
     assert torch.equal(loaded.conv1[0].weight, source.conv1[0].weight)
     with pytest.raises(ValidationError, match="does not exist"):
-        create_model("resnet10t", num_classes=5, pretrained_path=str(tmp_path / "nope.pth"))
+        build_model("resnet10t", num_classes=5, pretrained_path=str(tmp_path / "nope.pth"))
     with pytest.raises(ValidationError, match="Unknown model 'resnet9000'"):
-        create_model("resnet9000", num_classes=2)
+        build_model("resnet9000", num_classes=2)
 
 
-def test_register_model():
-    @register_model("unit_test_linear")
+def test_register_model_factory():
+    @register_model_factory("unit_test_linear")
     def factory(num_classes, **_):
         return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, num_classes))
 
-    assert create_model("unit_test_linear", num_classes=2)(torch.randn(1, 3, 8, 8)).shape == (1, 2)
+    assert build_model("unit_test_linear", num_classes=2)(torch.randn(1, 3, 8, 8)).shape == (1, 2)
 
 
 def test_tta_views():
@@ -68,7 +71,7 @@ def test_schedules_warm_up_then_follow_their_shape(name):
                                  "schedule": {"name": name, "warmup_epochs": 1, "warmup_lr": 1e-4, "restart_epochs": 1}})
     params = [torch.nn.Parameter(torch.zeros(1))]
     opt = torch.optim.SGD(params, lr=0.1)
-    sched = _scheduler(opt, cfg, steps_per_epoch=10)
+    sched = lr_schedule(opt, cfg, steps_per_epoch=10)
     lrs = []
     for _ in range(40):
         lrs.append(opt.param_groups[0]["lr"])

@@ -10,6 +10,7 @@ import pytest
 from ensemble_kit import LogitStore
 from ensemble_kit.errors import ValidationError
 from ensemble_kit.train import TrainConfig, pseudo_label, train_cv
+from ensemble_kit.train.fold import fold_data
 from ensemble_kit.train.trainer import _FoldRun, resolve_device
 from helpers import tiny_image_data
 
@@ -113,14 +114,14 @@ RUN = textwrap.dedent(
     kill_after = int(sys.argv[2])
     if kill_after >= 0:
         original = trainer._FoldRun.save
-        def save_then_die(self, progress):
-            path = original(self, progress)
+        def save_then_die(self, parts, progress):
+            path = original(self, parts, progress)
             if self.fold == 0 and progress.epoch == kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
             return path
         trainer._FoldRun.save = save_then_die
     train, test, _ = tiny_image_data()
-    store = LogitStore.open(sys.argv[1])
+    store = LogitStore(sys.argv[1])
     cfg = TrainConfig.from_dict({"model": "plain_cnn", "img_size": 16, "epochs": 3, "batch_size": 16,
         "augment": {"policy": "trivial", "random_erasing": 0.3, "albumentations": "aoi"},
         "regularization": {"mixup_alpha": 0.4, "ema_decay": 0.9}, "optimizer": {"lr": 0.01}})
@@ -155,9 +156,8 @@ def test_pseudo_labels_never_reach_validation(tmp_path):
     assert (np.bincount(pseudo.labels, minlength=3) <= 3).all()
     cfg = _cfg(epochs=1)
     for k in range(store.n_folds):
-        run = _FoldRun(cfg, store, train, np.arange(48), test, np.arange(12), pseudo, k, tmp_path / f"f{k}",
-                       resolve_device("cpu"), "student")
-        train_set, valid_set = run.datasets()
+        data = fold_data(cfg, store, train, np.arange(48), test, np.arange(12), pseudo, k)
+        train_set, valid_set = data.train, data.valid
         valid_ids = set(valid_set.source.ids[valid_set.indices])
         assert valid_ids == set(store.train_ids[store.fold_indices(k)])
         assert not valid_ids & set(pseudo.ids)
@@ -188,3 +188,20 @@ def test_bad_sources_are_refused(tmp_path):
     relabelled = ArrayImageSource(np.zeros((48, 16, 16, 3), np.uint8), (train.targets + 1) % 3, ids=train.ids, classes=[0, 1, 2])
     with pytest.raises(ValidationError, match="48 source labels disagree"):
         train_cv(_cfg(), store, relabelled, test, name="x")
+
+
+def test_training_leaves_the_callers_global_random_state_alone(tmp_path):
+    import random
+
+    import torch
+
+    store, train, test, _ = _store(tmp_path)
+    np.random.seed(123)
+    random.seed(123)
+    torch.manual_seed(123)
+    expected = (np.random.random(), random.random(), float(torch.rand(1)))
+    np.random.seed(123)
+    random.seed(123)
+    torch.manual_seed(123)
+    train_cv(_cfg(epochs=1, regularization={"mixup_alpha": 0.4}), store, train, test, name="cnn")
+    assert (np.random.random(), random.random(), float(torch.rand(1))) == expected

@@ -1,0 +1,230 @@
+"""Meta-learner backends: how a second-level model is fitted and asked for scores.
+
+A :class:`LearnerBackend` hides one library behind two calls, so :class:`MetaLearner` holds no
+per-library branches: ``fit`` (with an early-stopping split the meta-learner chose) and
+``scores`` (binary margins for the class-wise layout, log-probabilities for the wide one).
+Backends are registered by name in :data:`LEARNERS` (``"lightgbm"``, ``"catboost"``,
+``"logreg"``); any scikit-learn classifier can be passed instead and is wrapped by
+:class:`EstimatorLearner`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from sklearn.base import clone
+
+from ensemble_kit._optional import import_optional
+from ensemble_kit._registry import Registry
+from ensemble_kit.errors import ValidationError
+from ensemble_kit.metrics import safe_log
+
+__all__ = ["LEARNERS", "EstimatorLearner", "FitRequest", "LearnerBackend", "register_learner", "resolve_learner"]
+
+_EARLY_STOPPING_ROUNDS = 50
+
+
+@dataclass(frozen=True)
+class FitRequest:
+    """Everything one meta-learner fit needs, chosen by :class:`MetaLearner`."""
+
+    X: NDArray
+    y: NDArray
+    binary: bool                   # class-wise rows (target: is this the true class?) vs. wide multi-class
+    n_classes: int
+    categorical: int | None        # column holding the class id (class-wise layout)
+    weight: NDArray | None
+    fit_rows: NDArray              # rows the model learns from
+    stop_rows: NDArray             # held-out rows for early stopping (never the rows being predicted)
+    seed: int
+    threads: int
+    params: dict[str, Any]
+
+
+class LearnerBackend(ABC):
+    """One meta-learner library. Subclass, then ``register_learner("name", Backend())``."""
+
+    #: Whether ``fit`` uses ``stop_rows`` for early stopping (else it learns from all rows).
+    early_stopping = False
+
+    @abstractmethod
+    def fit(self, request: FitRequest) -> Any:
+        """Fit and return the model."""
+
+    @abstractmethod
+    def scores(self, model: Any, X: NDArray, *, binary: bool, categorical: int | None) -> NDArray:
+        """``(n,)`` margins for binary rows, ``(n, K)`` log-probabilities over :meth:`classes` otherwise."""
+
+    def classes(self, model: Any) -> NDArray[np.int64] | None:
+        """Class indices a multi-class model knows, in the column order of :meth:`scores` (``None``: all)."""
+        return None
+
+    def n_iterations(self, model: Any) -> int | None:
+        """Boosting rounds kept after early stopping (``None`` for non-boosted learners)."""
+        return None
+
+
+LEARNERS: Registry[LearnerBackend] = Registry("meta-learner backend")
+
+
+def register_learner(name: str, backend: LearnerBackend, *, replace: bool = False) -> LearnerBackend:
+    """Make ``MetaLearner(learner=name)`` use ``backend``."""
+    return LEARNERS.register(name, backend, replace=replace)
+
+
+class _LightGBM(LearnerBackend):
+    """LightGBM gradient boosting, early-stopped on held-out fitting rows."""
+
+    early_stopping = True
+
+    def fit(self, r: FitRequest) -> Any:
+        lgb = import_optional("lightgbm", feature="The LightGBM meta-learner")
+        params = dict(r.params)
+        rounds = params.pop("num_boost_round", 1000)
+        defaults = dict(learning_rate=0.1, num_leaves=15, min_data_in_leaf=50, feature_fraction=0.8,
+                        bagging_fraction=0.8, bagging_freq=1, lambda_l2=5.0, seed=r.seed, num_threads=r.threads,
+                        verbosity=-1, deterministic=True, force_row_wise=True,
+                        **({"objective": "binary"} if r.binary else {"objective": "multiclass", "num_class": r.n_classes}))
+        categorical = [r.categorical] if r.categorical is not None else "auto"
+        w_fit = None if r.weight is None else r.weight[r.fit_rows]
+        w_stop = None if r.weight is None else r.weight[r.stop_rows]
+        train_set = lgb.Dataset(r.X[r.fit_rows], r.y[r.fit_rows], weight=w_fit, categorical_feature=categorical,
+                                free_raw_data=True)
+        stop_set = lgb.Dataset(r.X[r.stop_rows], r.y[r.stop_rows], weight=w_stop, reference=train_set,
+                               categorical_feature=categorical)
+        booster = lgb.train({**defaults, **params}, train_set, num_boost_round=rounds, valid_sets=[stop_set],
+                            callbacks=[lgb.early_stopping(_EARLY_STOPPING_ROUNDS, verbose=False)])
+        return booster
+
+    def scores(self, model: Any, X: NDArray, *, binary: bool, categorical: int | None) -> NDArray:
+        raw = model.predict(X, raw_score=True, num_iteration=self.n_iterations(model))
+        return raw if binary else _log_softmax(raw)
+
+    def n_iterations(self, model: Any) -> int | None:
+        return int(model.best_iteration or model.current_iteration())
+
+
+class _CatBoost(LearnerBackend):
+    """CatBoost gradient boosting (the class id as a categorical feature), early-stopped."""
+
+    early_stopping = True
+
+    def fit(self, r: FitRequest) -> Any:
+        catboost = import_optional("catboost", feature="The CatBoost meta-learner")
+        defaults = dict(iterations=1000, learning_rate=0.1, depth=5, l2_leaf_reg=5.0, bootstrap_type="Bernoulli",
+                        subsample=0.8, border_count=128, loss_function="Logloss" if r.binary else "MultiClass",
+                        random_seed=r.seed, thread_count=r.threads, verbose=False, allow_writing_files=False)
+        model = catboost.CatBoostClassifier(**{**defaults, **r.params})
+        w_fit = None if r.weight is None else r.weight[r.fit_rows]
+        w_stop = None if r.weight is None else r.weight[r.stop_rows]
+        model.fit(self._pool(r.X[r.fit_rows], r.y[r.fit_rows], r.categorical, w_fit),
+                  eval_set=self._pool(r.X[r.stop_rows], r.y[r.stop_rows], r.categorical, w_stop),
+                  early_stopping_rounds=_EARLY_STOPPING_ROUNDS)
+        return model
+
+    @staticmethod
+    def _pool(X: NDArray, y: NDArray | None, categorical: int | None, weight: NDArray | None = None) -> Any:
+        import pandas as pd
+        from catboost import Pool
+
+        if categorical is None:
+            return Pool(X, y, weight=weight)
+        frame = pd.DataFrame(X)
+        frame[categorical] = frame[categorical].astype(np.int64)
+        return Pool(frame, y, cat_features=[categorical], weight=weight)
+
+    def scores(self, model: Any, X: NDArray, *, binary: bool, categorical: int | None) -> NDArray:
+        pool = self._pool(X, None, categorical)
+        if binary:
+            return model.predict(pool, prediction_type="RawFormulaVal")
+        return safe_log(model.predict_proba(pool))
+
+    def classes(self, model: Any) -> NDArray[np.int64] | None:
+        return np.asarray(model.classes_, dtype=np.int64)
+
+    def n_iterations(self, model: Any) -> int | None:
+        return int(model.get_best_iteration() or 0) + 1
+
+
+class EstimatorLearner(LearnerBackend):
+    """Any scikit-learn classifier (cloned for every fit), e.g. ``LogisticRegression(C=0.1)``.
+
+    Binary rows are scored with ``decision_function`` when the estimator has one, else with the
+    log-odds of ``predict_proba``.
+    """
+
+    def __init__(self, estimator: Any) -> None:
+        if not (hasattr(estimator, "fit") and hasattr(estimator, "predict_proba")):
+            raise ValidationError(f"A meta-learner estimator needs fit() and predict_proba(); got {estimator!r}.")
+        self.estimator = estimator
+
+    def fit(self, r: FitRequest) -> Any:
+        model = clone(self.estimator)
+        if r.params:
+            model.set_params(**r.params)
+        kwargs = {} if r.weight is None else {_weight_argument(model): r.weight}
+        model.fit(r.X, r.y, **kwargs)
+        return model
+
+    def scores(self, model: Any, X: NDArray, *, binary: bool, categorical: int | None) -> NDArray:
+        if binary:
+            if hasattr(model, "decision_function"):
+                return np.asarray(model.decision_function(X), dtype=np.float64)
+            p = np.asarray(model.predict_proba(X), dtype=np.float64)
+            return safe_log(p[:, 1]) - safe_log(p[:, 0])
+        return safe_log(model.predict_proba(X))
+
+    def classes(self, model: Any) -> NDArray[np.int64] | None:
+        return np.asarray(model.classes_, dtype=np.int64)
+
+
+def _weight_argument(model: Any) -> str:
+    """``sample_weight`` for plain estimators, ``<last step>__sample_weight`` for pipelines."""
+    steps = getattr(model, "steps", None)
+    return f"{steps[-1][0]}__sample_weight" if steps else "sample_weight"
+
+
+def _logreg() -> Any:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000))
+
+
+class _LogReg(EstimatorLearner):
+    """Logistic regression on standardised features (``params`` like ``{"logisticregression__C": 0.1}``)."""
+
+    def __init__(self) -> None:
+        super().__init__(_logreg())
+
+    def fit(self, r: FitRequest) -> Any:
+        params = dict(r.params)
+        # the short names of the old logreg meta-learner ("C", "max_iter") address the logistic step
+        for short in ("C", "max_iter", "penalty", "solver", "tol", "class_weight"):
+            if short in params:
+                params[f"logisticregression__{short}"] = params.pop(short)
+        return super().fit(FitRequest(**{**r.__dict__, "params": params}))
+
+
+def _log_softmax(z: NDArray) -> NDArray:
+    shifted = z - z.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+register_learner("lightgbm", _LightGBM())
+register_learner("catboost", _CatBoost())
+register_learner("logreg", _LogReg())
+
+
+def resolve_learner(learner: str | Any) -> LearnerBackend:
+    """A registered backend by name, a backend instance, or a scikit-learn classifier (wrapped)."""
+    if isinstance(learner, str):
+        return LEARNERS.get(learner)
+    if isinstance(learner, LearnerBackend):
+        return learner
+    return EstimatorLearner(learner)
