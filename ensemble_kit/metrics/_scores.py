@@ -46,6 +46,7 @@ def softmax(logits: ArrayLike, axis: int = -1) -> NDArray[np.floating]:
 
 
 def check_kind(kind: str) -> str:
+    """``kind`` if it is ``"logits"`` or ``"probs"``, else a :class:`ValidationError`."""
     if kind not in SCORE_KINDS:
         raise ValidationError(
             f"kind must be one of {SCORE_KINDS} (declared, never guessed); got {kind!r}."
