@@ -28,6 +28,7 @@ __all__ = [
     "StoreBusyError",
     "CheckpointError",
     "ImageDecodeError",
+    "ArtifactError",
 ]
 
 
@@ -125,3 +126,9 @@ class CheckpointError(EnsembleKitError):
 class ImageDecodeError(ValidationError):
     """An image file is missing, cannot be decoded, or holds a format, mode, bit depth or size
     that cannot be turned into 8-bit RGB faithfully."""
+
+
+class ArtifactError(EnsembleKitError):
+    """A saved stack, exported fold model or inference bundle is damaged, incomplete, of an
+    unknown format or version, or does not match what it is loaded into. Nothing in one is ever
+    unpickled; the message names the file and what is wrong."""

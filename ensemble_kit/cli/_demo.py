@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from ensemble_kit.data.embedded import load_digits_images
 from ensemble_kit.errors import ValidationError
 from ensemble_kit.project import ProjectConfig, fit_stack, results_table, train_project, write_submission
 from ensemble_kit.project.pipeline import RESOLVED_CONFIG
@@ -46,6 +47,7 @@ class DemoResult:
     report: Path
     submission: Path
     config: Path
+    new_images: Path
 
 
 def demo_config(out: Path, *, seed: int = 0, n_folds: int = 5, n_trials: int = 60,
@@ -77,7 +79,19 @@ def run_demo(out: Path, *, seed: int = 0, n_folds: int = 5, n_trials: int = 60,
     report = write_report(store, stack=stack.name)
     submission = write_submission(store, stack, out / "submission.csv", format=cfg.submission.format,
                                   id_col=cfg.submission.id_col, label_col=cfg.submission.label_col)
-    return DemoResult(store, results_table(store, stack), report, submission, config_path)
+    return DemoResult(store, results_table(store, stack), report, submission, config_path,
+                      _write_new_images(out / "new_images"))
+
+
+def _write_new_images(folder: Path) -> Path:
+    """The held-out digits as PNG files: new images for `ensemble-kit predict` to try on."""
+    from PIL import Image
+
+    _, test = load_digits_images(image_size=32)  # the same split open_sources makes: the store's test ids
+    folder.mkdir(parents=True, exist_ok=True)
+    for image, image_id in zip(test.images, test.ids):
+        Image.fromarray(image).save(folder / f"{image_id}.png")
+    return folder
 
 
 def _remove_earlier_demo(path: Path) -> None:

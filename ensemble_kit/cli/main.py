@@ -117,6 +117,38 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predictor(source: Path, args: argparse.Namespace) -> object:
+    """A bundle folder, or a project config (its store's fold models and saved stack)."""
+    from ensemble_kit.project.predict import BUNDLE_MANIFEST, Predictor
+
+    options = {"device": args.device, "batch_size": args.batch_size, "num_workers": args.num_workers}
+    if source.is_dir() and (source / BUNDLE_MANIFEST).exists():
+        return Predictor.load(source, **options)
+    return Predictor.from_project(source, stack=args.stack, overrides=args.set, **options)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from ensemble_kit.project.predict import image_source
+
+    predictor = _predictor(args.source, args)
+    images = image_source(args.images, classes=predictor.classes)
+    frame = predictor.submission(images, sample_submission=args.sample_submission)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(args.out, index=False)
+    print(f"wrote {args.out} ({len(frame)} rows; {len(predictor.models)} models x "
+          f"{sum(len(m.folds) for m in predictor.models)} fold models)")
+    return 0
+
+
+def _cmd_bundle(args: argparse.Namespace) -> int:
+    from ensemble_kit.project.predict import Predictor
+
+    out = Predictor.from_project(args.config, stack=args.stack, overrides=args.set, device="cpu").save_bundle(args.out)
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    print(f"wrote {out} ({size / 1e6:.1f} MB): ensemble-kit predict {out} --images IMAGES --out submission.csv")
+    return 0
+
+
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     from ensemble_kit.report import launch_dashboard
     from ensemble_kit.store import LogitStore
@@ -139,6 +171,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"report:     {result.report}")
     print(f"submission: {result.submission}")
     print(f"dashboard:  ensemble-kit dashboard {result.store.path}")
+    print(f"\npredict new images with what was just fitted (every fold model, TTA and the stack):\n"
+          f"  ensemble-kit predict {result.config} --images {result.new_images} --out {result.config.parent / 'predictions.csv'}")
     return 0
 
 
@@ -222,6 +256,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id-col", default="id")
     p.add_argument("--label-col", default="label")
     p.set_defaults(func=_cmd_submit)
+
+    p = sub.add_parser("predict", help="predict new images with every fold model, TTA and the saved stack")
+    p.add_argument("source", type=Path, help="project YAML (its store's models and stack) or a bundle folder")
+    p.add_argument("--images", type=Path, required=True,
+                   help="a folder of images (flat, or one folder per class) or a CSV with a 'path' or 'id' column")
+    p.add_argument("--stack", default=None, help="saved stack of the project (default: the latest)")
+    p.add_argument("--sample-submission", type=Path, default=None,
+                   help="align rows, id column and columns (probabilities or one label column) to this CSV")
+    p.add_argument("--out", type=Path, default=Path("submission.csv"), help="CSV to write (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="torch device (default: auto: CUDA, then MPS, then CPU)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per batch (default: 2x the training batch)")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers decoding images (default: 0)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value of the project config (as for train)")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("bundle", help="write one folder with everything inference needs (no store, no network)")
+    p.add_argument("config", type=Path, help="project YAML of a trained and stacked project")
+    p.add_argument("out", type=Path, help="bundle folder to write")
+    p.add_argument("--stack", default=None, help="saved stack (default: the latest)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value of the project config (as for train)")
+    p.set_defaults(func=_cmd_bundle)
 
     p = sub.add_parser("dashboard", help="open the store's Optuna studies in optuna-dashboard")
     p.add_argument("store", type=Path)

@@ -19,6 +19,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from ensemble_kit.data.decode import check_image_header, decode_image, to_rgb
 from ensemble_kit.errors import ImageDecodeError, ValidationError
+from ensemble_kit.store._tables import load_table
 
 logger = logging.getLogger(__name__)
 
@@ -256,6 +257,38 @@ class ImageDirSource(_FileImageSource):
             clash = sorted({s for s in stems if stems.count(s) > 1})
             raise ValidationError(f"ImageDirSource: file names differing only by extension in {str(root)!r}: {clash[:5]}.")
         super().__init__(stems, paths, None, list(classes) if classes is not None else [], cache=cache)
+
+
+class ImagePathSource(_FileImageSource):
+    """Images at explicit paths, unlabelled (e.g. a CSV listing the images to predict).
+
+    Parameters
+    ----------
+    paths : sequence of path
+    ids : sequence, optional
+        One id per image (default: the file names without extension).
+    classes : sequence, optional
+        The training classes, so the source can be paired with a labelled one.
+    """
+
+    def __init__(self, paths: Sequence[str | Path], *, ids: Sequence[Any] | None = None,
+                 classes: Sequence[Any] | None = None, cache: bool = False) -> None:
+        paths = [Path(p) for p in paths]
+        if not paths:
+            raise ValidationError("ImagePathSource: no image paths given.")
+        super().__init__([p.stem for p in paths] if ids is None else [str(i) for i in ids], paths, None,
+                         list(classes) if classes is not None else [], cache=cache)
+
+    @classmethod
+    def from_csv(cls, csv: str | Path, *, path_col: str = "path", id_col: str | None = None,
+                 classes: Sequence[Any] | None = None) -> ImagePathSource:
+        """Paths from a CSV column (relative paths are relative to the CSV's folder)."""
+        csv = Path(csv)
+        frame = load_table(csv, what=f"image list {str(csv)!r}", id_col=id_col)
+        if path_col not in frame.columns:
+            raise ValidationError(f"{str(csv)!r}: no column {path_col!r}; columns are {list(frame.columns)[:20]}.")
+        paths = [p if Path(p).is_absolute() else csv.parent / p for p in frame[path_col].astype(str)]
+        return cls(paths, ids=None if id_col is None else frame[id_col].astype(str).tolist(), classes=classes)
 
 
 class ConcatSource(ImageSource):

@@ -58,8 +58,14 @@ class BaseEnsembler(BaseEstimator, ABC):
     ``oof_proba_`` (honest OOF probabilities), ``folds_``, ``fit_seconds_``.
     """
 
-    # Ensembling needs several models; subclasses that work on one may lower this.
+    # Ensembling needs several models; subclasses that work on one may lower this (and say why in
+    # _needs_models: what the part does that takes several models).
     _min_models = 2
+    _needs_models = "it combines several models"
+
+    def _required_models(self) -> tuple[int, str]:
+        """How many models this fit needs, and why."""
+        return self._min_models, self._needs_models
 
     def fit(self, X: LogitInput, y: ArrayLike | None = None, *, folds: ArrayLike | None = None,
             models: Sequence[str] | None = None) -> BaseEnsembler:
@@ -71,8 +77,9 @@ class BaseEnsembler(BaseEstimator, ABC):
         predictions; default: 5 stratified folds seeded with ``seed``.
         """
         start = time.perf_counter()
+        required, reason = self._required_models()
         stack, yy, folds_array = resolve_fit_inputs(X, y, folds, models, owner=type(self).__name__,
-                                                    min_models=self._min_models, seed=getattr(self, "seed", 0))
+                                                    min_models=required, seed=getattr(self, "seed", 0), reason=reason)
         self.model_names_ = stack.names
         self.n_models_ = stack.n_models
         self.n_classes_ = stack.n_classes
@@ -148,6 +155,15 @@ class BaseEnsembler(BaseEstimator, ABC):
         while getattr(owner, "_parent", None) is not None:
             owner = owner._parent
         owner.__dict__.setdefault("study_names_", []).extend(names)
+
+    # ---------------------------------------------------------------- saving (ensemble/_persist.py)
+    def _fitted_state(self, out: Any, key: str) -> dict[str, Any]:
+        """The fitted state a prediction needs, as JSON with array references (``out.array``)."""
+        raise ValidationError(f"{type(self).__name__} cannot be saved: it does not describe its fitted state.")
+
+    def _restore_fitted(self, state: dict[str, Any], source: Any) -> None:
+        """Set the fitted attributes from what :meth:`_fitted_state` wrote."""
+        raise ValidationError(f"{type(self).__name__} cannot be loaded.")
 
     def _check_predict_input(self, X: LogitInput, models: Sequence[str] | None) -> LogitStack:
         from ensemble_kit.store import LogitStore

@@ -118,7 +118,8 @@ def check_same_models(fitted: tuple[str, ...], given: tuple[str, ...], n_classes
 
 
 def resolve_fit_inputs(X: LogitInput, y: ArrayLike | None, folds: ArrayLike | None, models: Sequence[str] | None,
-                       *, owner: str, min_models: int, seed: int) -> tuple[LogitStack, NDArray[np.int64], NDArray[np.int64]]:
+                       *, owner: str, min_models: int, seed: int,
+                       reason: str = "it combines several models") -> tuple[LogitStack, NDArray[np.int64], NDArray[np.int64]]:
     """Validated ``(logits, y, folds)`` for a fit; a LogitStore supplies its own y and folds."""
     stack = as_logit_stack(X, models=models)
     if isinstance(X, LogitStore):
@@ -128,8 +129,9 @@ def resolve_fit_inputs(X: LogitInput, y: ArrayLike | None, folds: ArrayLike | No
         raise ValidationError(f"{owner}.fit: y is required unless the logits come from a LogitStore.")
     if stack.n_models < min_models:
         raise ValidationError(
-            f"{owner} needs at least {min_models} models to ensemble; got {stack.n_models} "
-            f"({list(stack.names)}). Add models, or use the single model directly."
+            f"{owner} needs at least {min_models} models to ensemble ({reason}); got {stack.n_models} "
+            f"({list(stack.names)}). Add models, or, for one model, use Stacker.from_recipe('average') (its "
+            "fold average with a temperature or tuned class offsets) or Stacker.from_recipe('aoi')."
         )
     yy = check_targets(y, stack)
     if stack.n_samples == 0:

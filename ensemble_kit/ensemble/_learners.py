@@ -67,6 +67,15 @@ class LearnerBackend(ABC):
         """Boosting rounds kept after early stopping (``None`` for non-boosted learners)."""
         return None
 
+    def save(self, model: Any, out: Any, key: str, *, n_iterations: int | None) -> dict[str, Any]:
+        """The fitted ``model`` as JSON plus files written with ``out`` (never pickle)."""
+        raise ValidationError(f"The {type(self).__name__} meta-learner backend cannot be saved without pickle; "
+                              "give it save()/load() methods.")
+
+    def load(self, saved: dict[str, Any], source: Any) -> Any:
+        """The model :meth:`save` described, its files read (checksum-verified) through ``source``."""
+        raise ValidationError(f"The {type(self).__name__} meta-learner backend cannot load saved models.")
+
 
 LEARNERS: Registry[LearnerBackend] = Registry("meta-learner backend")
 
@@ -105,7 +114,20 @@ class _LightGBM(LearnerBackend):
         return raw if binary else _log_softmax(raw)
 
     def n_iterations(self, model: Any) -> int | None:
-        return int(model.best_iteration or model.current_iteration())
+        best = int(model.best_iteration or 0)
+        return best if best > 0 else int(model.current_iteration())
+
+    def save(self, model: Any, out: Any, key: str, *, n_iterations: int | None) -> dict[str, Any]:
+        # only the kept rounds: the trees grown after the best iteration never predict
+        text = model.model_to_string(num_iteration=n_iterations)
+        return {"booster": out.blob(key, text.encode("utf-8"), suffix=".lgb.txt")}
+
+    def load(self, saved: dict[str, Any], source: Any) -> Any:
+        lgb = import_optional("lightgbm", feature="The LightGBM meta-learner")
+        try:
+            return lgb.Booster(model_str=source.blob(saved["booster"]).decode("utf-8"))
+        except (lgb.basic.LightGBMError, UnicodeDecodeError) as exc:
+            raise ValidationError(f"the saved LightGBM model cannot be read ({exc}).") from exc
 
 
 class _CatBoost(LearnerBackend):
@@ -147,7 +169,24 @@ class _CatBoost(LearnerBackend):
         return np.asarray(model.classes_, dtype=np.int64)
 
     def n_iterations(self, model: Any) -> int | None:
-        return int(model.get_best_iteration() or 0) + 1
+        best = model.get_best_iteration()
+        return None if best is None else int(best) + 1
+
+    def save(self, model: Any, out: Any, key: str, *, n_iterations: int | None) -> dict[str, Any]:
+        import tempfile
+        from pathlib import Path
+
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "model.cbm"
+            model.save_model(str(path), format="cbm")
+            return {"model": out.blob(key, path.read_bytes(), suffix=".cbm")}
+
+    def load(self, saved: dict[str, Any], source: Any) -> Any:
+        catboost = import_optional("catboost", feature="The CatBoost meta-learner")
+        try:
+            return catboost.CatBoostClassifier().load_model(blob=source.blob(saved["model"]))
+        except catboost.CatBoostError as exc:
+            raise ValidationError(f"the saved CatBoost model cannot be read ({exc}).") from exc
 
 
 class EstimatorLearner(LearnerBackend):
@@ -199,8 +238,33 @@ def _logreg() -> Any:
 class _LogReg(EstimatorLearner):
     """Logistic regression on standardised features (``params`` like ``{"logisticregression__C": 0.1}``)."""
 
+    _ARRAYS = {"standardscaler": ("mean_", "scale_", "var_"), "logisticregression": ("coef_", "intercept_", "classes_")}
+
     def __init__(self) -> None:
         super().__init__(_logreg())
+
+    def save(self, model: Any, out: Any, key: str, *, n_iterations: int | None) -> dict[str, Any]:
+        steps = dict(model.steps)
+        return {"params": {name: {k: v for k, v in steps[name].get_params(deep=False).items()
+                                  if v is None or isinstance(v, (bool, int, float, str))} for name in self._ARRAYS},
+                "arrays": {f"{name}.{attr}": out.array(f"{key}.{name}.{attr}", getattr(steps[name], attr))
+                           for name, attrs in self._ARRAYS.items() for attr in attrs},
+                "n_features_in": int(model.n_features_in_)}
+
+    def load(self, saved: dict[str, Any], source: Any) -> Any:
+        model = _logreg()
+        steps = dict(model.steps)
+        for name, params in saved["params"].items():
+            steps[name].set_params(**params)
+        for name, attrs in self._ARRAYS.items():
+            for attr in attrs:
+                setattr(steps[name], attr, source.array(saved["arrays"][f"{name}.{attr}"]))
+            steps[name].n_features_in_ = int(saved["n_features_in"])
+        coef, classes = steps["logisticregression"].coef_, steps["logisticregression"].classes_
+        if coef.ndim != 2 or coef.shape[1] != steps["standardscaler"].mean_.shape[0] or len(classes) < 2:
+            raise ValidationError("the saved logistic regression's arrays do not fit together.")
+        steps["standardscaler"].n_samples_seen_ = 1
+        return model
 
     def fit(self, r: FitRequest) -> Any:
         params = dict(r.params)

@@ -82,6 +82,12 @@ def aoi(*, metric: str, n_trials: int, seed: int, storage: Any) -> dict[str, Any
             "thresholds": ClassThresholds(rules={2: 0.4})}
 
 
+@register_recipe("average")
+def average(*, metric: str, n_trials: int, seed: int, storage: Any) -> dict[str, Any]:
+    """The plain mean of the models' probabilities (one model: its fold average), then temperature (log loss) or class offsets (label metrics)."""
+    return {"stages": [("average", SoftVoting("equal"))], "blend": "optuna", "calibrate": "auto", "thresholds": "auto"}
+
+
 @register_recipe("hill_climb")
 def hill_climb(*, metric: str, n_trials: int, seed: int, storage: Any) -> dict[str, Any]:
     """Caruana hill climbing (greedy ensemble selection with replacement)."""

@@ -98,6 +98,12 @@ class Blender(BaseEnsembler):
         self.seed = seed
         self.storage = storage
 
+    def _required_models(self) -> tuple[int, str]:
+        """As many models as the most demanding stage needs."""
+        needs = [(stage._required_models(), name) for name, stage in check_stages(self.stages, owner="Blender")]
+        (count, reason), name = max(needs, key=lambda item: item[0][0])
+        return count, f"stage {name!r}: {reason}"
+
     def _start_fit(self, stack: Any, y: NDArray[np.int64], folds: NDArray[np.int64]) -> None:
         stages = check_stages(self.stages, owner="Blender")
         weights = self.weights
@@ -173,3 +179,17 @@ class Blender(BaseEnsembler):
     def _predict_prepared(self, logits: NDArray) -> NDArray:
         probs = {name: np.exp(stage._predict_log_proba(logits)) for name, stage in self.stages_.items()}
         return mix(probs, self.weights_)
+
+    def _fitted_state(self, out: Any, key: str) -> dict[str, Any]:
+        from ensemble_kit.ensemble._persist import dump_estimator
+
+        return {"weights": dict(self.weights_),
+                "stages": {name: dump_estimator(stage, out, f"{key}.{name}") for name, stage in self.stages_.items()}}
+
+    def _restore_fitted(self, state: dict[str, Any], source: Any) -> None:
+        from ensemble_kit.ensemble._persist import load_estimator
+
+        self.stages_ = {name: load_estimator(doc, source, f"stage {name!r}") for name, doc in state["stages"].items()}
+        self.weights_ = {str(k): float(v) for k, v in state["weights"].items()}
+        if set(self.weights_) != set(self.stages_):
+            raise ValidationError(f"saved blend weights {sorted(self.weights_)} do not match its stages {sorted(self.stages_)}.")

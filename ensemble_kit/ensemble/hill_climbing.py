@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
 from ensemble_kit.ensemble._base import BaseEnsembler
 from ensemble_kit.ensemble._registry import register_ensembler
-from ensemble_kit.ensemble.voting import check_space, combine, true_class_log_loss
+from ensemble_kit.ensemble.voting import _vector, check_space, combine, true_class_log_loss
 from ensemble_kit.errors import ValidationError
 from ensemble_kit.metrics import get_metric, log_softmax, safe_log
 
@@ -63,6 +63,8 @@ class HillClimbing(BaseEnsembler):
         self.metric = metric
         self.space = space
         self.seed = seed
+
+    _needs_models = "it selects among several models"
 
     def _fit_prepared(self, logits: NDArray, y: NDArray[np.int64], folds: NDArray[np.int64]) -> None:
         log_probs = log_softmax(logits)
@@ -122,3 +124,9 @@ class HillClimbing(BaseEnsembler):
 
     def _predict_prepared(self, logits: NDArray) -> NDArray:
         return combine(log_softmax(logits), self.weights_, self.space)
+
+    def _fitted_state(self, out: Any, key: str) -> dict[str, Any]:
+        return {"weights": out.array(f"{key}.weights", self.weights_)}
+
+    def _restore_fitted(self, state: dict[str, Any], source: Any) -> None:
+        self.weights_ = _vector(source.array(state["weights"]), self.n_models_, "weights")

@@ -97,6 +97,7 @@ class MetaLearner(BaseEnsembler):
 
     # ------------------------------------------------------------------ template hooks
     _inherited = BaseEnsembler._inherited + ("layout_",)
+    _needs_models = "a meta-learner learns how several models combine"
 
     def _start_fit(self, stack: LogitStack, y: NDArray[np.int64], folds: NDArray[np.int64]) -> None:
         if self.layout not in LAYOUTS:
@@ -139,6 +140,18 @@ class MetaLearner(BaseEnsembler):
                                      backend.classes(self.model_))
         margins = backend.scores(self.model_, rows.features, binary=True, categorical=rows.class_column)
         return assemble_classwise(rows, margins)
+
+    def _fitted_state(self, out: Any, key: str) -> dict[str, Any]:
+        backend = resolve_learner(self.learner)
+        return {"layout": self.layout_, "n_iterations": self.n_iterations_,
+                "model": backend.save(self.model_, out, f"{key}.model", n_iterations=self.n_iterations_)}
+
+    def _restore_fitted(self, state: dict[str, Any], source: Any) -> None:
+        if state["layout"] not in ("wide", "classwise"):
+            raise ValidationError(f"saved layout must be 'wide' or 'classwise'; got {state['layout']!r}.")
+        self.layout_ = state["layout"]
+        self.n_iterations_ = state["n_iterations"]
+        self.model_ = resolve_learner(self.learner).load(state["model"], source)
 
     # ------------------------------------------------------------------ helpers
     def _learner_name(self) -> str:

@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -158,9 +159,11 @@ class Stacker(BaseEstimator):
         :class:`~ensemble_kit.LogitStore` (its labels and folds; ``models`` selects entries)."""
         start = time.perf_counter()
         get_metric(self.metric)
-        stack, yy, folds_array = resolve_fit_inputs(oof_logits, y, folds, models, owner="Stacker", min_models=2,
-                                                    seed=self.seed)
         stages = self._stages()
+        (required, reason), stage_name = max(((stage._required_models(), name) for name, stage in stages),
+                                             key=lambda item: item[0][0])
+        stack, yy, folds_array = resolve_fit_inputs(oof_logits, y, folds, models, owner="Stacker", min_models=required,
+                                                    seed=self.seed, reason=f"stage {stage_name!r}: {reason}")
         self.storage_ = self.storage
         studies_lock: AbstractContextManager[None] = nullcontext()
         if self.storage_ is None and isinstance(oof_logits, LogitStore):
@@ -301,6 +304,34 @@ class Stacker(BaseEstimator):
         check_is_fitted(self, "ensemble_")
         probs = np.asarray(proba)
         return self.thresholds_.predict(probs) if self.thresholds_ is not None else probs.argmax(axis=1)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted stack to the folder ``path``: JSON, ``.npy`` and the GBMs' native model
+        files, checksummed, never pickle (``docs/stack-format.md``). Returns the folder."""
+        from ensemble_kit.ensemble._persist import save_stacker
+
+        return save_stacker(self, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Stacker:
+        """A Stacker saved with :meth:`save`, ready to predict. Loading a folder from elsewhere
+        cannot run code: classes come from the registries, files are checksum-verified.
+
+        Examples
+        --------
+        >>> import numpy as np, tempfile
+        >>> rng = np.random.default_rng(0)
+        >>> y = rng.integers(0, 3, 200)
+        >>> oof = {f"m{i}": np.eye(3)[y] * (1 + i) + rng.normal(size=(200, 3)) for i in range(2)}
+        >>> stk = Stacker.from_recipe("aoi", n_trials=5).fit(oof, y)
+        >>> again = Stacker.load(stk.save(tempfile.mkdtemp() + "/stack"))
+        >>> bool(np.abs(again.predict_proba(oof) - stk.predict_proba(oof)).max() < 1e-6)
+        True
+        """
+        from ensemble_kit.ensemble._persist import load_stacker
+
+        return load_stacker(path, cls)
 
     @property
     def study_names_(self) -> list[str]:

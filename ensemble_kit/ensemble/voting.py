@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import optuna
@@ -119,6 +119,9 @@ class SoftVoting(BaseEnsembler):
         self.storage = storage
         self.study_name = study_name
 
+    # one model is a valid vote: its (fold-averaged) probabilities, with its own temperature
+    _min_models = 1
+
     def _fit_prepared(self, logits: NDArray, y: NDArray[np.int64], folds: NDArray[np.int64]) -> None:
         log_probs = log_softmax(logits)
         check_space(self.space)
@@ -129,7 +132,7 @@ class SoftVoting(BaseEnsembler):
         if isinstance(self.weights, str) and self.weights == "equal":
             self.weights_ = np.full(n_models, 1.0 / n_models)
         elif isinstance(self.weights, str) and self.weights == "optuna":
-            self.weights_ = self._tune(scaled, y)
+            self.weights_ = self._tune(scaled, y) if n_models > 1 else np.ones(1)
         elif isinstance(self.weights, str):
             raise ValidationError(f"weights must be 'optuna', 'equal' or an array; got {self.weights!r}.")
         else:
@@ -171,6 +174,20 @@ class SoftVoting(BaseEnsembler):
 
     def _predict_prepared(self, logits: NDArray) -> NDArray:
         return combine(self._scale(log_softmax(logits)), self.weights_, self.space)
+
+    def _fitted_state(self, out: Any, key: str) -> dict[str, Any]:
+        return {"weights": out.array(f"{key}.weights", self.weights_),
+                "temperatures": out.array(f"{key}.temperatures", self.temperatures_)}
+
+    def _restore_fitted(self, state: dict[str, Any], source: Any) -> None:
+        self.weights_ = _vector(source.array(state["weights"]), self.n_models_, "weights")
+        self.temperatures_ = _vector(source.array(state["temperatures"]), self.n_models_, "temperatures")
+
+
+def _vector(values: NDArray, n: int, what: str) -> NDArray:
+    if values.shape != (n,) or not np.issubdtype(values.dtype, np.floating) or not np.isfinite(values).all():
+        raise ValidationError(f"saved {what} must be {n} finite numbers; got shape {values.shape}.")
+    return values
 
 
 __all__: Sequence[str] = ["SPACES", "SoftVoting", "combine", "mixture_log_loss", "true_class_log_loss"]

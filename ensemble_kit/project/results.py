@@ -1,9 +1,10 @@
 """Fitted stacks saved inside the store (``STORE/stacks/<name>/``), for reports and submissions.
 
-A saved stack is plain files: ``stack.json`` (recipe, metric, models, what was fitted: weights,
-temperatures, class offsets or rules, and held-out test scores when the test labels are known),
-``report.csv`` (the Stacker's honest CV report) and ``.npy`` arrays of OOF and test
-probabilities and decided labels. It is written to a staging folder and moved into place, so
+A saved stack is plain files: ``summary.json`` (recipe, metric, models, what was fitted:
+weights, temperatures, class offsets or rules, and held-out test scores when the test labels
+are known), ``report.csv`` (the Stacker's honest CV report), ``.npy`` arrays of OOF and test
+probabilities and decided labels, and ``stacker/``: the fitted Stacker itself
+(:meth:`Stacker.save <ensemble_kit.Stacker.save>`), which predicts new images. It is written to a staging folder and moved into place, so
 a crash never leaves a half-written stack under the final name.
 """
 
@@ -38,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 _ARRAYS = ("oof_proba", "oof_labels", "test_proba", "test_labels")
 TEST_LABELS = "test_labels.npy"
+SUMMARY = "summary.json"
+STACKER_DIR = "stacker"
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,14 @@ class StackResult:
     def models(self) -> list[str]:
         return list(self.summary["models"])
 
+    @property
+    def stacker_path(self) -> Path:
+        return self.path / STACKER_DIR
+
+    def load_stacker(self) -> Stacker:
+        """The fitted Stacker, to predict new logits (:meth:`Stacker.load <ensemble_kit.Stacker.load>`)."""
+        return Stacker.load(self.stacker_path)
+
 
 def fit_stack(store: LogitStore, config: StackConfig) -> StackResult:
     """Fit :class:`~ensemble_kit.Stacker` on the store as ``config`` says, save it, return it.
@@ -77,7 +88,7 @@ def fit_stack(store: LogitStore, config: StackConfig) -> StackResult:
     ...     _ = store.put(f"m{i}", np.eye(3)[y] * (i + 1) + rng.normal(size=(60, 3)), rng.normal(size=(10, 3)))
     >>> result = fit_stack(store, StackConfig(recipe="hill_climb"))
     >>> result.name, result.test_proba.shape, sorted(p.name for p in result.path.glob("*.json"))
-    ('hill_climb', (10, 3), ['stack.json'])
+    ('hill_climb', (10, 3), ['summary.json'])
     """
     _check_new_stack(store, config.result_name)
     stacker = Stacker.from_recipe(config.recipe, metric=config.metric, n_trials=config.n_trials, seed=config.seed)
@@ -98,7 +109,7 @@ def fit_stack(store: LogitStore, config: StackConfig) -> StackResult:
         summary["held_out_test"] = scores(y_test, test_proba, kind="probs", labels=test_labels)
     arrays = {"oof_proba": stacker.oof_proba_, "oof_labels": stacker.oof_labels_, "test_proba": test_proba,
               "test_labels": test_labels}
-    _save(store, config.result_name, summary, stacker.report_, arrays)
+    _save(store, config.result_name, summary, stacker, arrays)
     return load_stack(store, config.result_name)
 
 
@@ -137,7 +148,7 @@ def describe_stacker(stacker: Stacker) -> dict[str, Any]:
     return out
 
 
-def _save(store: LogitStore, name: str, summary: dict[str, Any], report: pd.DataFrame,
+def _save(store: LogitStore, name: str, summary: dict[str, Any], stacker: Stacker,
           arrays: dict[str, NDArray | None]) -> Path:
     final = _check_new_stack(store, name)
     root = store.workspace.stacks_root(create=True)
@@ -147,8 +158,9 @@ def _save(store: LogitStore, name: str, summary: dict[str, Any], report: pd.Data
         for key, array in arrays.items():
             if array is not None:
                 np.save(staging / f"{key}.npy", np.asarray(array), allow_pickle=False)
-        report.to_csv(staging / "report.csv", index=False)
-        (staging / "stack.json").write_text(json.dumps(summary, indent=2, allow_nan=False), encoding="utf-8")
+        stacker.report_.to_csv(staging / "report.csv", index=False)
+        stacker.save(staging / STACKER_DIR)
+        (staging / SUMMARY).write_text(json.dumps(summary, indent=2, allow_nan=False), encoding="utf-8")
         retired = None
         if os.path.lexists(final):
             retired = root / f".{name}.old-{uuid.uuid4().hex[:8]}"
@@ -186,7 +198,7 @@ def list_stacks(store: LogitStore) -> list[str]:
             continue
         try:
             check_name(child.name, what="stack name")
-            summary = read_json(store.workspace.stack_dir(child.name) / "stack.json")
+            summary = read_json(store.workspace.stack_dir(child.name) / SUMMARY)
         except FileNotFoundError:
             continue
         except (StoreCorruptedError, ValidationError) as exc:
@@ -206,7 +218,7 @@ def load_stack(store: LogitStore, name: str | None = None) -> StackResult:
     if name not in available:
         raise StoreError(f"Store {str(store.path)!r} has no stack {name!r}; saved stacks: {available}.")
     path = store.workspace.stack_dir(name)
-    summary = read_json(path / "stack.json")
+    summary = read_json(path / SUMMARY)
     loaded = {key: load_array(path / f"{key}.npy") if os.path.lexists(path / f"{key}.npy") else None
               for key in _ARRAYS}
     with open_regular(path / "report.csv") as fh:

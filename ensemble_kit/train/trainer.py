@@ -34,6 +34,7 @@ from ensemble_kit.train.checkpoint import (
     save_checkpoint_state,
 )
 from ensemble_kit.train.config import TrainConfig
+from ensemble_kit.train.export import EXPORT_DIR, export_fold_model
 from ensemble_kit.train._rng import global_rng_state, isolated_global_rngs, set_global_rng_state
 from ensemble_kit.train.fold import FoldData, FoldModel, build_fold_model, fold_data, fold_seed
 from ensemble_kit.train.models import check_model_inputs
@@ -126,12 +127,24 @@ def train_cv(cfg: TrainConfig, store: LogitStore, source: ImageSource, test: Ima
         if k in done:
             logger.info("%s fold %d already stored: skipped", name, k)
             continue
-        result = _FoldRun(cfg, store, source, train_index, test, test_index, extra_train, k,
-                          safe_dir(run_dir, f"fold{k}", create=True),
-                          device, name).run()
-        store.put_fold(name, k, result["oof"], result["test"], ids=store.train_ids[store.fold_indices(k)],
-                       kind="logits", meta=result["meta"])
+        fold_dir = safe_dir(run_dir, f"fold{k}", create=True)
+        result = _FoldRun(cfg, store, source, train_index, test, test_index, extra_train, k, fold_dir, device,
+                          name).run()
+        ids = store.train_ids[store.fold_indices(k)]
+        if cfg.tta.keep_views:  # every view as an entry of its own: checksummed data the stack can use
+            for v, view in enumerate(cfg.tta.views):
+                store.put_fold(view_entry(name, view), k, result["oof_views"][v],
+                               None if result["test_views"] is None else result["test_views"][v], ids=ids,
+                               kind="logits", meta={"view_of": name, "view": view}, overwrite=True)
+        store.put_fold(name, k, result["oof"], result["test"], ids=ids, kind="logits", meta=result["meta"])
+        # the fold is stored and its model exported: resume checkpoints are no longer needed
+        prune_checkpoints(fold_dir, keep=0)
     return store.entry(name)
+
+
+def view_entry(name: str, view: str) -> str:
+    """The store entry holding one TTA view of a model's predictions (``tta.keep_views``)."""
+    return check_name(f"{name}@{view}", what="TTA view entry name")
 
 
 def _check_labels(store: LogitStore, source: ImageSource, index: NDArray) -> None:
@@ -333,6 +346,9 @@ class _FoldRun:
                 break
         if patience is not None and progress.best_state is not None:
             parts.eval_model().load_state_dict(progress.best_state)
+        # the weights that make this fold's stored predictions, for inference on new images
+        export_fold_model(self.dir / EXPORT_DIR, parts.eval_model(), config=cfg, classes=self.store.classes,
+                          fold=self.fold, mean=data.mean, std=data.std)
         views = cfg.tta.views
         oof_views = self.predict(parts, data.valid, views)
         test_views = None if data.test is None else self.predict(parts, data.test, views)
@@ -348,12 +364,8 @@ class _FoldRun:
             # per-epoch curves travel with the entry, so reports need no access to this run folder
             "history": {key: [row[key] for row in progress.history] for key in (progress.history[0] if progress.history else {})},
         }
-        if cfg.tta.keep_views:
-            path = self.dir / "tta_views.npz"
-            check_not_link(path, what="TTA views file")
-            np.savez(path, views=np.array(views), oof=oof_views, test=test_views if test_views is not None else np.zeros(0))
-            meta["tta_views_file"] = str(path)
-        return {"oof": oof_views.mean(axis=0), "test": None if test_views is None else test_views.mean(axis=0), "meta": meta}
+        return {"oof": oof_views.mean(axis=0), "test": None if test_views is None else test_views.mean(axis=0),
+                "oof_views": oof_views, "test_views": test_views, "meta": meta}
 
 
 def _seed_worker(worker_id: int) -> None:

@@ -80,7 +80,7 @@ def test_recipe_names_come_from_one_registry_in_the_api_config_and_cli():
     from ensemble_kit.ensemble._recipes import DEFAULT_RECIPE, RECIPES
     from ensemble_kit.project.config import StackConfig
 
-    assert list_recipes() == ["aoi", "full", "hill_climb", "yandex"]
+    assert list_recipes() == ["aoi", "average", "full", "hill_climb", "yandex"]
     assert StackConfig().recipe == DEFAULT_RECIPE
     stack_parser = build_parser()._subparsers._group_actions[0].choices["stack"]
     recipe_action = next(a for a in stack_parser._actions if a.dest == "recipe")
@@ -133,8 +133,8 @@ def test_recipe_errors():
         Stacker([("v", SoftVoting("equal"))], calibrate="yes").fit(logits, y)
     with pytest.raises(ValidationError, match="Unknown metric 'auc'"):
         Stacker(metric="auc").fit(logits, y)
-    with pytest.raises(ValidationError, match="at least 2 models"):
-        Stacker.from_recipe("aoi").fit({"m0": logits["m0"]}, y)
+    with pytest.raises(ValidationError, match=r"at least 2 models .*stage 'logreg'.*from_recipe\('average'\)"):
+        Stacker().fit({"m0": logits["m0"]}, y)
 
 
 def test_fit_from_store_keeps_studies_in_store(tmp_path):

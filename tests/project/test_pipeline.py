@@ -108,9 +108,11 @@ def test_fit_stack_saves_and_reloads(logit_store):
     result = fit_stack(logit_store, StackConfig(recipe="aoi", metric="accuracy", n_trials=5))
     assert result.path == logit_store.path / "stacks" / "aoi"
     assert sorted(p.name for p in result.path.iterdir()) == [
-        "oof_labels.npy", "oof_proba.npy", "report.csv", "stack.json", "test_labels.npy", "test_proba.npy"]
+        "oof_labels.npy", "oof_proba.npy", "report.csv", "stacker", "summary.json", "test_labels.npy", "test_proba.npy"]
     again = load_stack(logit_store)
     np.testing.assert_array_equal(again.test_proba, result.test_proba)
+    # the saved Stacker predicts the store's test logits as the stack did when it was fitted
+    np.testing.assert_allclose(again.load_stacker().predict_proba(logit_store), result.test_proba, atol=1e-6)
     fitted = again.summary["fitted"]
     assert fitted["class_rules"] == {"2": 0.4}
     assert set(fitted["stages"]["soft_vote"]["model_weights"]) == {"m0", "m1", "m2"}

@@ -1,0 +1,118 @@
+"""A fitted Stacker is a folder you can reload: same predictions in a fresh process, no code run."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from ensemble_kit import MetaLearner, SoftVoting, Stacker
+from ensemble_kit.errors import ArtifactError
+from helpers import FAST_CATBOOST, FAST_GBM, make_logits
+
+FAST = {"catboost__params": FAST_CATBOOST, "lightgbm__params": FAST_GBM}
+CASES = [  # recipe, classes (3: wide meta-learners, 25: class-wise), metric (probabilities or labels)
+    ("full", 3, "log_loss"), ("full", 3, "f1_macro"), ("full", 25, "log_loss"), ("yandex", 3, "accuracy"),
+    ("yandex", 25, "f1_macro"), ("aoi", 3, "accuracy"), ("hill_climb", 3, "log_loss"), ("hill_climb", 25, "f1_macro"),
+]
+
+
+def _fit(recipe, n_classes, metric):
+    logits, y = make_logits(n=300 if n_classes == 3 else 500, n_classes=n_classes, strength=(1.5, 2.5, 3.5))
+    stk = Stacker.from_recipe(recipe, metric=metric, n_trials=6)
+    if recipe in ("full", "yandex"):
+        stk.set_params(**FAST)
+    return stk.fit(logits, y)
+
+
+def test_reloaded_stacks_predict_the_same_in_a_fresh_process(tmp_path):
+    rng = np.random.default_rng(1)
+    expected = {}
+    for i, (recipe, n_classes, metric) in enumerate(CASES):
+        stk = _fit(recipe, n_classes, metric)
+        unseen = {name: rng.normal(size=(40, n_classes)) * 2 for name in stk.model_names_}
+        stk.save(tmp_path / f"stack{i}")
+        np.savez(tmp_path / f"unseen{i}.npz", **unseen)
+        expected[i] = (stk.predict_proba(unseen), stk.predict(unseen))
+        layouts = {getattr(s, "layout_", None) for s in getattr(stk.ensemble_, "stages_", {}).values()} - {None}
+        if recipe == "full":
+            assert layouts == ({"wide"} if n_classes == 3 else {"classwise"})
+    code = textwrap.dedent("""
+        import sys, numpy as np
+        from ensemble_kit import Stacker
+        root, n = sys.argv[1], int(sys.argv[2])
+        for i in range(n):
+            unseen = dict(np.load(f"{root}/unseen{i}.npz"))
+            stk = Stacker.load(f"{root}/stack{i}")
+            np.save(f"{root}/proba{i}.npy", stk.predict_proba(unseen))
+            np.save(f"{root}/labels{i}.npy", stk.predict(unseen))
+    """)
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(len(CASES))], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for i, case in enumerate(CASES):
+        proba, labels = expected[i]
+        assert np.abs(np.load(tmp_path / f"proba{i}.npy") - proba).max() <= 1e-6, case
+        np.testing.assert_array_equal(np.load(tmp_path / f"labels{i}.npy"), labels)
+
+
+def test_saved_stack_is_plain_files_with_native_gbm_models(tmp_path):
+    stk = _fit("full", 3, "log_loss")
+    folder = stk.save(tmp_path / "s")
+    suffixes = sorted({p.suffix for p in folder.iterdir()})
+    assert suffixes == [".cbm", ".json", ".npy", ".txt"]
+    document = json.loads((folder / "stack.json").read_text())
+    assert document["format"] == "ensemble_kit.stack" and document["version"] == 1
+    assert all(record["checksum"].startswith("xxh3_128:") for record in document["files"].values())
+    again = Stacker.load(folder)
+    assert again.get_params().keys() == stk.get_params().keys() and again.report_.equals(stk.report_)
+
+
+class _Payload:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("fault", ["pickle in place of a model", "unregistered type", "edited weights", "link"])
+def test_a_planted_or_edited_stack_never_runs_code_and_is_named(tmp_path, fault):
+    import os
+
+    stk = _fit("full", 3, "log_loss")
+    folder = stk.save(tmp_path / "s")
+    marker = tmp_path / "code-ran"
+    manifest = folder / "stack.json"
+    document = json.loads(manifest.read_text())
+    cbm = next(p for p in folder.iterdir() if p.suffix == ".cbm")
+    if fault == "pickle in place of a model":
+        cbm.write_bytes(pickle.dumps(_Payload(str(marker))))
+    elif fault == "unregistered type":
+        document["fitted"]["ensemble"]["type"] = "os.system"
+        manifest.write_text(json.dumps(document))
+    elif fault == "edited weights":
+        weights = next(p for p in folder.iterdir() if p.name.endswith("soft_vote.weights.npy"))
+        np.save(weights, np.array([9.0, 0.0, 0.0]))
+    else:
+        os.replace(cbm, tmp_path / "elsewhere.cbm")
+        os.symlink(tmp_path / "elsewhere.cbm", cbm)
+    with pytest.raises(ArtifactError) as raised:
+        Stacker.load(folder)
+    assert str(folder) in str(raised.value) and not marker.exists()
+
+
+def test_a_stage_with_a_plain_estimator_cannot_be_saved_without_pickle(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    logits, y = make_logits(n=200)
+    stk = Stacker([("lr", MetaLearner(LogisticRegression(C=0.5))), ("vote", SoftVoting("equal"))], n_trials=5)
+    stk.fit(logits, y)
+    with pytest.raises(ArtifactError, match="cannot be saved without pickle"):
+        stk.save(tmp_path / "s")
+    assert not (tmp_path / "s").exists()

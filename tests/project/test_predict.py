@@ -1,0 +1,140 @@
+"""Predicting new images: the store's own test images give back the stored logits, bundles travel."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ensemble_kit.cli.main import main
+from ensemble_kit.errors import ArtifactError, ValidationError
+from ensemble_kit.project import ProjectConfig, StackConfig, fit_stack, train_project
+from ensemble_kit.project.predict import Predictor, image_source
+from ensemble_kit.store import LogitStore
+from helpers import write_images
+
+BASE = {"model": "plain_cnn", "img_size": 16, "epochs": 1, "batch_size": 8, "device": "cpu",
+        "augment": {"random_resized_crop": False}}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    classes = ["cat", "dog", "emu"]
+    write_images(root / "data" / "train", [(f"{c}/{i}.png", k) for k, c in enumerate(classes) for i in range(8)])
+    write_images(root / "data" / "test", [(f"img{i}.png", i % 3) for i in range(7)], seed=1)
+    cfg = ProjectConfig.from_dict({
+        "store": str(root / "store"),
+        "data": {"format": "folder", "root": str(root / "data"), "train": "train", "test": "test"},
+        "folds": {"n_folds": 2, "seed": 0},
+        "models": {"cnn": {**BASE, "tta": {"views": ["identity", "hflip"]}, "regularization": {"ema_decay": 0.9}},
+                   "r10": {**BASE, "model": "resnet10t", "normalize": "dataset", "seed": 1}},
+        "stack": {"recipe": "aoi", "metric": "accuracy", "n_trials": 4},
+        "submission": {"format": "labels", "id_col": "image", "label_col": "animal"},
+    })
+    cfg.to_yaml(root / "project.yaml")
+    train_project(cfg)
+    store = LogitStore(cfg.store)
+    fit_stack(store, cfg.stack)
+    return root, cfg, store
+
+
+def test_predicting_the_stores_test_images_reproduces_its_test_logits(project):
+    root, cfg, store = project
+    predictor = Predictor.from_project(root / "project.yaml")
+    images = image_source(root / "data" / "test", classes=store.classes)
+    assert images.ids.tolist() == store.test_ids.tolist()
+    logits = predictor.predict_logits(images)
+    assert list(logits) == ["cnn", "r10"]
+    for name, values in logits.items():
+        assert np.abs(values - store.test(name)).max() <= 1e-4, name
+    # the submission equals the one `ensemble-kit submit` writes from the store
+    assert main(["submit", str(store.path), "--out", str(root / "from_store.csv"), "--format", "labels",
+                 "--id-col", "image", "--label-col", "animal"]) == 0
+    assert main(["predict", str(root / "project.yaml"), "--images", str(root / "data" / "test"),
+                 "--out", str(root / "predicted.csv")]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(root / "predicted.csv"), pd.read_csv(root / "from_store.csv"))
+
+
+def test_fold_models_are_small_weights_only_exports_and_checkpoints_are_pruned(project):
+    _, _, store = project
+    fold_dir = store.path / "runs" / "cnn" / "fold0"
+    assert sorted(p.name for p in fold_dir.iterdir()) == ["history.csv", "model"]
+    assert sorted(p.name for p in (fold_dir / "model").iterdir()) == ["model.json", "weights.safetensors"]
+
+
+def test_a_bundle_moved_elsewhere_predicts_in_a_fresh_process(project, tmp_path):
+    root, cfg, store = project
+    write_images(tmp_path / "new", [(f"new{i}.png", i % 3) for i in range(5)], seed=7)
+    assert main(["bundle", str(root / "project.yaml"), str(tmp_path / "bundle")]) == 0
+    moved = tmp_path / "elsewhere" / "bundle"
+    shutil.move(str(tmp_path / "bundle"), moved)
+    contents = {p.relative_to(moved).as_posix() for p in moved.rglob("*") if p.is_file()}
+    assert "bundle.json" in contents and not any(p.endswith((".pt", "epoch_0000")) or "oof" in p for p in contents)
+    expected = Predictor.from_project(cfg).predict_proba(image_source(tmp_path / "new"))
+    code = textwrap.dedent("""
+        import sys, numpy as np
+        from ensemble_kit.project.predict import Predictor, image_source
+        np.save(sys.argv[3], Predictor.load(sys.argv[1]).predict_proba(image_source(sys.argv[2])))
+    """)
+    result = subprocess.run([sys.executable, "-c", code, str(moved), str(tmp_path / "new"), str(tmp_path / "p.npy")],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert np.abs(np.load(tmp_path / "p.npy") - expected).max() <= 1e-6
+    assert main(["predict", str(moved), "--images", str(tmp_path / "new"), "--out", str(tmp_path / "sub.csv")]) == 0
+    assert pd.read_csv(tmp_path / "sub.csv").columns.tolist() == ["image", "animal"]
+
+
+def test_sample_submission_decides_rows_columns_and_format(project, tmp_path):
+    root, _, store = project
+    ids = list(reversed(store.test_ids.tolist()))
+    pd.DataFrame({"ID": ids, "emu": 0.0, "cat": 0.0, "dog": 0.0}).to_csv(tmp_path / "sample.csv", index=False)
+    assert main(["predict", str(root / "project.yaml"), "--images", str(root / "data" / "test"),
+                 "--sample-submission", str(tmp_path / "sample.csv"), "--out", str(tmp_path / "out.csv")]) == 0
+    out = pd.read_csv(tmp_path / "out.csv", dtype={"ID": str})
+    assert out.columns.tolist() == ["ID", "emu", "cat", "dog"] and out["ID"].tolist() == ids
+    np.testing.assert_allclose(out[["cat", "dog", "emu"]].sum(axis=1), 1.0, atol=1e-6)
+    pd.DataFrame({"ID": ids[:-1] + ["nope"], "label": "cat"}).to_csv(tmp_path / "wrong.csv", index=False)
+    predictor = Predictor.from_project(root / "project.yaml")
+    with pytest.raises(ValidationError, match=r"1 of its ids were not predicted \(e.g. \['nope'\]\)"):
+        predictor.submission(image_source(root / "data" / "test"), sample_submission=tmp_path / "wrong.csv")
+
+
+@pytest.mark.parametrize("fault", ["other architecture", "planted pickle", "no weights"])
+def test_an_exported_model_that_does_not_fit_is_named(project, tmp_path, fault):
+    import pickle
+
+    from ensemble_kit.train.export import load_fold_model
+
+    _, _, store = project
+    folder = tmp_path / "model"
+    shutil.copytree(store.path / "runs" / "r10" / "fold0" / "model", folder)
+    manifest = folder / "model.json"
+    if fault == "other architecture":
+        document = json.loads(manifest.read_text())
+        document["config"]["model"] = "resnet14t"
+        manifest.write_text(json.dumps(document))
+        match = r"do not match model 'resnet14t'.*missing"
+    elif fault == "planted pickle":
+        (folder / "weights.safetensors").write_bytes(pickle.dumps({"w": 1}))
+        match = "does not match its checksum"
+    else:
+        (folder / "weights.safetensors").unlink()
+        match = "missing"
+    with pytest.raises(ArtifactError, match=match):
+        load_fold_model(folder)
+
+
+def test_one_model_is_a_valid_ensemble(project, capsys):
+    _, _, store = project
+    assert main(["stack", str(store.path), "--models", "cnn"]) == 2
+    assert "from_recipe('average')" in capsys.readouterr().err
+    assert main(["stack", str(store.path), "--models", "cnn", "--recipe", "average", "--name", "single"]) == 0
+    assert main(["stack", str(store.path), "--models", "r10", "--recipe", "aoi", "--name", "single_aoi",
+                 "--n-trials", "3"]) == 0
