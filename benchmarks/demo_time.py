@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ensemble_kit import LogitStore
 from ensemble_kit.cli._demo import demo_config
-from ensemble_kit.project import fit_stack, leaderboard, train_project, write_submission
+from ensemble_kit.project import fit_stack, results_table, train_project, write_submission
 from ensemble_kit.report import write_report
 
 
@@ -42,7 +42,7 @@ def main() -> None:
     write_submission(store, stack, args.out / "submission.csv", format="labels")
     phases["submission"] = time.perf_counter() - t0
     total = time.perf_counter() - start
-    print(leaderboard(store, stack).to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep=""))
+    print(results_table(store, stack).to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep=""))
     print("\n| phase | seconds |\n| --- | --- |")
     for name, seconds in phases.items():
         print(f"| {name} | {seconds:.1f} |")

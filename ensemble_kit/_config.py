@@ -7,6 +7,7 @@ refuse unknown keys and wrong types the same way, naming the full dotted key.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import types
 import typing
@@ -109,8 +110,10 @@ def _assign(target: Any, parts: list[str], value: Any, *, assignment: str, walke
     for key in keys:
         if key not in target:
             where = walked.rstrip(".") or "<root>"
-            raise ValidationError(f"Override {assignment!r}: unknown key {walked + key!r}; keys under {where!r} are "
-                                  f"{sorted(target)}.")
+            close = difflib.get_close_matches(key, [str(k) for k in target], n=3)
+            hint = f" Did you mean {' or '.join(repr(walked + c) for c in close)}?" if close else ""
+            raise ValidationError(f"Override {assignment!r}: unknown key {walked + key!r}.{hint} Keys under {where!r} "
+                                  f"are {sorted(target)}.")
         if rest:
             if target[key] is None:
                 target[key] = {}

@@ -15,6 +15,8 @@ _HINTS: dict[str, tuple[str, str | None]] = {
     "matplotlib.pyplot": ("matplotlib", "report"),
     "optuna_dashboard": ("optuna-dashboard", "dashboard"),
     "pyarrow": ("pyarrow", "parquet"),
+    "tensorboard": ("tensorboard", "tensorboard"),
+    "torch.utils.tensorboard": ("tensorboard", "tensorboard"),
     **{name: (name, "train") for name in ("torch", "torchvision", "timm", "albumentations", "safetensors", "PIL")},
 }
 

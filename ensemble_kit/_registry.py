@@ -10,6 +10,7 @@ same everywhere: a name is registered once; registering it again is an error unl
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar, overload
 
@@ -38,9 +39,18 @@ class Registry(Generic[T]):
     ensemble_kit.errors.ValidationError: Unknown loss 'mes'; did you mean 'mse'? Registered: ['mse'].
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, builtin_modules: tuple[str, ...] = ()) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        # modules that register the built-in parts, imported on the first lookup (so defining
+        # the registry stays cheap and the parts' heavy imports wait until a part is used)
+        self._builtin_modules = builtin_modules
+
+    def _load_builtins(self) -> None:
+        if self._builtin_modules:
+            modules, self._builtin_modules = self._builtin_modules, ()
+            for module in modules:
+                importlib.import_module(module)
 
     @overload
     def register(self, name: str, obj: None = None, *, replace: bool = False) -> Callable[[T], T]: ...
@@ -66,6 +76,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         """The part registered under ``name``; an unknown name suggests the closest ones."""
+        self._load_builtins()
         try:
             return self._items[name]
         except (KeyError, TypeError):
@@ -75,6 +86,7 @@ class Registry(Generic[T]):
 
     def check(self, name: object, *, key: str) -> str:
         """``name`` if registered, else a :class:`ValidationError` naming the config ``key``."""
+        self._load_builtins()
         if not isinstance(name, str) or name not in self._items:
             try:
                 self.get(name)  # type: ignore[arg-type]
@@ -84,6 +96,7 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         """Registered names, sorted."""
+        self._load_builtins()
         return sorted(self._items)
 
     def summary(self, name: str) -> str:
@@ -93,12 +106,14 @@ class Registry(Generic[T]):
         return doc.strip().splitlines()[0] if doc.strip() else ""
 
     def __contains__(self, name: object) -> bool:
+        self._load_builtins()
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def __len__(self) -> int:
+        self._load_builtins()
         return len(self._items)
 
     def __repr__(self) -> str:

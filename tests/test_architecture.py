@@ -13,7 +13,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "ensemble_kit"
 # errors -> metrics -> store -> decision -> ensemble -> train -> project -> report -> cli
 LAYERS = {
-    "errors": 0, "_version": 0, "_optional": 0, "_config": 0, "_registry": 0, "_lazy": 0,
+    "errors": 0, "_version": 0, "_optional": 0, "_config": 0, "_registry": 0, "_lazy": 0, "_progress": 0,
     "metrics": 1, "store": 2, "decision": 3, "ensemble": 4,
     "train": 5, "data": 5,  # the image data sources and transforms are the trainer's inputs
     "project": 6, "report": 7, "cli": 8,

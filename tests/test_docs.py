@@ -51,3 +51,13 @@ def test_the_stacking_page_describes_every_recipe(registry):
 
     text = (ROOT / "docs" / "stacking.md").read_text()
     assert [name for name in RECIPES.names() if f'`"{name}"`' not in text] == []
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "benchmarks").glob("*.py") if not p.name.startswith("_")))
+def test_benchmark_scripts_start(script):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--help"], capture_output=True,
+                            text=True, timeout=120, cwd=ROOT / "benchmarks")
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -152,7 +152,11 @@ class _FileImageSource(ImageSource):
 
 
 class ImageFolderSource(_FileImageSource):
-    """``root/<class>/<image>`` layout (torchvision ImageFolder). Ids are ``<class>/<file>``.
+    """``root/<class>/<image>`` layout (torchvision ImageFolder).
+
+    Ids are ``<class>/<file>`` (``ids="path"``), or the file names without extension
+    (``ids="stem"``, what a competition's id column holds; refused when two class folders hold
+    the same file name), or ``ids="auto"``: the file names when they are unique, else paths.
 
     Parameters
     ----------
@@ -161,12 +165,16 @@ class ImageFolderSource(_FileImageSource):
         Class folder names in column order (default: sorted folder names).
     cache : bool
         Keep decoded images in RAM.
+    ids : {"path", "stem", "auto"}
     """
 
-    def __init__(self, root: str | Path, *, classes: Sequence[str] | None = None, cache: bool = False) -> None:
+    def __init__(self, root: str | Path, *, classes: Sequence[str] | None = None, cache: bool = False,
+                 ids: str = "path") -> None:
         root = Path(root)
         if not root.is_dir():
             raise ValidationError(f"ImageFolderSource: {str(root)!r} is not a directory.")
+        if ids not in ("path", "stem", "auto"):
+            raise ValidationError(f"ImageFolderSource: ids must be 'auto', 'stem' or 'path'; got {ids!r}.")
         folders = sorted(p.name for p in root.iterdir() if p.is_dir())
         class_list = list(classes) if classes is not None else folders
         unknown = sorted(set(folders) - set(class_list))
@@ -179,8 +187,20 @@ class ImageFolderSource(_FileImageSource):
             labels += [index] * len(files)
         if not paths:
             raise ValidationError(f"ImageFolderSource: no images with extensions {IMAGE_EXTENSIONS} under {str(root)!r}.")
-        ids = [f"{p.parent.name}/{p.name}" for p in paths]
-        super().__init__(ids, paths, np.asarray(labels, dtype=np.int64), class_list, cache=cache)
+        stems = pd.Index([p.stem for p in paths])
+        if ids == "auto":  # a competition's ids when they can be, else unambiguous paths
+            ids = "path" if stems.has_duplicates else "stem"
+        if ids == "stem":
+            if stems.has_duplicates:
+                clash = sorted(set(stems[stems.duplicated()]))[:3]
+                examples = [f"{p.parent.name}/{p.name}" for p in paths if p.stem in clash][:4]
+                raise ValidationError(
+                    f"ImageFolderSource({str(root)!r}): file names are not unique across class folders ({examples}), "
+                    "so they cannot be the ids; use ids='path' (data.test_ids: path) for '<class>/<file>' ids.")
+            id_list = stems.tolist()
+        else:
+            id_list = [f"{p.parent.name}/{p.name}" for p in paths]
+        super().__init__(id_list, paths, np.asarray(labels, dtype=np.int64), class_list, cache=cache)
 
 
 class CsvImageSource(_FileImageSource):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -10,6 +11,8 @@ from typing import Any
 import numpy as np
 import optuna
 import xxhash
+
+from ensemble_kit._progress import interactive, progress
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +59,32 @@ def _quiet_trials() -> Iterator[None]:
         optuna.logging.set_verbosity(previous)
 
 
+class _Progress:
+    """A bar over a study's trials where one is visible, else a log line at every quarter."""
+
+    def __init__(self, name: str, total: int, done: int) -> None:
+        self.name, self.total, self.done, self.start = name, total, done, time.perf_counter()
+        self.bar = progress(range(total - done), desc=f"study {name}", total=total - done, leave=False) \
+            if interactive() else None
+        self.every = max(1, total // 4)
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        elif self.total >= _LOGGED_STUDY_TRIALS and self.done % self.every == 0:
+            logger.info("study %s: %d/%d trials, best %.6f (%.0fs)", self.name, self.done, self.total, study.best_value,
+                        time.perf_counter() - self.start)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# Shorter studies finish in a blink; longer ones say how far they are when no bar shows it.
+_LOGGED_STUDY_TRIALS = 40
+
+
 def run_study(
     name: str,
     objective: Callable[[optuna.Trial], float],
@@ -64,11 +93,14 @@ def run_study(
     seed: int,
     storage: str | optuna.storages.BaseStorage | None,
     enqueue: list[dict[str, Any]] | None = None,
+    attrs: dict[str, Any] | None = None,
 ) -> optuna.Study:
     """Create (or resume) the study ``name`` and run it up to ``n_trials`` completed trials.
 
     The objective is minimised. A study that already holds ``n_trials`` completed trials in a
     persistent storage is reused as is, so re-running a fit is instant and gives the same result.
+    ``attrs`` become the study's user attributes (what was tuned: stage, models, metric, fold),
+    shown by optuna-dashboard.
     """
     with _quiet_trials():
         study = optuna.create_study(
@@ -78,9 +110,15 @@ def run_study(
         )
         done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
         if done == 0:
+            for key, value in (attrs or {}).items():
+                study.set_user_attr(key, value)
             for params in enqueue or []:
                 study.enqueue_trial(params)
         if done < n_trials:
-            study.optimize(objective, n_trials=n_trials - done, show_progress_bar=False)
+            tracker = _Progress(name, n_trials, done)
+            try:
+                study.optimize(objective, n_trials=n_trials - done, show_progress_bar=False, callbacks=[tracker])
+            finally:
+                tracker.close()
     logger.info("study %s: best %.6f after %d trials", name, study.best_value, len(study.trials))
     return study

@@ -9,7 +9,9 @@ from ensemble_kit._registry import Registry
 
 __all__ = ["ENSEMBLERS", "create_ensembler", "list_ensemblers", "register_ensembler"]
 
-ENSEMBLERS: Registry[type] = Registry("ensembler")
+ENSEMBLERS: Registry[type] = Registry("ensembler", builtin_modules=(
+    "ensemble_kit.ensemble.voting", "ensemble_kit.ensemble.hill_climbing", "ensemble_kit.ensemble.meta_learner",
+    "ensemble_kit.ensemble.blending"))
 T = TypeVar("T", bound=type)
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -11,8 +12,8 @@ import optuna
 from numpy.typing import NDArray
 from sklearn.base import clone
 from sklearn.utils.validation import check_is_fitted
-from tqdm.auto import tqdm
 
+from ensemble_kit._progress import progress
 from ensemble_kit.ensemble._base import BaseEnsembler, cross_fit
 from ensemble_kit.ensemble._inputs import LogitInput
 from ensemble_kit.ensemble._optuna import SEARCH_SPACE_VERSION, input_hash, run_study, starting_points, suggest_weights
@@ -21,9 +22,9 @@ from ensemble_kit.ensemble.voting import mixture_log_loss
 from ensemble_kit.errors import ValidationError
 from ensemble_kit.metrics import get_metric, safe_log
 
-__all__ = ["Blender", "YANDEX_WEIGHTS", "check_stages", "mix"]
+__all__ = ["Blender", "check_stages", "mix"]
 
-YANDEX_WEIGHTS = {"catboost": 0.4, "lightgbm": 0.3, "soft_vote": 0.3}
+logger = logging.getLogger(__name__)
 
 
 def mix(stage_probs: Mapping[str, NDArray], weights: Mapping[str, float]) -> NDArray:
@@ -61,7 +62,7 @@ class Blender(BaseEnsembler):
         predictions feed the weight tuning.
     weights : "optuna" or dict stage name -> weight
         ``"optuna"`` tunes weights on the stages' honest OOF predictions for ``metric``; a dict
-        gives fixed weights (``YANDEX_WEIGHTS`` is the Yandex solution's 0.4/0.3/0.3).
+        gives fixed weights (``_recipes.YANDEX_WEIGHTS`` is the Yandex solution's 0.4/0.3/0.3).
     metric, n_trials, seed, storage
         As in :class:`SoftVoting` (used when ``weights="optuna"``).
 
@@ -123,12 +124,14 @@ class Blender(BaseEnsembler):
         named = dict(zip(self.model_names_, logits))
         self.stages_ = {}
         stages = check_stages(self.stages, owner="Blender")
-        bar = tqdm(stages, total=len(stages), desc="blend: stages (each nested over the folds)", disable=None)
+        bar = progress(stages, total=len(stages), desc="blend: stages (each nested over the folds)")
         for name, stage in bar:
             bar.set_postfix_str(name)
             fitted = clone(stage).fit(named, y, folds=folds)
             self._record_studies(list(getattr(fitted, "study_names_", [])))
             self.stages_[name] = fitted
+            logger.info("stage %s fitted in %.1fs: nested OOF %s %.4f", name, fitted.fit_seconds_, self.metric,
+                        get_metric(self.metric)(y, fitted.oof_proba_, kind="probs"))
         self.stage_oof_ = {name: stage.oof_proba_ for name, stage in self.stages_.items()}
         if isinstance(self.weights, str):
             # a fold clone's own weights must not share a study with its parent's fold-k weights
@@ -166,7 +169,9 @@ class Blender(BaseEnsembler):
         name = f"blend-{metric.name}-{digest}-{tag}"
         self._record_studies([name])
         study = run_study(name, objective, n_trials=self.n_trials, seed=self.seed,
-                          storage=self.storage, enqueue=starting_points(names, self.n_trials))
+                          storage=self.storage, enqueue=starting_points(names, self.n_trials),
+                          attrs={"stage": "blend", "stages": names, "models": list(self.model_names_),
+                                 "metric": metric.name, "fold": tag})
         total = sum(study.best_params.values())
         return {n: study.best_params[n] / total for n in names}
 

@@ -168,7 +168,10 @@ class SoftVoting(BaseEnsembler):
         name = self._study_name(self.study_name or f"soft_vote-{self.space}-{metric.name}", log_probs, y,
                                 extra=f"temperature={self.temperature}")
         study = run_study(name, objective, n_trials=self.n_trials, seed=self.seed, storage=self.storage,
-                          enqueue=starting_points(keys, self.n_trials))
+                          enqueue=starting_points(keys, self.n_trials),
+                          attrs={"stage": "soft_vote", "models": list(self.model_names_), "metric": metric.name,
+                                 "fold": getattr(self, "_fold_tag", "final"), "space": self.space,
+                                 "temperature": bool(self.temperature)})
         self._record_studies([name])
         return weights_of(study.best_params)
 

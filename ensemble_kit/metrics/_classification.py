@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
 from numpy.typing import ArrayLike
-from sklearn.metrics import f1_score, precision_recall_fscore_support
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from ensemble_kit.errors import ValidationError
 from ensemble_kit.metrics._scores import ScoreKind, check_kind, check_targets, to_log_probs
@@ -33,6 +36,8 @@ def accuracy_of_labels(y: ArrayLike, labels: ArrayLike, n_classes: int) -> float
 
 def f1_macro_of_labels(y: ArrayLike, labels: ArrayLike, n_classes: int) -> float:
     """Macro F1 of decided labels over all ``n_classes`` classes (absent classes count as 0)."""
+    from sklearn.metrics import f1_score  # imported on use: metric names load without scikit-learn
+
     yy, decided = _check_labels(y, labels, n_classes)
     return float(f1_score(yy, decided, labels=np.arange(n_classes), average="macro", zero_division=0))
 
@@ -89,6 +94,9 @@ def per_class_report(
     >>> per_class_report(np.array([0, 1]), np.eye(2), kind="probs")["recall"].tolist()
     [1.0, 1.0]
     """
+    import pandas as pd
+    from sklearn.metrics import precision_recall_fscore_support
+
     check_kind(kind)
     yy, s = check_targets(y, scores)
     labels = np.arange(s.shape[1])

@@ -37,7 +37,10 @@ class DataConfig:
     - ``digits``: scikit-learn's handwritten digits rendered as ``image_size`` images (embedded,
       no files; a stratified ``test_fraction`` is held out as the labelled test set).
     - ``folder``: ``train`` is an ImageFolder (``<class>/<image>``); ``test`` is either an
-      ImageFolder (labelled, scored in reports) or a flat folder of images (ids = file names).
+      ImageFolder (labelled, scored in reports) or a flat folder of images. Test ids are the
+      file names without extension (``test_ids: stem``, what a competition's id column holds),
+      or ``<class>/<file>`` (``test_ids: path``); ``auto`` (default): file names when they are
+      unique, else paths (class folders that repeat file names, like CIFAR-10's).
     - ``csv``: ``train`` is a CSV with ``id_col`` and ``label_col``, images in ``train_images``;
       ``test`` is a CSV with ``id_col`` (images in ``test_images``) or, without ``test``, every
       image in ``test_images``. ``ext`` is appended to ids that have no extension.
@@ -53,6 +56,7 @@ class DataConfig:
     id_col: str = "id"
     label_col: str = "label"
     ext: Optional[str] = None
+    test_ids: Literal["auto", "stem", "path"] = "auto"
     image_size: int = 32
     test_fraction: float = 0.2
     cache: bool = True
@@ -308,3 +312,54 @@ def _deep_merge(base: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
 def _plain(data: dict[str, Any]) -> dict[str, Any]:
     """Tuples as lists, so the YAML stays plain."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+
+
+STORE_SETTINGS = ("project.yaml", "defaults.yaml")  # a trained project's resolved config; an `init` store's
+SAMPLE_SUBMISSION = "sample_submission.csv"
+
+
+def stored_settings(store_path: str | Path) -> tuple[StackConfig, SubmissionConfig, Path | None]:
+    """The ``stack:`` and ``submission:`` sections a store's project saved (defaults when it saved
+    none), and the sample submission ``ensemble-kit init --sample-submission`` kept (or ``None``).
+
+    Only those two sections are read (no model config is built, so no training stack is
+    imported); the file comes from a store that may come from elsewhere: it is read as plain
+    YAML, size-limited, never through a link, and validated like any config.
+    """
+    from ensemble_kit.store import Workspace
+    from ensemble_kit.store._files import open_regular
+
+    folder = Workspace(store_path).project_dir()
+    data: dict[str, Any] = {}
+    for name in STORE_SETTINGS:
+        path = folder / name
+        if not path.is_file():
+            continue
+        with open_regular(path) as fh:
+            raw = fh.read(1 << 20)
+        try:
+            data = yaml.safe_load(raw.decode("utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ValidationError(f"{str(path)!r} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ValidationError(f"{str(path)!r} must hold a YAML mapping.")
+        break
+    stack = build_dataclass(StackConfig, {**_plain(asdict(StackConfig())), **(data.get("stack") or {})}, prefix="stack.")
+    submission = build_dataclass(SubmissionConfig, {**asdict(SubmissionConfig()), **(data.get("submission") or {})},
+                                 prefix="submission.")
+    sample = folder / SAMPLE_SUBMISSION
+    return stack, submission, (sample if sample.is_file() else None)
+
+
+def write_store_defaults(store_path: str | Path, submission: SubmissionConfig, *,
+                         sample_submission: str | Path | None = None) -> Path:
+    """Save the submission settings (and a copy of the sample submission) of a bring-your-own store."""
+    import shutil
+
+    from ensemble_kit.store import Workspace
+
+    folder = Workspace(store_path).project_dir(create=True)
+    path = write_text(folder / STORE_SETTINGS[1], yaml.safe_dump({"submission": asdict(submission)}, sort_keys=False))
+    if sample_submission is not None:
+        shutil.copyfile(sample_submission, folder / SAMPLE_SUBMISSION)
+    return path

@@ -47,7 +47,7 @@ def open_sources(data: DataConfig) -> tuple[ImageSource, ImageSource | None]:
         test_root = data.path(data.test)
         has_class_folders = test_root.is_dir() and any(p.is_dir() for p in test_root.iterdir())
         if has_class_folders:
-            return train_src, ImageFolderSource(test_root, classes=train_src.classes, cache=data.cache)
+            return train_src, ImageFolderSource(test_root, classes=train_src.classes, cache=data.cache, ids=data.test_ids)
         return train_src, ImageDirSource(test_root, classes=train_src.classes, cache=data.cache)
     train_src = CsvImageSource(data.path(data.train), data.path(data.train_images), id_col=data.id_col,
                                label_col=data.label_col, ext=data.ext, cache=data.cache)

@@ -28,8 +28,8 @@ from numpy.typing import NDArray
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
-from tqdm.auto import tqdm
 
+from ensemble_kit._progress import progress
 from ensemble_kit._version import __version__
 from ensemble_kit.data.sources import CsvImageSource, ImageDirSource, ImageFolderSource, ImagePathSource, ImageSource
 from ensemble_kit.data.transforms import _chw_tensor
@@ -56,10 +56,11 @@ BUNDLE_MANIFEST = "bundle.json"
 
 
 def image_source(path: str | Path, *, classes: Sequence[Any] | None = None, id_col: str = "id",
-                 path_col: str = "path") -> ImageSource:
+                 path_col: str = "path", folder_ids: str = "auto") -> ImageSource:
     """The images at ``path``, laid out like the training sources.
 
-    A folder of class folders is an ImageFolder (labelled; ids ``<class>/<file>``); a flat folder
+    A folder of class folders is an ImageFolder (labelled; ids: file names without extension when
+    they are unique, else ``<class>/<file>``; ``folder_ids`` as ``data.test_ids``); a flat folder
     gives one image per file (ids: file names without extension); a CSV either has a ``path_col``
     column (paths relative to the CSV's folder; ids from ``id_col`` when present, else the file
     names without extension) or an ``id_col`` column naming images next to the CSV.
@@ -67,7 +68,7 @@ def image_source(path: str | Path, *, classes: Sequence[Any] | None = None, id_c
     path = Path(path)
     if path.is_dir():
         if any(child.is_dir() for child in path.iterdir()):
-            return ImageFolderSource(path, classes=classes)
+            return ImageFolderSource(path, classes=classes, ids=folder_ids)
         return ImageDirSource(path, classes=classes)
     if path.suffix.lower() == ".csv" and path.is_file():
         header = list(pd.read_csv(path, nrows=0).columns)
@@ -253,7 +254,7 @@ class Predictor:
             loader = DataLoader(_Resized(images, size), batch_size=self.batch_size, shuffle=False,
                                 num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
             names = ", ".join(m.name for m in group)
-            for batch in tqdm(loader, desc=f"predict {names} ({size} px)", disable=None):
+            for batch in progress(loader, desc=f"predict {names} ({size} px)"):
                 batch = batch.to(self.device, non_blocking=True)
                 for model in group:
                     per_fold = []

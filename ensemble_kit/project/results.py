@@ -110,6 +110,7 @@ def fit_stack(store: LogitStore, config: StackConfig) -> StackResult:
     arrays = {"oof_proba": stacker.oof_proba_, "oof_labels": stacker.oof_labels_, "test_proba": test_proba,
               "test_labels": test_labels}
     _save(store, config.result_name, summary, stacker, arrays)
+    _label_studies(stacker, config.result_name)
     return load_stack(store, config.result_name)
 
 
@@ -173,6 +174,14 @@ def _save(store: LogitStore, name: str, summary: dict[str, Any], stacker: Stacke
         raise
     logger.info("saved stack %r to %s", name, final)
     return final
+
+
+def _label_studies(stacker: Stacker, name: str) -> None:
+    """Name the saved stack in each of its studies (optuna-dashboard shows user attributes)."""
+    import optuna
+
+    for study_name in stacker.study_names_:
+        optuna.load_study(study_name=study_name, storage=stacker.storage_).set_user_attr("stack", name)
 
 
 def _check_new_stack(store: LogitStore, name: str) -> Path:

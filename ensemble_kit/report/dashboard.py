@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from ensemble_kit._optional import import_optional
@@ -12,8 +13,12 @@ from ensemble_kit.store._workspace import STUDY_DB
 
 logger = logging.getLogger(__name__)
 
-def launch_dashboard(store: LogitStore | str | Path, *, host: str = "127.0.0.1", port: int = 8080) -> None:
+def launch_dashboard(store: LogitStore | str | Path, *, host: str = "127.0.0.1", port: int = 8080,
+                     storage: str | None = None, on_ready: Callable[[str], None] | None = None) -> None:
     """Serve optuna-dashboard on the store's studies (blocks until interrupted).
+
+    ``storage`` overrides the store's own study database (e.g. a PostgreSQL URL). The server is
+    bound before ``on_ready(url)`` is called, so a URL printed from it is already being served.
 
     Raises
     ------
@@ -22,13 +27,28 @@ def launch_dashboard(store: LogitStore | str | Path, *, host: str = "127.0.0.1",
     StoreError
         The store has no studies yet (fit a Stacker from it first).
     """
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
     opened = store if isinstance(store, LogitStore) else LogitStore(store)
-    if not opened.workspace.study_db().is_file():
+    if storage is None and not opened.workspace.study_db().is_file():
         raise StoreError(
             f"Store {str(opened.path)!r} has no Optuna studies yet ({STUDY_DB} is missing). Fit a stack first: "
             f"ensemble-kit stack {opened.path}"
         )
     dashboard = import_optional("optuna_dashboard", feature="The Optuna dashboard")
-    url = opened.workspace.study_storage()
-    logger.info("optuna-dashboard on %s at http://%s:%d", url, host, port)
-    dashboard.run_server(url, host=host, port=port)
+    url = storage or opened.workspace.study_storage()
+    app = dashboard.wsgi(url)
+
+    class _Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:  # one line per request is noise
+            logger.debug(format, *args)
+
+    server = make_server(host, port, app, handler_class=_Quiet)  # listening from here on
+    address = f"http://{host}:{server.server_port}"
+    logger.info("optuna-dashboard on %s at %s", url, address)
+    if on_ready is not None:
+        on_ready(address)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()

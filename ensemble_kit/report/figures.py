@@ -37,11 +37,14 @@ def leaderboard_figure(table: pd.DataFrame, metric: str) -> Any:
     colours = rows["kind"].map({"base model": "#7f8c8d", "reference": "#bdc3c7"}).fillna("#2e86de").tolist()
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics) + 2.5, 0.38 * len(rows) + 1.4),
                              sharey=True, squeeze=False)
+    # one bar per row, by position: a model named like a stage ("logreg") keeps a bar of its own
+    labels = step_labels(rows)
     for ax, name in zip(axes[0], metrics):
         values = rows[name].to_numpy(dtype=float)
         low, high = float(values.min()), float(values.max())
         pad = max((high - low) * 0.15, 1e-3)
-        ax.barh(rows["step"], values, color=colours)
+        ax.barh(np.arange(len(rows)), values, color=colours)
+        ax.set_yticks(np.arange(len(rows)), labels)
         ax.set_xlim(max(0.0, low - pad), high + pad)
         for i, v in enumerate(values):
             ax.text(v, i, f" {v:.4f}", va="center", fontsize=7)
@@ -50,6 +53,12 @@ def leaderboard_figure(table: pd.DataFrame, metric: str) -> Any:
     fig.suptitle("Honest nested-CV scores: base models (grey), mean (light), ensemble steps (blue)", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def step_labels(table: pd.DataFrame) -> list[str]:
+    """Display names of report rows: the step, with its kind when the name occurs more than once."""
+    counts = table["step"].value_counts()
+    return [f"{step} ({kind})" if counts[step] > 1 else str(step) for step, kind in zip(table["step"], table["kind"])]
 
 
 def correlation_figure(names: Sequence[str], oof_log_probs: NDArray) -> Any:
@@ -96,7 +105,7 @@ def confusion_figure(y: NDArray, labels: NDArray, classes: Sequence[Any]) -> Any
     counts = np.zeros((n, n), dtype=np.int64)
     np.add.at(counts, (y, labels), 1)
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    size = min(12.0, 1.5 + 0.45 * n)
+    size = min(12.0, max(5.0, 1.5 + 0.45 * n))  # wide enough for its title even with 2 classes
     fig, ax = plt.subplots(figsize=(size, size * 0.85))
     image = ax.imshow(rates, vmin=0, vmax=1, cmap="Blues")
     if n <= 30:
@@ -110,7 +119,7 @@ def confusion_figure(y: NDArray, labels: NDArray, classes: Sequence[Any]) -> Any
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     fig.colorbar(image, ax=ax, fraction=0.046)
-    ax.set_title("OOF decisions: counts, colour = share of the true class", fontsize=10)
+    ax.set_title("OOF decisions: counts,\ncolour = share of the true class", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -171,6 +180,12 @@ def reliability_curve(probs: NDArray, y: NDArray, n_bins: int = 15) -> tuple[NDA
     return mean_conf, accuracy, count
 
 
+def _integer_locator() -> Any:
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
+
+
 def training_curves_figure(histories: Mapping[str, Mapping[int, pd.DataFrame]]) -> Any:
     """Train and validation loss per epoch; one panel per model, one line per fold."""
     plt = _pyplot()
@@ -183,6 +198,7 @@ def training_curves_figure(histories: Mapping[str, Mapping[int, pd.DataFrame]]) 
             line, = ax.plot(frame["epoch"], frame["val_loss"], marker="o", ms=3, label=f"fold {fold} val")
             ax.plot(frame["epoch"], frame["train_loss"], ls="--", color=line.get_color(), alpha=0.6)
         ax.set_title(f"{name} (solid: validation, dashed: train)", fontsize=9)
+        ax.xaxis.set_major_locator(_integer_locator())  # epochs are whole numbers
         ax.set_xlabel("epoch")
         ax.set_ylabel("loss")
         ax.legend(fontsize=7)

@@ -135,8 +135,9 @@ class _Report:
                 panels[f"{stage}: model weights"] = info["model_weights"]
         if "blend_weights" in fitted:
             panels["blend: stage weights"] = fitted["blend_weights"]
-        rows = [{"what": title, **values} for title, values in panels.items()]
-        body = self._table(pd.DataFrame(rows)) if rows else ""
+        # one table per panel: model weights are keyed by model, blend weights by stage, and a
+        # model may share a stage's name
+        body = "".join(self._note(title) + self._table(pd.DataFrame([values])) for title, values in panels.items())
         if "temperature" in fitted:
             body += self._note(f"Final temperature: {fitted['temperature']:.4f}.")
         temps = {s: i["model_temperatures"] for s, i in fitted["stages"].items() if "model_temperatures" in i}

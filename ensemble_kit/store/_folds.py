@@ -46,26 +46,33 @@ def make_folds(y: ArrayLike, n_folds: int = 5, *, seed: int = 0) -> NDArray[np.i
 
 
 def check_folds(folds: ArrayLike, n_samples: int) -> NDArray[np.int64]:
-    """Validate a user-given fold array: integers 0..K-1, one per sample, every fold used."""
+    """A user-given fold assignment as indices 0..K-1, one per sample.
+
+    Fold labels may be any integers (a competition's folds 1..4 after holding fold 0 out, a
+    group split's ids): they are mapped to 0..K-1 in sorted order; :func:`fold_labels` gives the
+    original label of each index.
+
+    Examples
+    --------
+    >>> check_folds([3, 1, 3, 4], 4).tolist()
+    [1, 0, 1, 2]
+    """
     f = np.asarray(folds)
     if f.ndim != 1 or f.shape[0] != n_samples:
         raise ValidationError(
             f"folds must be a 1-D array with one fold index per training sample "
             f"({n_samples}); got shape {f.shape}."
         )
-    if not np.issubdtype(f.dtype, np.integer):
+    if f.dtype == bool or not np.issubdtype(f.dtype, np.integer):
         raise ValidationError(f"folds must hold integers; got dtype {f.dtype}.")
     if n_samples == 0:
         raise ValidationError("Cannot make folds for zero training samples.")
-    n_folds = int(f.max()) + 1
-    if f.min() < 0:
-        i = int(np.argmin(f))
-        raise ValidationError(f"folds[{i}] = {int(f[i])} is negative; fold indices start at 0.")
-    missing = sorted(set(range(n_folds)) - set(np.unique(f).tolist()))
-    if missing:
-        raise ValidationError(
-            f"folds must use every index 0..{n_folds - 1}; folds {missing} have no samples."
-        )
-    if n_folds < 2:
-        raise ValidationError("folds must define at least 2 folds; got 1.")
-    return f.astype(np.int64, copy=False)
+    labels, index = np.unique(f, return_inverse=True)
+    if len(labels) < 2:
+        raise ValidationError(f"folds must define at least 2 folds; got only fold {labels.tolist()}.")
+    return index.astype(np.int64)
+
+
+def fold_labels(folds: ArrayLike) -> list[int]:
+    """The original label of each fold index :func:`check_folds` assigns (sorted distinct labels)."""
+    return [int(v) for v in np.unique(np.asarray(folds))]

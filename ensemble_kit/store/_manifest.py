@@ -123,9 +123,11 @@ class StoreManifest:
     fold_seed: int | None
     dtype: str
     arrays: Mapping[str, tuple[str, str]]  # key -> (file, checksum)
+    fold_labels: tuple[int, ...] | None = None  # the given fold labels, when they were not 0..K-1
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        extra = {} if self.fold_labels is None else {"fold_labels": list(self.fold_labels)}
+        return {**extra,
             "format": FORMAT_NAME, "schema_version": self.schema_version, "library_version": self.library_version,
             "created": self.created, "classes": list(self.classes), "n_classes": len(self.classes),
             "n_train": self.n_train, "n_test": self.n_test, "n_folds": self.n_folds, "fold_seed": self.fold_seed,
@@ -318,7 +320,14 @@ def read_store_manifest(document: dict[str, Any], path: Path) -> StoreManifest:
     created = document.get("created", "")
     if not isinstance(created, str):
         r.fail("created", "a string", created)
+    n_folds = r.int("n_folds", low=2)
+    labels = document.get("fold_labels")
+    if labels is not None and (not isinstance(labels, list) or len(labels) != n_folds
+                               or any(isinstance(v, bool) or not isinstance(v, int) for v in labels)
+                               or labels != sorted(set(labels))):
+        r.fail("fold_labels", f"{n_folds} distinct integers in increasing order", labels)
     return StoreManifest(
         schema_version=r.int("schema_version", low=1), library_version=r.str("library_version"), created=created,
-        classes=tuple(classes), n_train=r.int("n_train", low=1), n_test=n_test, n_folds=r.int("n_folds", low=2),
-        fold_seed=r.int("fold_seed", low=0, optional=True), dtype=r.str("dtype", STORE_DTYPES), arrays=arrays)
+        classes=tuple(classes), n_train=r.int("n_train", low=1), n_test=n_test, n_folds=n_folds,
+        fold_seed=r.int("fold_seed", low=0, optional=True), dtype=r.str("dtype", STORE_DTYPES), arrays=arrays,
+        fold_labels=None if labels is None else tuple(labels))

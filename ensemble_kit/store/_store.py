@@ -37,7 +37,7 @@ from ensemble_kit.errors import (
 )
 from ensemble_kit.metrics import get_metric, list_metrics
 from ensemble_kit.store._files import load_array, npy_shape, read_json, to_json_safe, write_json, write_npy
-from ensemble_kit.store._folds import check_folds, make_folds
+from ensemble_kit.store._folds import check_folds, fold_labels, make_folds
 from ensemble_kit.store._manifest import (
     ENTRIES_DIR,
     ENTRY_MANIFEST,
@@ -275,7 +275,8 @@ class LogitStore:
         seed : int, default 0
             Seed of the stratified shuffle.
         folds : array-like of shape (n_train,), optional
-            Explicit fold index per sample (0..K-1), e.g. a group split made elsewhere.
+            Explicit fold of each sample, e.g. a group split or a competition's folds: any
+            integers, mapped to 0..K-1 in sorted order (:attr:`fold_labels` keeps the originals).
         test_ids : array-like of shape (n_test,), optional
             Unique ids of the test samples; when given, every entry must carry test logits.
         dtype : {"float32", "float16"}
@@ -297,10 +298,11 @@ class LogitStore:
         y_index = _labels_to_indices(y, class_list, train)
         if folds is not None:
             fold_array = check_folds(folds, len(train))
+            given_labels: list[int] | None = fold_labels(folds)
             fold_seed: int | None = None
         else:
             fold_array = make_folds(y_index, 5 if n_folds is None else n_folds, seed=seed)
-            fold_seed = int(seed)
+            given_labels, fold_seed = None, int(seed)
         test = _normalize_ids(test_ids, what="test_ids") if test_ids is not None else None
         if test is not None and len(test) == 0:
             raise ValidationError("test_ids is empty; pass test_ids=None for a store without a test set.")
@@ -320,7 +322,8 @@ class LogitStore:
             manifest = StoreManifest(
                 schema_version=SCHEMA_VERSION, library_version=__version__, created=_now(),
                 classes=tuple(class_list), n_train=int(len(train)), n_test=None if test is None else int(len(test)),
-                n_folds=int(fold_array.max()) + 1, fold_seed=fold_seed, dtype=dtype, arrays=records)
+                n_folds=int(fold_array.max()) + 1, fold_seed=fold_seed, dtype=dtype, arrays=records,
+                fold_labels=None if given_labels == list(range(int(fold_array.max()) + 1)) else given_labels)
             write_json(staging / STORE_MANIFEST, manifest.to_json())
             if target.exists():
                 target.rmdir()  # empty, checked above
@@ -358,6 +361,11 @@ class LogitStore:
     @property
     def n_folds(self) -> int:
         return self._n_folds
+
+    @property
+    def fold_labels(self) -> list[int]:
+        """The label each fold index had when the folds were given (``[0, .., K-1]`` unless mapped)."""
+        return list(self._manifest.fold_labels or range(self._n_folds))
 
     @property
     def train_ids(self) -> np.ndarray:
@@ -443,7 +451,7 @@ class LogitStore:
                 oof=self._write_array(entry_dir, "oof", oof_array),
                 test=None if test_array is None else self._write_array(entry_dir, "test", test_array))
             self._commit(name, manifest)
-        logger.info("Stored entry %r (%s)", name, "overwritten" if existing else "new")
+        logger.debug("Stored entry %r (%s)", name, "overwritten" if existing else "new")
         return self._info(manifest)
 
     def put_fold(
@@ -525,7 +533,7 @@ class LogitStore:
                 if len(manifest.folds_present) == self._n_folds:
                     manifest = self._consolidate(manifest)
             self._commit(name, manifest)
-        logger.info("Stored fold %d of entry %r", fold, name)
+        logger.debug("Stored fold %d of entry %r", fold, name)
         return self._info(manifest)
 
     def remove(self, name: str) -> None:

@@ -113,6 +113,7 @@ class TrainConfig:
     num_workers: int = 0
     seed: int = 0
     keep_checkpoints: int = 2
+    log: Optional[Literal["tensorboard"]] = None
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)

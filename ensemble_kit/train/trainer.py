@@ -18,8 +18,10 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
-from tqdm.auto import tqdm
 
+from ensemble_kit._optional import import_optional
+from ensemble_kit._progress import interactive
+from ensemble_kit._progress import progress as progress_bar
 from ensemble_kit._version import __version__
 from ensemble_kit.data.sources import ImageSource, positions_of
 from ensemble_kit.errors import CheckpointError, EntryNotFoundError, ValidationError
@@ -137,6 +139,8 @@ def train_cv(cfg: TrainConfig, store: LogitStore, source: ImageSource, test: Ima
                                None if result["test_views"] is None else result["test_views"][v], ids=ids,
                                kind="logits", meta={"view_of": name, "view": view}, overwrite=True)
         store.put_fold(name, k, result["oof"], result["test"], ids=ids, kind="logits", meta=result["meta"])
+        logger.info("%s fold %d stored: best epoch %d, val loss %.4f, %.0fs", name, k, result["meta"]["best_epoch"],
+                    result["meta"]["val_loss"], result["meta"]["train_seconds"])
         # the fold is stored and its model exported: resume checkpoints are no longer needed
         prune_checkpoints(fold_dir, keep=0)
     return store.entry(name)
@@ -262,8 +266,8 @@ class _FoldRun:
         parts.model.train()
         total, seen = 0.0, 0
         parts.optimizer.zero_grad(set_to_none=True)
-        batches = tqdm(loader, desc=f"{self.name} fold {self.fold} epoch {progress.epoch + 1}/{cfg.epochs}",
-                       leave=False, disable=None)
+        batches = progress_bar(loader, desc=f"{self.name} fold {self.fold} epoch {progress.epoch + 1}/{cfg.epochs}",
+                                leave=False)
         n_batches = len(loader)
         for i, (images, targets) in enumerate(batches):
             images = images.to(self.device, non_blocking=True)
@@ -301,6 +305,13 @@ class _FoldRun:
                 out.append(predict_views(model, images, views).cpu())
         return torch.cat(out, dim=1).numpy()  # (V, n, C)
 
+    def _tensorboard(self) -> Any:
+        """A SummaryWriter on ``<fold dir>/tensorboard`` when ``log: tensorboard`` (the tensorboard extra)."""
+        if self.cfg.log != "tensorboard":
+            return None
+        module = import_optional("torch.utils.tensorboard", feature="Training logs for TensorBoard (log: tensorboard)")
+        return module.SummaryWriter(log_dir=str(safe_dir(self.dir, "tensorboard", create=True)))
+
     def run(self) -> dict[str, Any]:
         with isolated_global_rngs(fold_seed(self.cfg, self.fold)):
             return self._run()
@@ -316,10 +327,11 @@ class _FoldRun:
         if progress.epoch == 0 and history_path.exists():
             history_path.unlink()
         patience = cfg.regularization.early_stopping_patience
+        board = self._tensorboard()
         start = time.perf_counter()
         images_seen, train_seconds = 0, 0.0
         y_valid = torch.as_tensor(data.valid_labels)
-        epochs = tqdm(range(progress.epoch, cfg.epochs), desc=f"{self.name} fold {self.fold}", disable=None)
+        epochs = progress_bar(range(progress.epoch, cfg.epochs), desc=f"{self.name} fold {self.fold}")
         for epoch in epochs:
             progress.epoch = epoch
             t0 = time.perf_counter()
@@ -339,11 +351,22 @@ class _FoldRun:
                    "train_images_per_second": seen / max(train_time, 1e-9)}
             progress.history.append(row)
             _append_csv(history_path, row)
+            if board is not None:
+                for tag, key in (("loss/train", "train_loss"), ("loss/val", "val_loss"),
+                                 ("accuracy/val", "val_accuracy"), ("lr", "lr"),
+                                 ("throughput/train_images_per_second", "train_images_per_second")):
+                    board.add_scalar(tag, row[key], epoch)
+                board.flush()
             epochs.set_postfix(val_loss=f"{val_loss:.4f}", val_acc=f"{val_acc:.4f}")
+            if not interactive():  # no bar to show it: one log line per epoch
+                logger.info("%s fold %d epoch %d/%d: train loss %.4f, val loss %.4f, val accuracy %.4f (%.1fs)",
+                            self.name, self.fold, epoch + 1, cfg.epochs, train_loss, val_loss, val_acc, row["seconds"])
             self.save(parts, progress)
             if patience is not None and epoch - progress.best_epoch >= patience:
                 logger.info("%s fold %d: early stop at epoch %d (best %d)", self.name, self.fold, epoch, progress.best_epoch)
                 break
+        if board is not None:
+            board.close()
         if patience is not None and progress.best_state is not None:
             parts.eval_model().load_state_dict(progress.best_state)
         # the weights that make this fold's stored predictions, for inference on new images

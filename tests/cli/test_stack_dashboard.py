@@ -26,15 +26,31 @@ def test_stack_then_dashboard(small_store, capsys, monkeypatch):
     assert "hill_climbing" in out and "mean_probs" in out
     assert main(["stack", str(small_store.path), "--recipe", "aoi", "--n-trials", "5"]) == 0
     assert (small_store.path / "optuna.db").is_file()
-    calls = []
-    fake = types.SimpleNamespace(run_server=lambda storage, host, port: calls.append((storage, host, port)))
-    monkeypatch.setitem(sys.modules, "optuna_dashboard", fake)
-    assert main(["dashboard", str(small_store.path), "--port", "9999"]) == 0
-    storage, host, port = calls[0]
-    assert storage.endswith("/s/optuna.db") and port == 9999 and host == "127.0.0.1"
+    import socket
+    from wsgiref.simple_server import WSGIServer
+
+    apps, served = [], []
+
+    def fake_wsgi(storage):
+        apps.append(storage)
+        return lambda environ, start_response: [b""]
+
+    def serve_forever(server):  # by the time the server serves, the URL is printed and the port answers
+        printed = capsys.readouterr().out
+        served.append((server.server_port, printed))
+        socket.create_connection(("127.0.0.1", server.server_port), timeout=5).close()
+
+    monkeypatch.setitem(sys.modules, "optuna_dashboard", types.SimpleNamespace(wsgi=fake_wsgi))
+    monkeypatch.setattr(WSGIServer, "serve_forever", serve_forever)
+    assert main(["dashboard", str(small_store.path), "--port", "0"]) == 0
+    (port, printed), = served
+    assert f"at http://127.0.0.1:{port} " in printed and apps[0].endswith("/s/optuna.db")
     import optuna
 
-    assert len(optuna.get_all_study_summaries(storage)) == 4  # 3 folds + final of the soft vote
+    assert len(optuna.get_all_study_summaries(apps[0])) == 4  # 3 folds + final of the soft vote
+    study = optuna.load_study(study_name=optuna.get_all_study_summaries(apps[0])[0].study_name, storage=apps[0])
+    assert study.user_attrs["stack"] == "aoi" and study.user_attrs["stage"] == "soft_vote"
+    assert study.user_attrs["models"] == ["m0", "m1", "m2"] and {"w:m0", "w:m1", "w:m2"} <= set(study.best_params)
 
 
 def test_dashboard_errors(small_store, monkeypatch):

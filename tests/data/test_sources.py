@@ -75,3 +75,18 @@ def test_sources_plug_into_store_create(tmp_path):
     src = CsvImageSource(frame, tmp_path / "img", id_col="ID", label_col="Label", ext=".png")
     store = LogitStore.create(tmp_path / "s", train_ids=src.ids, y=src.labels, classes=src.classes, n_folds=2)
     assert store.classes == ["ok", "scratch"] and store.y.tolist() == src.targets.tolist()
+
+
+def test_image_folder_ids_are_stems_when_asked_and_collisions_are_named(tmp_path):
+    from ensemble_kit.errors import ValidationError
+
+    _write(tmp_path / "a" / "cat" / "x1.png")
+    _write(tmp_path / "a" / "dog" / "x2.png")
+    assert ImageFolderSource(tmp_path / "a", ids="stem").ids.tolist() == ["x1", "x2"]
+    assert ImageFolderSource(tmp_path / "a").ids.tolist() == ["cat/x1.png", "dog/x2.png"]
+    _write(tmp_path / "b" / "cat" / "0000.png")
+    _write(tmp_path / "b" / "dog" / "0000.png")
+    with pytest.raises(ValidationError, match=r"not unique across class folders.*data.test_ids: path"):
+        ImageFolderSource(tmp_path / "b", ids="stem")
+    assert ImageFolderSource(tmp_path / "a", ids="auto").ids.tolist() == ["x1", "x2"]
+    assert ImageFolderSource(tmp_path / "b", ids="auto").ids.tolist() == ["cat/0000.png", "dog/0000.png"]

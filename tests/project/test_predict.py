@@ -133,7 +133,7 @@ def test_an_exported_model_that_does_not_fit_is_named(project, tmp_path, fault):
 
 def test_one_model_is_a_valid_ensemble(project, capsys):
     _, _, store = project
-    assert main(["stack", str(store.path), "--models", "cnn"]) == 2
+    assert main(["stack", str(store.path), "--models", "cnn", "--recipe", "full"]) == 2
     assert "from_recipe('average')" in capsys.readouterr().err
     assert main(["stack", str(store.path), "--models", "cnn", "--recipe", "average", "--name", "single"]) == 0
     assert main(["stack", str(store.path), "--models", "r10", "--recipe", "aoi", "--name", "single_aoi",

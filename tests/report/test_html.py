@@ -84,3 +84,21 @@ def test_many_class_figures_stay_bounded():
     assert fig.get_size_inches()[0] <= 18
     y = rng.integers(0, n, 2000)
     assert max(figures.confusion_figure(y, y, list(range(n))).get_size_inches()) <= 12
+
+
+def test_a_model_named_like_a_stage_keeps_its_own_bar_and_scores(tmp_path):
+    from ensemble_kit.project import results_table
+    from ensemble_kit.report.figures import step_labels
+
+    rng = np.random.default_rng(1)
+    y = np.arange(90) % 3
+    store = LogitStore.create(tmp_path / "s", np.arange(90), y, [0, 1, 2], n_folds=3, test_ids=np.arange(10))
+    for name in ("logreg", "soft_vote"):
+        store.put(name, np.eye(3)[y] * 2 + rng.normal(size=(90, 3)), rng.normal(size=(10, 3)))
+    stack = fit_stack(store, StackConfig(recipe="full", n_trials=4))
+    labels = step_labels(stack.report)
+    assert len(labels) == len(set(labels)) and "logreg (base model)" in labels and "logreg (stage)" in labels
+    table = results_table(store, stack)
+    assert table.loc[(table["step"] == "logreg") & (table["kind"] == "stage"), "log_loss"].notna().all()
+    html = write_report(store).read_text()
+    assert html.count('<section id="leaderboard">') == 1

@@ -49,14 +49,18 @@ def test_explicit_folds_are_kept(tmp_path):
     np.testing.assert_array_equal(store.fold_indices(1), [1, 4, 7, 10])
 
 
-@pytest.mark.parametrize(
-    "folds, message",
-    [([0, 0, 0, 0], "at least 2 folds"), ([0, 2, 0, 2], r"folds \[1\] have no samples"), ([0, -1, 1, 0], "negative")],
-)
+@pytest.mark.parametrize("folds, message", [([0, 0, 0, 0], "at least 2 folds"), ([0.0, 1.0, 0.0, 1.0], "integers")])
 def test_bad_explicit_folds(tmp_path, folds, message):
     with pytest.raises(ValidationError, match=message):
         LogitStore.create(tmp_path / "s", np.arange(4), [0, 1, 0, 1], [0, 1], folds=folds)
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("folds, labels", [([0, 2, 0, 2], [0, 2]), ([3, -1, -1, 3], [-1, 3])])
+def test_explicit_fold_labels_are_mapped_and_kept(tmp_path, folds, labels):
+    store = LogitStore.create(tmp_path / "s", np.arange(4), [0, 1, 0, 1], [0, 1], folds=folds)
+    assert store.n_folds == 2 and store.fold_labels == labels and LogitStore(store.path).fold_labels == labels
+    np.testing.assert_array_equal(store.folds, np.searchsorted(labels, folds))
 
 
 def test_create_refuses_existing_store(store):

@@ -30,3 +30,14 @@ def test_check_folds_shape():
         check_folds([0, 1], 3)
     with pytest.raises(ValidationError, match="integers"):
         check_folds([0.0, 1.0], 2)
+
+
+def test_check_folds_maps_any_integer_labels():
+    from ensemble_kit.store._folds import fold_labels
+
+    np.testing.assert_array_equal(check_folds([4, 1, 2, 2, 4, 1], 6), [2, 0, 1, 1, 2, 0])
+    assert fold_labels([4, 1, 2, 2, 4, 1]) == [1, 2, 4]
+    with pytest.raises(ValidationError, match="at least 2 folds"):
+        check_folds([3, 3, 3], 3)
+    with pytest.raises(ValidationError, match="integers"):
+        check_folds([True, False], 2)

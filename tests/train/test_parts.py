@@ -106,3 +106,31 @@ def test_sizes_a_model_cannot_take_are_named_before_training(tmp_path, monkeypat
     with pytest.raises(ValidationError, match=key):
         train_cv(cfg, store, train, test, name="m")
     assert started == [] and store.incomplete() == {} and store.models() == []
+
+
+def test_multiscale_resnet_has_a_cifar_stem():
+    model = build_model("resnet18_multiscale", num_classes=10).eval()
+    body = model.body
+    x = body.layer1(body.act1(body.bn1(body.conv1(torch.zeros(1, 3, 32, 32)))))
+    assert body.conv1.kernel_size == (3, 3) and body.conv1.stride == (1, 1) and x.shape[-1] == 32
+    assert body.layer4(body.layer3(body.layer2(x))).shape[-1] == 4  # not 1x1 as with the ImageNet stem
+
+
+def test_tensorboard_logs_every_epoch_of_every_fold(tmp_path):
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from ensemble_kit import LogitStore
+    from ensemble_kit.train import train_cv
+    from helpers import tiny_image_data
+
+    train, test, _ = tiny_image_data()
+    store = LogitStore.create(tmp_path / "s", train.ids, train.labels, [0, 1, 2], n_folds=2, test_ids=test.ids)
+    cfg = TrainConfig.from_dict({"model": "plain_cnn", "img_size": 16, "epochs": 2, "batch_size": 16, "log": "tensorboard",
+                                 "augment": {"random_resized_crop": False}})
+    train_cv(cfg, store, train, test, name="m")
+    for fold in (0, 1):
+        events = EventAccumulator(str(store.path / "runs" / "m" / f"fold{fold}" / "tensorboard"))
+        events.Reload()
+        assert {"loss/train", "loss/val", "accuracy/val", "lr"} <= set(events.Tags()["scalars"])
+        assert [e.step for e in events.Scalars("loss/val")] == [0, 1]
