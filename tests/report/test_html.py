@@ -102,3 +102,14 @@ def test_a_model_named_like_a_stage_keeps_its_own_bar_and_scores(tmp_path):
     assert table.loc[(table["step"] == "logreg") & (table["kind"] == "stage"), "log_loss"].notna().all()
     html = write_report(store).read_text()
     assert html.count('<section id="leaderboard">') == 1
+
+
+def test_figures_fit_their_labels():
+    from ensemble_kit.report import figures
+
+    fig = figures.confusion_figure(np.array([0, 1, 1]), np.array([0, 1, 0]), ["ok", "ng"])
+    assert fig.get_size_inches()[0] >= 5.0 and "\n" in fig.axes[0].get_title()
+    history = {"m": {0: pd.DataFrame({"epoch": [0, 1, 2], "val_loss": [1.0, 0.8, 0.7], "train_loss": [1.2, 0.9, 0.6]})}}
+    ax = figures.training_curves_figure(history).axes[0]
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)

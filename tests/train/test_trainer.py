@@ -206,3 +206,15 @@ def test_training_leaves_the_callers_global_random_state_alone(tmp_path):
     torch.manual_seed(123)
     train_cv(_cfg(epochs=1, regularization={"mixup_alpha": 0.4}), store, train, test, name="cnn")
     assert (np.random.random(), random.random(), float(torch.rand(1))) == expected
+
+
+def test_without_a_terminal_each_epoch_and_fold_is_a_log_line(tmp_path, caplog):
+    import logging
+
+    store, train, test, _ = _store(tmp_path)
+    with caplog.at_level(logging.INFO, logger="ensemble_kit"):
+        train_cv(_cfg(epochs=2), store, train, test, name="cnn")
+    lines = [r.getMessage() for r in caplog.records]
+    for fold in (0, 1):
+        assert any(f"cnn fold {fold} epoch 2/2: train loss" in line and "val accuracy" in line for line in lines)
+        assert any(line.startswith(f"cnn fold {fold} stored: best epoch") for line in lines)
