@@ -29,6 +29,8 @@ __all__ = [
     "CheckpointError",
     "ImageDecodeError",
     "ArtifactError",
+    "StudyStorageError",
+    "FoldTaskError",
 ]
 
 
@@ -132,3 +134,20 @@ class ArtifactError(EnsembleKitError):
     """A saved stack, exported fold model or inference bundle is damaged, incomplete, of an
     unknown format or version, or does not match what it is loaded into. Nothing in one is ever
     unpickled; the message names the file and what is wrong."""
+
+
+class StudyStorageError(EnsembleKitError):
+    """An Optuna storage URL cannot be opened: not a database URL, the server does not answer,
+    or Optuna's tables cannot be created. The message shows the URL with its password masked."""
+
+
+class FoldTaskError(EnsembleKitError):
+    """Fold tasks run on an executor failed; the message lists each ``(model, fold)`` and its error.
+
+    ``failures`` holds ``(model, fold, exception)`` triples. Folds that finished are stored, so
+    running again trains only what is missing.
+    """
+
+    def __init__(self, message: str, *, failures: list[tuple[str, int, BaseException]] | None = None) -> None:
+        super().__init__(message)
+        self.failures = list(failures or [])

@@ -28,3 +28,24 @@ def store(tmp_path: Path) -> LogitStore:
 @pytest.fixture
 def logits_y():
     return make_logits()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """URL of a PostgreSQL server (see tests/postgres_server.py); skips, or fails in CI, without one."""
+    import os
+
+    import postgres_server as pg
+
+    if os.environ.get(pg.ENV_URL):
+        yield os.environ[pg.ENV_URL]
+        return
+    yield from pg.start_cluster()
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """A fresh, empty database on the test server."""
+    import postgres_server as pg
+
+    return pg.fresh_database(postgres_server)

@@ -8,6 +8,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ from numpy.typing import ArrayLike, NDArray
 from sklearn.base import BaseEstimator, clone
 from sklearn.utils.validation import check_is_fitted
 
+from ensemble_kit.ensemble._claims import run_shared
 from ensemble_kit.ensemble._inputs import LogitInput, LogitStack, as_logit_stack, check_same_models, resolve_fit_inputs
 from ensemble_kit.ensemble._optuna import SEARCH_SPACE_VERSION, input_hash
 from ensemble_kit.errors import ValidationError
@@ -30,18 +32,24 @@ def cross_fit(folds: NDArray[np.int64], fit_predict: Callable[[NDArray, NDArray,
     For every fold ``k``, ``fit_predict(fit_rows, held_rows, k)`` fits on the other folds' rows
     (boolean masks) and returns predictions for fold ``k``'s rows; the parts are assembled in row
     order. Every OOF score ensemble_kit reports (stages, blends, temperatures, class offsets) is
-    made this way, so no step ever scores rows it was fitted on.
+    made this way, so no step ever scores rows it was fitted on. Folds run through
+    :func:`~ensemble_kit.ensemble._claims.run_shared`: a process sharing a study storage with
+    others tunes the folds no one else is tuning first.
     """
-    out: NDArray | None = None
-    for k in np.unique(folds):
-        held = folds == k
-        part = np.asarray(fit_predict(~held, held, int(k)))
-        if out is None:
-            out = np.empty((len(folds),) + part.shape[1:], dtype=part.dtype)
-        out[held] = part
-    if out is None:
+    ks = [int(k) for k in np.unique(folds)]
+    if not ks:
         raise ValidationError("folds is empty: nothing to predict out of fold.")
+    parts = run_shared([partial(_fit_predict_fold, fit_predict, folds, k) for k in ks])
+    out = np.empty((len(folds),) + parts[0].shape[1:], dtype=parts[0].dtype)
+    for k, part in zip(ks, parts):
+        out[folds == k] = part
     return out
+
+
+def _fit_predict_fold(fit_predict: Callable[[NDArray, NDArray, int], NDArray], folds: NDArray[np.int64],
+                      k: int) -> NDArray:
+    held = folds == k
+    return np.asarray(fit_predict(~held, held, k))
 
 
 class BaseEnsembler(BaseEstimator, ABC):
@@ -89,8 +97,14 @@ class BaseEnsembler(BaseEstimator, ABC):
         self._input_digest = input_hash(stack.logits, yy, folds_array)
         self._start_fit(stack, yy, folds_array)
         prepared = self._prepare(stack.logits)
-        self._fit_prepared(prepared, yy, folds_array)
-        self.oof_proba_ = self._honest_oof(prepared, yy, folds_array)
+        self._fit_common(prepared, yy, folds_array)
+
+        def honest_oof() -> None:
+            self.oof_proba_ = self._honest_oof(prepared, yy, folds_array)
+
+        # the final fit and the fold fits are independent: with a shared study storage, another
+        # process may be tuning the final study while this one tunes folds
+        run_shared([partial(self._fit_final, prepared, yy, folds_array), honest_oof])
         self.fit_seconds_ = time.perf_counter() - start
         return self
 
@@ -117,6 +131,14 @@ class BaseEnsembler(BaseEstimator, ABC):
     def _take(self, prepared: Any, rows: NDArray[np.bool_]) -> Any:
         """The rows ``rows`` (a boolean mask over samples) of a prepared input."""
         return prepared[:, rows]
+
+    def _fit_common(self, prepared: Any, y: NDArray[np.int64], folds: NDArray[np.int64]) -> None:
+        """Hook: what the final fit and the honest OOF predictions both build on, fitted once first
+        (a blend's stages). Default: nothing."""
+
+    def _fit_final(self, prepared: Any, y: NDArray[np.int64], folds: NDArray[np.int64]) -> None:
+        """The fit on all rows, after :meth:`_fit_common` (default: :meth:`_fit_prepared`)."""
+        self._fit_prepared(prepared, y, folds)
 
     @abstractmethod
     def _fit_prepared(self, prepared: Any, y: NDArray[np.int64], folds: NDArray[np.int64]) -> None: ...
@@ -154,7 +176,8 @@ class BaseEnsembler(BaseEstimator, ABC):
         owner = self
         while getattr(owner, "_parent", None) is not None:
             owner = owner._parent
-        owner.__dict__.setdefault("study_names_", []).extend(names)
+        recorded = owner.__dict__.setdefault("study_names_", [])
+        recorded.extend(n for n in names if n not in recorded)  # a deferred task records its study again
 
     # ---------------------------------------------------------------- saving (ensemble/_persist.py)
     def _fitted_state(self, out: Any, key: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import optuna
 import xxhash
 
 from ensemble_kit._progress import interactive, progress
+from ensemble_kit.ensemble._claims import StudyBusy, claims_for, defer_busy, open_storage, wait_for_claim
 
 logger = logging.getLogger(__name__)
 
@@ -101,24 +102,63 @@ def run_study(
     persistent storage is reused as is, so re-running a fit is instant and gives the same result.
     ``attrs`` become the study's user attributes (what was tuned: stage, models, metric, fold),
     shown by optuna-dashboard.
+
+    On a database storage shared by several processes, one process at a time runs a study (it
+    *claims* it, :mod:`ensemble_kit.ensemble._claims`); another one that reaches it tunes other
+    studies first (inside :func:`~ensemble_kit.ensemble._claims.run_shared`) or waits, then reuses
+    it. So every study ends with exactly ``n_trials`` completed trials, and its best trial is the
+    one a single process finds.
     """
+    opened = open_storage(storage)
     with _quiet_trials():
         study = optuna.create_study(
-            study_name=name, storage=storage, direction="minimize", load_if_exists=True,
+            study_name=name, storage=opened, direction="minimize", load_if_exists=True,
             sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True,
                                                n_startup_trials=min(20, max(5, n_trials // 5))),
         )
-        done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
-        if done == 0:
-            for key, value in (attrs or {}).items():
-                study.set_user_attr(key, value)
-            for params in enqueue or []:
-                study.enqueue_trial(params)
-        if done < n_trials:
-            tracker = _Progress(name, n_trials, done)
-            try:
-                study.optimize(objective, n_trials=n_trials - done, show_progress_bar=False, callbacks=[tracker])
-            finally:
-                tracker.close()
+        claims = claims_for(opened)
+        if claims is None:
+            _optimize(study, objective, n_trials, enqueue, attrs)
+        elif not _finished(study, n_trials):
+            if claims.acquire(name):
+                held = True
+            elif defer_busy():
+                raise StudyBusy(name)
+            else:
+                held = wait_for_claim(claims, name, finished=lambda: _finished(study, n_trials))
+            if held:
+                try:
+                    _fail_orphans(study)
+                    _optimize(study, objective, n_trials, enqueue, {**(attrs or {}), "tuned_by": claims.owner})
+                finally:
+                    claims.release(name)
     logger.info("study %s: best %.6f after %d trials", name, study.best_value, len(study.trials))
     return study
+
+
+def _finished(study: optuna.Study, n_trials: int) -> bool:
+    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))) >= n_trials
+
+
+def _fail_orphans(study: optuna.Study) -> None:
+    """Trials left running by a process that died holding the claim: they will never finish."""
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        logger.warning("study %s: trial %d was left running by a process that stopped; marked failed",
+                       study.study_name, trial.number)
+
+
+def _optimize(study: optuna.Study, objective: Callable[[optuna.Trial], float], n_trials: int,
+              enqueue: list[dict[str, Any]] | None, attrs: dict[str, Any] | None) -> None:
+    if not study.trials:
+        for key, value in (attrs or {}).items():
+            study.set_user_attr(key, value)
+        for params in enqueue or []:
+            study.enqueue_trial(params)
+    done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    if done < n_trials:
+        tracker = _Progress(study.study_name, n_trials, done)
+        try:
+            study.optimize(objective, n_trials=n_trials - done, show_progress_bar=False, callbacks=[tracker])
+        finally:
+            tracker.close()

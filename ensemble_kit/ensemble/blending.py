@@ -121,6 +121,12 @@ class Blender(BaseEnsembler):
 
     def _fit_prepared(self, logits: NDArray, y: NDArray[np.int64], folds: NDArray[np.int64]) -> None:
         """Fit every stage on the same folds (each nested), then the blend weights on their OOF."""
+        self._fit_common(logits, y, folds)
+        self._fit_final(logits, y, folds)
+
+    def _fit_common(self, logits: NDArray, y: NDArray[np.int64], folds: NDArray[np.int64]) -> None:
+        """The stages, each fitted (and nested over the folds) once: the final weights and the
+        per-fold weights are all tuned on their honest OOF predictions."""
         named = dict(zip(self.model_names_, logits))
         self.stages_ = {}
         stages = check_stages(self.stages, owner="Blender")
@@ -133,6 +139,8 @@ class Blender(BaseEnsembler):
             logger.info("stage %s fitted in %.1fs: nested OOF %s %.4f", name, fitted.fit_seconds_, self.metric,
                         get_metric(self.metric)(y, fitted.oof_proba_, kind="probs"))
         self.stage_oof_ = {name: stage.oof_proba_ for name, stage in self.stages_.items()}
+
+    def _fit_final(self, logits: NDArray, y: NDArray[np.int64], folds: NDArray[np.int64]) -> None:
         if isinstance(self.weights, str):
             # a fold clone's own weights must not share a study with its parent's fold-k weights
             tag = f"{self._fold_tag}-final" if hasattr(self, "_fold_tag") else "final"
@@ -144,7 +152,8 @@ class Blender(BaseEnsembler):
     def _honest_oof(self, logits: NDArray, y: NDArray[np.int64], folds: NDArray[np.int64]) -> NDArray:
         """The stages' OOF predictions are honest already; only the weights need nesting."""
         if not isinstance(self.weights, str):
-            return np.exp(mix(self.stage_oof_, self.weights_))
+            total = float(sum(self.weights.values()))
+            return np.exp(mix(self.stage_oof_, {n: float(w) / total for n, w in self.weights.items()}))
 
         def fit_predict(fit: NDArray, held: NDArray, k: int) -> NDArray:
             weights = self._tune({n: p[fit] for n, p in self.stage_oof_.items()}, y[fit], tag=f"fold{k}")

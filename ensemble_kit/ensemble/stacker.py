@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +58,12 @@ class Stacker(BaseEstimator):
         Optuna trials per tuning run of the blend.
     seed : int
     storage : str or optuna storage, optional
-        Where Optuna studies go (also for every stage that sets none). ``None``: in memory, or
-        ``sqlite:///STORE/optuna.db`` when fitted from a store (``ensemble-kit dashboard STORE``).
+        Where Optuna studies go (also for every stage that sets none): a database URL
+        (``postgresql://user:${PGPASSWORD}@host/db``; ``$VARS`` are read from the environment) or
+        an Optuna storage. ``None``: in memory, or ``sqlite:///STORE/optuna.db`` when fitted from a
+        store (``ensemble-kit dashboard STORE``). Several processes fitting the same stack on one
+        database split its studies between them and all get the single-process result
+        (``docs/scaling.md``).
 
     Attributes
     ----------
@@ -165,14 +168,11 @@ class Stacker(BaseEstimator):
         stack, yy, folds_array = resolve_fit_inputs(oof_logits, y, folds, models, owner="Stacker", min_models=required,
                                                     seed=self.seed, reason=f"stage {stage_name!r}: {reason}")
         self.storage_ = self.storage
-        studies_lock: AbstractContextManager[None] = nullcontext()
         if self.storage_ is None and isinstance(oof_logits, LogitStore):
-            # one stack at a time tunes a store's own studies; a second one waits, then reuses them
+            # the store's own SQLite file: several processes stacking one store split its studies
             self.storage_ = oof_logits.workspace.study_storage()
-            studies_lock = oof_logits.workspace.studies_lock()
         self.model_names_, self.n_classes_, self.folds_ = stack.names, stack.n_classes, folds_array
-        with studies_lock:
-            self._fit_steps(dict(zip(stack.names, stack.logits)), yy, folds_array, stages)
+        self._fit_steps(dict(zip(stack.names, stack.logits)), yy, folds_array, stages)
         self.fit_seconds_ = time.perf_counter() - start
         logger.info("Stacker fitted in %.1fs", self.fit_seconds_)
         return self

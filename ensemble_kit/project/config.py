@@ -8,6 +8,7 @@ are relative to the working directory the command runs in.
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -24,6 +25,8 @@ from ensemble_kit.store._paths import case_collision, check_name
 
 if TYPE_CHECKING:  # a project's models need the train extra; its stack and submission sections do not
     from ensemble_kit.train.config import TrainConfig
+
+logger = logging.getLogger(__name__)
 
 DATA_FORMATS = ("digits", "folder", "csv", "cifar10_batches")
 
@@ -118,7 +121,13 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class StackConfig:
-    """The stacking step (see :class:`~ensemble_kit.Stacker`)."""
+    """The stacking step (see :class:`~ensemble_kit.Stacker`).
+
+    ``storage`` is where its Optuna studies go: a database URL (``$VARS`` are expanded from the
+    environment, so passwords stay out of the file), default the store's own
+    ``sqlite:///STORE/optuna.db``. Only the user's own config sets it: a ``storage`` in the
+    settings saved inside a store (which may come from elsewhere) is ignored with a warning.
+    """
 
     recipe: str = DEFAULT_RECIPE
     metric: str = "log_loss"
@@ -126,9 +135,13 @@ class StackConfig:
     n_trials: int = 200
     seed: int = 0
     name: Optional[str] = None
+    storage: Optional[str] = None
 
     def __post_init__(self) -> None:
         RECIPES.check(self.recipe, key="stack.recipe")
+        if self.storage is not None and not self.storage.strip():
+            raise ValidationError("Config key 'stack.storage' must be a database URL (e.g. "
+                                  "'postgresql://user:${PGPASSWORD}@host/db') or absent (the store's own SQLite file).")
         METRICS.check(self.metric, key="stack.metric")
         if self.n_trials < 1:
             raise ValidationError(f"Config key 'stack.n_trials' must be positive; got {self.n_trials}.")
@@ -318,6 +331,35 @@ STORE_SETTINGS = ("project.yaml", "defaults.yaml")  # a trained project's resolv
 SAMPLE_SUBMISSION = "sample_submission.csv"
 
 
+def _sections(data: dict[str, Any]) -> tuple[StackConfig, SubmissionConfig]:
+    stack = data.get("stack") or {}
+    submission = data.get("submission") or {}
+    for key, section in (("stack", stack), ("submission", submission)):
+        if not isinstance(section, dict):
+            raise ValidationError(f"Config key {key!r} must be a mapping; got {section!r}.")
+    return (build_dataclass(StackConfig, {**_plain(asdict(StackConfig())), **stack}, prefix="stack."),
+            build_dataclass(SubmissionConfig, {**asdict(SubmissionConfig()), **submission}, prefix="submission."))
+
+
+def project_settings(config_path: str | Path) -> tuple[Path, StackConfig, SubmissionConfig]:
+    """The store path and the ``stack:`` and ``submission:`` sections of a project YAML (yours, so
+    trusted: its ``stack.storage`` is used), without building its models (no training stack)."""
+    path = Path(config_path)
+    if not path.is_file():
+        raise ValidationError(f"Config file {str(path)!r} does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ValidationError(f"Config file {str(path)!r} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("store"), str) or not data["store"]:
+        raise ValidationError(f"{path}: a project config is a YAML mapping whose key 'store' is the store's path.")
+    try:
+        stack, submission = _sections(data)
+    except ValidationError as exc:
+        raise type(exc)(f"{path}: {exc}") from exc
+    return Path(data["store"]), stack, submission
+
+
 def stored_settings(store_path: str | Path) -> tuple[StackConfig, SubmissionConfig, Path | None]:
     """The ``stack:`` and ``submission:`` sections a store's project saved (defaults when it saved
     none), and the sample submission ``ensemble-kit init --sample-submission`` kept (or ``None``).
@@ -344,9 +386,12 @@ def stored_settings(store_path: str | Path) -> tuple[StackConfig, SubmissionConf
         if not isinstance(data, dict):
             raise ValidationError(f"{str(path)!r} must hold a YAML mapping.")
         break
-    stack = build_dataclass(StackConfig, {**_plain(asdict(StackConfig())), **(data.get("stack") or {})}, prefix="stack.")
-    submission = build_dataclass(SubmissionConfig, {**asdict(SubmissionConfig()), **(data.get("submission") or {})},
-                                 prefix="submission.")
+    stack_section = dict(data.get("stack") or {}) if isinstance(data.get("stack") or {}, dict) else data.get("stack")
+    if isinstance(stack_section, dict) and stack_section.pop("storage", None) is not None:
+        # a store may come from elsewhere: its settings never point this machine at a database
+        logger.info("%s: stack.storage saved in the store is not used; give --storage URL, or the project YAML "
+                    "whose stack.storage names it", folder)
+    stack, submission = _sections({"stack": stack_section, "submission": data.get("submission")})
     sample = folder / SAMPLE_SUBMISSION
     return stack, submission, (sample if sample.is_file() else None)
 

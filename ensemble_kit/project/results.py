@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
+from ensemble_kit.ensemble._claims import masked_url, open_storage
 from ensemble_kit.ensemble.blending import Blender
 from ensemble_kit.ensemble.stacker import Stacker
 from ensemble_kit.errors import StoreCorruptedError, StoreError, ValidationError
@@ -91,17 +92,18 @@ def fit_stack(store: LogitStore, config: StackConfig) -> StackResult:
     ('hill_climb', (10, 3), ['summary.json'])
     """
     _check_new_stack(store, config.result_name)
-    stacker = Stacker.from_recipe(config.recipe, metric=config.metric, n_trials=config.n_trials, seed=config.seed)
+    stacker = Stacker.from_recipe(config.recipe, metric=config.metric, n_trials=config.n_trials, seed=config.seed,
+                                  storage=config.storage)
     stacker.fit(store, models=list(config.models) if config.models else None)
     has_test = store.test_ids is not None
     test_proba = stacker.predict_proba(store) if has_test else None
     test_labels = stacker.decide(test_proba) if has_test else None
     summary = {
         "name": config.result_name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
+        "config": _plain_config(config),
         "recipe": config.recipe, "metric": config.metric, "description": RECIPES.summary(config.recipe),
         "models": list(stacker.model_names_), "classes": list(store.classes), "fit_seconds": stacker.fit_seconds_,
-        "optuna_storage": str(stacker.storage_), "study_names": stacker.study_names_,
+        "optuna_storage": masked_url(str(stacker.storage_)), "study_names": stacker.study_names_,
         "fitted": describe_stacker(stacker),
     }
     y_test = held_out_labels(store)
@@ -176,12 +178,20 @@ def _save(store: LogitStore, name: str, summary: dict[str, Any], stacker: Stacke
     return final
 
 
+def _plain_config(config: StackConfig) -> dict[str, Any]:
+    """The stack's settings as JSON, with a storage URL's password masked (a store is shared)."""
+    plain = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
+    if config.storage is not None:
+        plain["storage"] = masked_url(config.storage)
+    return plain
+
+
 def _label_studies(stacker: Stacker, name: str) -> None:
     """Name the saved stack in each of its studies (optuna-dashboard shows user attributes)."""
     import optuna
 
     for study_name in stacker.study_names_:
-        optuna.load_study(study_name=study_name, storage=stacker.storage_).set_user_attr("stack", name)
+        optuna.load_study(study_name=study_name, storage=open_storage(stacker.storage_)).set_user_attr("stack", name)
 
 
 def _check_new_stack(store: LogitStore, name: str) -> Path:

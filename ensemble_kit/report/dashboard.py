@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 from ensemble_kit._optional import import_optional
+from ensemble_kit.ensemble._claims import masked_url
 from ensemble_kit.errors import StoreError
 from ensemble_kit.store import LogitStore
 from ensemble_kit.store._workspace import STUDY_DB
@@ -36,7 +38,7 @@ def launch_dashboard(store: LogitStore | str | Path, *, host: str = "127.0.0.1",
             f"ensemble-kit stack {opened.path}"
         )
     dashboard = import_optional("optuna_dashboard", feature="The Optuna dashboard")
-    url = storage or opened.workspace.study_storage()
+    url = os.path.expandvars(storage) if storage else opened.workspace.study_storage()
     app = dashboard.wsgi(url)
 
     class _Quiet(WSGIRequestHandler):
@@ -45,7 +47,7 @@ def launch_dashboard(store: LogitStore | str | Path, *, host: str = "127.0.0.1",
 
     server = make_server(host, port, app, handler_class=_Quiet)  # listening from here on
     address = f"http://{host}:{server.server_port}"
-    logger.info("optuna-dashboard on %s at %s", url, address)
+    logger.info("optuna-dashboard on %s at %s", masked_url(url), address)
     if on_ready is not None:
         on_ready(address)
     try:

@@ -10,7 +10,8 @@ planted in a received store never redirects a write):
 ``stacks/<name>/``       saved stacks (``ensemble-kit stack``)
 ``project/``             the resolved project config and held-out test labels
 ``report/``              the HTML report and its figures
-``optuna.db``            the Optuna studies of every stack fitted from the store
+``optuna.db``            the Optuna studies of every stack fitted from the store (and their
+                         claims, ``ensemble_kit/ensemble/_claims.py``; ``optuna.db.lock``)
 ======================  ==================================================================
 """
 
@@ -21,13 +22,9 @@ import os
 import shutil
 import stat
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-from filelock import FileLock, Timeout
-
-from ensemble_kit.errors import StoreBusyError, UnsafePathError
+from ensemble_kit.errors import UnsafePathError
 from ensemble_kit.store._files import check_not_link
 from ensemble_kit.store._paths import check_name, safe_dir
 
@@ -41,9 +38,6 @@ PROJECT_DIR = "project"
 REPORT_DIR = "report"
 LOCKS_DIR = "locks"
 STUDY_DB = "optuna.db"
-_STUDIES_LOCK = ".studies.lock"
-# A second `ensemble-kit stack` on one store waits this long for the first one's studies.
-STUDY_LOCK_TIMEOUT_S = 6 * 3600
 
 
 class Workspace:
@@ -88,33 +82,6 @@ class Workspace:
     def study_storage(self) -> str:
         """The Optuna storage URL of the store's own studies (``sqlite:///STORE/optuna.db``)."""
         return f"sqlite:///{self.study_db().resolve()}"
-
-    @contextmanager
-    def studies_lock(self, *, timeout: float = STUDY_LOCK_TIMEOUT_S) -> Iterator[None]:
-        """Hold the store's study lock: one stack at a time tunes the store's own studies.
-
-        SQLite lets two processes race on one study (one of them dies in Optuna, or a study ends
-        with more trials than asked); holding this lock, the second process waits and then
-        reuses the finished studies, so it reproduces the first one's result.
-        """
-        lock_path = safe_dir(self.root, LOCKS_DIR, create=True) / _STUDIES_LOCK
-        check_lock_file(lock_path)
-        lock = FileLock(str(lock_path))
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            logger.warning("another stack is tuning the studies of %s: waiting for it (up to %.0f s)", self.root, timeout)
-            try:
-                lock.acquire(timeout=timeout)
-            except Timeout:
-                raise StoreBusyError(
-                    f"Store {str(self.root)!r} is busy: another process has been tuning its Optuna studies for more "
-                    f"than {timeout:.0f} s. Wait for it to finish, or give this stack its own storage=... ."
-                ) from None
-        try:
-            yield
-        finally:
-            lock.release()
 
     def remove_run(self, model: str) -> None:
         """Delete ``runs/<model>/`` (never following a link out of the store)."""

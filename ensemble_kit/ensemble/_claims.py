@@ -1,0 +1,274 @@
+"""Optuna storages that several processes can share, and study claims that let them split the work.
+
+Two processes fitting the same stack on one storage would otherwise run the same studies at the
+same time: trial counts overshoot, and Optuna's sampler no longer sees the history it would see
+alone, so the result depends on the race. Instead, each study is *claimed* by one process (a row
+in the table ``ensemble_kit_study_claims`` of the same database); the claimer runs the whole
+study as a single process would, the others tune other studies meanwhile and reuse the finished
+one. So a stack fitted by N processes equals the one a single process fits, and every study ends
+with exactly ``n_trials`` completed trials.
+
+A claim is kept alive by a heartbeat (a counter the owner bumps every :data:`BEAT_INTERVAL_S`
+seconds). A waiter that sees the counter stand still for :data:`STALE_AFTER_S` seconds of its own
+clock takes the claim over (a compare-and-set, so only one waiter wins): no clocks of different
+machines are compared. The taker fails the dead owner's unfinished trials and completes the study.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import optuna
+import sqlalchemy as sa
+from filelock import FileLock
+
+from ensemble_kit._optional import missing_dependency
+from ensemble_kit.errors import StudyStorageError, ValidationError
+
+__all__ = ["open_storage", "masked_url", "run_shared", "StudyClaims", "StudyBusy"]
+
+logger = logging.getLogger(__name__)
+
+BEAT_INTERVAL_S = 5.0
+STALE_AFTER_S = 60.0
+POLL_S = 0.5
+CLAIMS_TABLE = "ensemble_kit_study_claims"
+# a fresh PostgreSQL database raced by several processes creating Optuna's tables at once
+_SCHEMA_RETRIES = 6
+_DRIVERS = {"postgresql": ("psycopg", "postgres"), "mysql": ("pymysql", None)}
+
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------------- storages
+_OPENED: dict[str, optuna.storages.RDBStorage] = {}
+_OPENED_LOCK = threading.Lock()
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (what logs, errors and summaries show)."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL: nothing to mask, and it is shown as given
+        return url
+
+
+def open_storage(storage: str | optuna.storages.BaseStorage | None) -> optuna.storages.BaseStorage | None:
+    """The Optuna storage for ``storage``: ``None`` (in memory), a storage object (as is), or a
+    database URL, opened once per process and safe to open from several processes at once.
+
+    ``$VARS`` in a URL are expanded from the environment, so a password need not be written in a
+    config file (``postgresql://user:${PGPASSWORD}@host/db``). SQLite files get a busy timeout and
+    their schema is created under a file lock; on other databases schema creation is retried,
+    since processes racing to create Optuna's tables on a fresh database collide.
+    """
+    if storage is None or isinstance(storage, optuna.storages.BaseStorage):
+        return storage
+    if not isinstance(storage, str) or not storage:
+        raise ValidationError(f"storage must be None, an Optuna storage or a database URL such as "
+                              f"'sqlite:///optuna.db' or 'postgresql://user:pass@host/db'; got {storage!r}.")
+    url = os.path.expandvars(storage)
+    with _OPENED_LOCK:
+        if url not in _OPENED:
+            _OPENED[url] = _open_rdb(url)
+        return _OPENED[url]
+
+
+def _open_rdb(url: str) -> optuna.storages.RDBStorage:
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise StudyStorageError(f"Optuna storage {url!r} is not a database URL ({exc}); expected e.g. "
+                                "'sqlite:///optuna.db' or 'postgresql://user:pass@host:5432/db'.") from None
+    shown = masked_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if not parsed.database:
+            raise StudyStorageError(f"Optuna storage {shown!r}: an in-memory SQLite database cannot be shared; give "
+                                    "a file (sqlite:///path/optuna.db) or storage=None.")
+        from ensemble_kit.store._workspace import check_lock_file
+
+        lock = Path(parsed.database).with_name(Path(parsed.database).name + ".lock")
+        check_lock_file(lock)
+        with FileLock(str(lock), timeout=120):
+            return _create(url, shown, {"connect_args": {"timeout": 60}}, retries=1)
+    return _create(url, shown, {"pool_pre_ping": True}, retries=_SCHEMA_RETRIES)
+
+
+def _create(url: str, shown: str, engine_kwargs: dict[str, Any], *, retries: int) -> optuna.storages.RDBStorage:
+    for attempt in range(retries):
+        try:
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+            StudyClaims.for_engine(storage.engine)  # the claims table, under the same guard
+            return storage
+        except ImportError as exc:
+            backend = sa.engine.make_url(url).get_backend_name()
+            module, extra = _DRIVERS.get(backend, (backend, None))
+            error = missing_dependency(module, feature=f"The Optuna storage {shown!r}", cause=exc)
+            raise error from None
+        except sa.exc.OperationalError as exc:
+            if attempt + 1 == retries or "connect" in str(exc).lower():
+                raise StudyStorageError(f"Cannot open the Optuna storage {shown!r}: {str(exc.orig).strip()}. Check "
+                                        "that the database server runs and the URL, user and password are right.") \
+                    from None
+        except (sa.exc.IntegrityError, sa.exc.ProgrammingError) as exc:
+            if attempt + 1 == retries:
+                raise StudyStorageError(f"Cannot create Optuna's tables in {shown!r}: {str(exc.orig).strip()}.") from None
+        time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# ---------------------------------------------------------------------- claims
+class StudyBusy(Exception):
+    """Internal signal: another process is tuning this study; :func:`run_shared` defers the task."""
+
+
+_DEFER_BUSY = contextvars.ContextVar("ensemble_kit_defer_busy", default=False)
+
+
+def run_shared(tasks: Sequence[Callable[[], T]]) -> list[T]:
+    """Run ``tasks`` in order, except that a task reaching a study another process is tuning is
+    put off until the others are done (then it waits for that study, and reuses it).
+
+    Every task must be safe to restart from the beginning. With one process (or an in-memory
+    storage) this is a plain loop.
+    """
+    results: dict[int, T] = {}
+    deferred = []
+    for i, task in enumerate(tasks):
+        token = _DEFER_BUSY.set(True)
+        try:
+            results[i] = task()
+        except StudyBusy:
+            deferred.append(i)
+        finally:
+            _DEFER_BUSY.reset(token)
+    for i in deferred:
+        token = _DEFER_BUSY.set(False)
+        try:
+            results[i] = tasks[i]()
+        finally:
+            _DEFER_BUSY.reset(token)
+    return [results[i] for i in range(len(tasks))]
+
+
+def defer_busy() -> bool:
+    """Whether a study another process holds should raise :class:`StudyBusy` (else: wait for it)."""
+    return _DEFER_BUSY.get()
+
+
+class StudyClaims:
+    """Claims of one database's studies by this process (one instance per engine)."""
+
+    _instances: dict[int, StudyClaims] = {}
+    _guard = threading.Lock()
+
+    def __init__(self, engine: sa.engine.Engine) -> None:
+        self.engine = engine
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        metadata = sa.MetaData()
+        self.table = sa.Table(CLAIMS_TABLE, metadata,
+                              sa.Column("study_name", sa.String(512), primary_key=True),
+                              sa.Column("owner", sa.String(128), nullable=False),
+                              sa.Column("beat", sa.BigInteger, nullable=False))
+        metadata.create_all(engine, checkfirst=True)
+        self.held: set[str] = set()
+        self._heart: threading.Thread | None = None
+
+    @classmethod
+    def for_engine(cls, engine: sa.engine.Engine) -> StudyClaims:
+        with cls._guard:
+            key = id(engine)
+            if key not in cls._instances or cls._instances[key].engine is not engine:
+                cls._instances[key] = cls(engine)
+            return cls._instances[key]
+
+    def acquire(self, name: str) -> bool:
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(self.table.insert().values(study_name=name, owner=self.owner, beat=0))
+        except sa.exc.IntegrityError:
+            return False
+        self._hold(name)
+        return True
+
+    def holder(self, name: str) -> tuple[str, int] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(self.table.c.owner, self.table.c.beat)
+                               .where(self.table.c.study_name == name)).first()
+        return None if row is None else (str(row[0]), int(row[1]))
+
+    def take_over(self, name: str, owner: str, beat: int) -> bool:
+        """Take a stale claim, if it still is ``owner``'s at ``beat`` (only one waiter wins)."""
+        t = self.table
+        with self.engine.begin() as conn:
+            taken = conn.execute(t.update().where(t.c.study_name == name, t.c.owner == owner, t.c.beat == beat)
+                                 .values(owner=self.owner, beat=0)).rowcount == 1
+        if taken:
+            self._hold(name)
+        return taken
+
+    def release(self, name: str) -> None:
+        self.held.discard(name)
+        t = self.table
+        with self.engine.begin() as conn:
+            conn.execute(t.delete().where(t.c.study_name == name, t.c.owner == self.owner))
+
+    def _hold(self, name: str) -> None:
+        self.held.add(name)
+        if self._heart is None or not self._heart.is_alive():
+            self._heart = threading.Thread(target=self._beat, name="ensemble_kit-study-heartbeat", daemon=True)
+            self._heart.start()
+
+    def _beat(self) -> None:
+        t = self.table
+        while self.held:
+            time.sleep(BEAT_INTERVAL_S)
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(t.update().where(t.c.owner == self.owner).values(beat=t.c.beat + 1))
+            except sa.exc.SQLAlchemyError as exc:  # a missed beat is retried; a waiter tolerates many
+                logger.debug("study claim heartbeat failed: %s", exc)
+
+
+def claims_for(storage: optuna.storages.BaseStorage | None) -> StudyClaims | None:
+    """The claims of a database storage (``None`` for in-memory and journal storages)."""
+    backend = getattr(storage, "_backend", storage)
+    if isinstance(backend, optuna.storages.RDBStorage):
+        return StudyClaims.for_engine(backend.engine)
+    return None
+
+
+def wait_for_claim(claims: StudyClaims, name: str, *, finished: Callable[[], bool]) -> bool:
+    """Wait until this process holds the claim of ``name`` (True), or the study is finished by
+    its holder (False). A holder whose heartbeat stops for :data:`STALE_AFTER_S` is taken over."""
+    seen: tuple[str, int] | None = None
+    since = time.monotonic()
+    logged = False
+    while True:
+        if finished():
+            return False
+        if claims.acquire(name):
+            return True
+        holder = claims.holder(name)
+        if holder is None:
+            continue
+        if holder != seen:
+            seen, since = holder, time.monotonic()
+        elif time.monotonic() - since > STALE_AFTER_S:
+            if claims.take_over(name, *holder):
+                logger.warning("study %s: its claim by %s went stale (no heartbeat for %.0f s); taking it over",
+                               name, holder[0], STALE_AFTER_S)
+                return True
+        if not logged:
+            logger.info("study %s is being tuned by %s: waiting to reuse it", name, holder[0])
+            logged = True
+        time.sleep(POLL_S)
