@@ -38,6 +38,7 @@ REGISTRIES = [
     ("Albumentations pipelines", "ensemble_kit.data.transforms", "ALBUMENTATIONS", "`augment.albumentations:`"),
     ("Model factories (besides every timm model)", "ensemble_kit.train", "MODEL_FACTORIES", "`model:`"),
     ("TTA views (plus `scale<factor>`)", "ensemble_kit.train.tta", "VIEWS", "`tta.views:`"),
+    ("Executors", "ensemble_kit.project", "EXECUTORS", "`train_project(cfg, executor=spec)`, `ensemble-kit train --executor`"),
 ]
 
 

@@ -10,12 +10,13 @@ it logs one line per epoch, fold or stage instead (see :func:`interactive`). ``q
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
 
-__all__ = ["interactive", "progress", "quiet"]
+__all__ = ["interactive", "progress", "quiet", "bars_off"]
 
 T = TypeVar("T")
 _state = {"quiet": False}
@@ -24,6 +25,17 @@ _state = {"quiet": False}
 def quiet(value: bool = True) -> None:
     """Turn progress bars off (``True``) or back on, for the whole process."""
     _state["quiet"] = bool(value)
+
+
+@contextmanager
+def bars_off() -> Iterator[None]:
+    """No bars while the block runs (code logs lines instead), as before afterwards."""
+    previous = _state["quiet"]
+    _state["quiet"] = True
+    try:
+        yield
+    finally:
+        _state["quiet"] = previous
 
 
 def _in_notebook() -> bool:

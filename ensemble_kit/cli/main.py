@@ -147,7 +147,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = ProjectConfig.from_yaml(args.config, overrides=args.set)
     models = args.models.split(",") if args.models else None
     folds = None if args.fold is None else [args.fold]
-    entries = train_project(cfg, models=models, folds=folds)
+    entries = train_project(cfg, models=models, folds=folds, executor=args.executor)
     for name, info in entries.items():
         state = "complete" if info.complete else f"folds {list(info.folds_present)} of {info.n_folds}"
         print(f"{name}: {state}")
@@ -160,16 +160,26 @@ def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
+def _stack_source(source: Path) -> tuple[Any, Any]:
+    """The store and stack settings of ``STORE`` (its saved settings, never their storage) or of a
+    project ``CONFIG.yaml`` (yours: its ``stack.storage`` is used)."""
+    from ensemble_kit.project.config import project_settings, stored_settings
+    from ensemble_kit.store import LogitStore
+
+    if source.is_file():
+        store_path, settings, _ = project_settings(source)
+        return LogitStore(store_path), settings
+    store = LogitStore(source)
+    return store, stored_settings(store.path)[0]
+
+
 def _cmd_stack(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from ensemble_kit.project.config import stored_settings
     from ensemble_kit.project.results import fit_stack, results_table
-    from ensemble_kit.store import LogitStore
 
-    store = LogitStore(args.store)
-    saved, _, _ = stored_settings(store.path)
-    given = _given(args, "recipe", "metric", "n_trials", "seed", "name")
+    store, saved = _stack_source(args.store)
+    given = _given(args, "recipe", "metric", "n_trials", "seed", "name", "storage")
     if args.models is not None:
         given["models"] = tuple(args.models.split(","))
     config = replace(saved, **given)
@@ -177,7 +187,9 @@ def _cmd_stack(args: argparse.Namespace) -> int:
     print(_format(results_table(store, stack)))
     print(f"saved: {stack.path}  (recipe {config.recipe}, metric {config.metric}, {config.n_trials} trials; "
           "the settings used are in its summary.json)")
-    print(f"Optuna studies: {stack.summary['optuna_storage']}  (open with: ensemble-kit dashboard {store.path})")
+    reopen = f"ensemble-kit dashboard {args.store}" + ("" if config.storage is None or args.store.is_file()
+                                                         else " --storage URL")
+    print(f"Optuna studies: {stack.summary['optuna_storage']}  (open with: {reopen})")
     return 0
 
 
@@ -246,10 +258,13 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     from ensemble_kit.report import launch_dashboard
 
+    store, settings = _stack_source(args.store)
+    storage = args.storage or settings.storage
+
     def ready(url: str) -> None:
         print(f"Serving the Optuna studies of {args.store} at {url} (Ctrl-C to stop)", flush=True)
 
-    launch_dashboard(args.store, host=args.host, port=args.port, on_ready=ready)
+    launch_dashboard(store, host=args.host, port=args.port, storage=storage, on_ready=ready)
     return 0
 
 
@@ -292,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     # registries are light modules: their names and help texts load without scikit-learn or torch
     from ensemble_kit.ensemble._recipes import DEFAULT_RECIPE, RECIPES
     from ensemble_kit.metrics import METRICS
+    from ensemble_kit.project.executors import EXECUTORS
 
     parser = argparse.ArgumentParser(prog="ensemble-kit",
                                      description="Build image-classification ensembles from out-of-fold logits.")
@@ -361,11 +377,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", type=Path, help="project YAML (data, folds, models, stack)")
     p.add_argument("--fold", type=int, default=None, help="train only this fold (separate jobs share one store)")
     p.add_argument("--models", default=None, help="comma-separated model names (default: all, teachers first)")
+    p.add_argument("--executor", default=None, metavar="SPEC",
+                   help="run every (model, fold) as a task on an engine (default: one after another here): "
+                        + _choices_help(EXECUTORS) + ". Workers must see the store's folder")
     _add_set(p)
     p.set_defaults(func=_cmd_train)
 
     p = add_command("stack", help="fit a stacking recipe on a store's OOF logits; save it; print the honest report")
-    p.add_argument("store", type=Path, help="store folder")
+    p.add_argument("store", type=Path, metavar="STORE|CONFIG",
+                   help="store folder (its saved settings), or a project YAML (its store and stack: section)")
     p.add_argument("--recipe", default=None, choices=RECIPES.names(), metavar="RECIPE",
                    help=f"stacking recipe (default: the project's stack.recipe, else {DEFAULT_RECIPE}): "
                         + _choices_help(RECIPES))
@@ -378,6 +398,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="seed of every tuning run (default: the project's, else 0)")
     p.add_argument("--name", default=None, help="name of the saved stack (default: the project's stack.name, else "
                                                 "the recipe)")
+    p.add_argument("--storage", default=None, metavar="URL",
+                   help="Optuna storage of the studies, e.g. postgresql://user:${PGPASSWORD}@host/db ($VARS are "
+                        "expanded; default: a project YAML's stack.storage, else STORE/optuna.db). Processes "
+                        "stacking one store on one database split the studies")
     p.set_defaults(func=_cmd_stack)
 
     p = add_command("report", help="write a self-contained HTML report (plus PNGs) of a store and its stack")
@@ -420,7 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_bundle)
 
     p = add_command("dashboard", help="open the store's Optuna studies in optuna-dashboard")
-    p.add_argument("store", type=Path, help="store folder")
+    p.add_argument("store", type=Path, metavar="STORE|CONFIG", help="store folder, or a project YAML")
+    p.add_argument("--storage", default=None, metavar="URL",
+                   help="Optuna storage to open (default: a project YAML's stack.storage, else STORE/optuna.db)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     p.add_argument("--port", type=int, default=8080, help="port to listen on (default: %(default)s)")
     p.set_defaults(func=_cmd_dashboard)

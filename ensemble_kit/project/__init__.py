@@ -14,7 +14,9 @@ _EXPORTS = {
     **{name: "ensemble_kit.project.config" for name in (
         "DataConfig", "FoldsConfig", "ModelSpec", "ProjectConfig", "PseudoLabelConfig", "StackConfig",
         "SubmissionConfig")},
-    **{name: "ensemble_kit.project.pipeline" for name in ("open_project_store", "open_sources", "train_project")},
+    **{name: "ensemble_kit.project.pipeline" for name in ("open_project_store", "open_sources", "train_fold",
+                                                          "train_project")},
+    **{name: "ensemble_kit.project.executors" for name in ("EXECUTORS", "Executor", "TaskOutcome", "parse_executor")},
     **{name: "ensemble_kit.project.results" for name in (
         "StackResult", "fit_stack", "held_out_labels", "list_stacks", "load_stack", "results_table")},
     **{name: "ensemble_kit.project.submission" for name in ("submission_frame", "write_submission")},
@@ -31,7 +33,8 @@ if TYPE_CHECKING:
         StackConfig,
         SubmissionConfig,
     )
-    from ensemble_kit.project.pipeline import open_project_store, open_sources, train_project
+    from ensemble_kit.project.executors import EXECUTORS, Executor, TaskOutcome, parse_executor
+    from ensemble_kit.project.pipeline import open_project_store, open_sources, train_fold, train_project
     from ensemble_kit.project.results import (
         StackResult,
         fit_stack,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +20,18 @@ from ensemble_kit.data.sources import (
     ImageFolderSource,
     ImageSource,
 )
-from ensemble_kit.errors import NotAStoreError, StoreCorruptedError, StoreExistsError, ValidationError
+from ensemble_kit.ensemble._claims import masked_url
+from ensemble_kit._progress import bars_off, progress
+from ensemble_kit.errors import (
+    EntryNotFoundError,
+    FoldTaskError,
+    NotAStoreError,
+    StoreCorruptedError,
+    StoreExistsError,
+    ValidationError,
+)
 from ensemble_kit.project.config import DataConfig, ProjectConfig
+from ensemble_kit.project.executors import Executor, TaskOutcome, parse_executor
 from ensemble_kit.store import EntryInfo, LogitStore
 from ensemble_kit.project.results import TEST_LABELS
 from ensemble_kit.store._files import write_npy
@@ -83,7 +95,8 @@ def open_project_store(cfg: ProjectConfig, train: ImageSource, test: ImageSource
     else:
         _check_store_matches(store, cfg, train, test)
     project_dir = store.workspace.project_dir(create=True)
-    cfg.to_yaml(project_dir / RESOLVED_CONFIG)
+    saved = cfg if cfg.stack.storage is None else replace(cfg, stack=replace(cfg.stack, storage=masked_url(cfg.stack.storage)))
+    saved.to_yaml(project_dir / RESOLVED_CONFIG)  # a store is shared: never a database password in it
     if test is not None and test.is_labelled:
         order = {str(i): k for k, i in enumerate(test.ids.tolist())}
         labels = np.asarray([test.targets[order[str(i)]] for i in store.test_ids.tolist()], dtype=np.int64)
@@ -131,13 +144,23 @@ def training_order(cfg: ProjectConfig, names: Sequence[str] | None = None) -> li
     return [n for n in order if n in wanted]
 
 
-def train_project(cfg: ProjectConfig, *, models: Sequence[str] | None = None,
-                  folds: Sequence[int] | None = None) -> dict[str, EntryInfo]:
+def train_project(cfg: ProjectConfig, *, models: Sequence[str] | None = None, folds: Sequence[int] | None = None,
+                  executor: str | Executor | None = None) -> dict[str, EntryInfo]:
     """Train the config's models (or ``models``) into its store; finished folds are skipped.
 
     Students with ``pseudo_label`` are trained after their teachers, whose test logits must be
     complete by then (when only some folds are requested, train the teachers' folds first).
+
+    ``executor`` runs every ``(model, fold)`` as one task somewhere else: a spec such as
+    ``"local:2"``, ``"dask"``, ``"dask:tcp://host:8786"``, ``"ray"`` or ``"slurm:PARTITION"``
+    (:func:`~ensemble_kit.project.executors.parse_executor`), or an
+    :class:`~ensemble_kit.project.executors.Executor`. Tasks run in waves, teachers before their
+    students; each writes its fold into the store (``put_fold`` is safe for concurrent writers),
+    so workers must see the store's folder (a shared filesystem; ``docs/scaling.md``). A task
+    whose worker dies is run again and resumes from its last checkpoint; tasks that raise are
+    listed in one :class:`~ensemble_kit.errors.FoldTaskError` after the others have finished.
     """
+    runner = parse_executor(executor)
     train, test = open_sources(cfg.data)
     for images in (train, test):
         if images is not None:
@@ -146,26 +169,137 @@ def train_project(cfg: ProjectConfig, *, models: Sequence[str] | None = None,
     for name in order:
         check_model_inputs(cfg.model(name).train, len(train.classes))
     store = open_project_store(cfg, train, test)
-    results = {}
-    for name in order:
+    if folds is not None:
+        for k in folds:
+            if not 0 <= int(k) < store.n_folds:
+                raise ValidationError(f"fold {k} is out of range: the store has folds 0..{store.n_folds - 1}.")
+    if runner is None:
+        for name in order:
+            spec = cfg.model(name)
+            logger.info("training %s (%s)", name, spec.train.model)
+            train_cv(spec.train, store, train, test, name=name, folds=folds,
+                     extra_train=_pseudo_labelled(cfg, store, name, test))
+    else:
+        _train_on(runner, _portable(cfg), store, order, folds)
+    return {name: store.entry(name) for name in order}
+
+
+def _pseudo_labelled(cfg: ProjectConfig, store: LogitStore, name: str, test: ImageSource | None) -> ImageSource | None:
+    """A student's pseudo-labelled extra training images (``None`` for a model without ``pseudo_label``)."""
+    spec = cfg.model(name)
+    if spec.pseudo_label is None:
+        return None
+    _check_teachers(cfg, store, name)
+    if test is None:
+        raise ValidationError(f"Model {name!r} uses pseudo-labels, but the data has no test images.")
+    p = spec.pseudo_label
+    extra = pseudo_label(store, p.teachers, test, threshold=p.threshold, top_fraction=p.top_fraction,
+                         per_class_cap=p.per_class_cap)
+    if len(extra) == 0:
+        logger.warning("%s: no test image reaches the pseudo-label threshold %s; training on labelled "
+                       "data only", name, p.threshold)
+        return None
+    return extra
+
+
+# ---------------------------------------------------------------------- fold tasks on an executor
+def train_fold(cfg: ProjectConfig, model: str, fold: int, log_level: int = logging.INFO) -> str:
+    """One task of :func:`train_project` on an executor: train fold ``fold`` of ``model`` into the store.
+
+    Runs in a worker process: it opens the data and the store itself (they are not shipped), and
+    resumes from the fold's last checkpoint when an earlier attempt died.
+    """
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(asctime)s [worker %(process)d] %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("ensemble_kit").setLevel(log_level)
+    train, test = _worker_sources(cfg.data)
+    store = LogitStore(cfg.store)
+    spec = cfg.model(model)
+    with bars_off():  # workers share one console: log lines, never bars that overwrite each other
+        train_cv(spec.train, store, train, test, name=model, folds=[fold],
+                 extra_train=_pseudo_labelled(cfg, store, model, test))
+    return f"{model} fold {fold}"
+
+
+@functools.lru_cache(maxsize=2)
+def _worker_sources(data: DataConfig) -> tuple[ImageSource, ImageSource | None]:
+    """A worker's data, opened once for all the fold tasks it runs."""
+    return open_sources(data)
+
+
+def _portable(cfg: ProjectConfig) -> ProjectConfig:
+    """``cfg`` with every path absolute: a worker may start in another directory."""
+    def absolute(path: str | None) -> str | None:
+        return None if path is None else str(Path(path).expanduser().absolute())
+
+    models = tuple(replace(spec, train=replace(spec.train, pretrained_path=absolute(spec.train.pretrained_path)))
+                   for spec in cfg.models)
+    return replace(cfg, store=absolute(cfg.store), data=replace(cfg.data, root=absolute(cfg.data.root)), models=models)
+
+
+def _waves(cfg: ProjectConfig, order: Sequence[str]) -> list[list[str]]:
+    """Models grouped so that each wave's pseudo-label teachers are all in earlier waves."""
+    level: dict[str, int] = {}
+    for name in order:  # teachers come first in training order
         spec = cfg.model(name)
-        extra = None
-        if spec.pseudo_label is not None:
-            complete, incomplete = set(store.models()), store.incomplete()
-            missing = {t: incomplete.get(t) for t in spec.pseudo_label.teachers if t not in complete}
-            if missing:
-                detail = ", ".join(f"{t} (missing folds {list(f) if f else 'all'})" for t, f in missing.items())
-                raise ValidationError(f"Model {name!r} is pseudo-labelled by teachers that are not complete in the "
-                                      f"store: {detail}. Train every fold of the teachers first.")
-            if test is None:
-                raise ValidationError(f"Model {name!r} uses pseudo-labels, but the data has no test images.")
-            p = spec.pseudo_label
-            extra = pseudo_label(store, p.teachers, test, threshold=p.threshold, top_fraction=p.top_fraction,
-                                 per_class_cap=p.per_class_cap)
-            if len(extra) == 0:
-                logger.warning("%s: no test image reaches the pseudo-label threshold %s; training on labelled "
-                               "data only", name, p.threshold)
-                extra = None
-        logger.info("training %s (%s)", name, spec.train.model)
-        results[name] = train_cv(spec.train, store, train, test, name=name, folds=folds, extra_train=extra)
-    return results
+        teachers = spec.pseudo_label.teachers if spec.pseudo_label else ()
+        level[name] = 1 + max((level.get(t, -1) for t in teachers), default=-1)
+    return [[n for n in order if level[n] == w] for w in range(max(level.values(), default=-1) + 1)]
+
+
+def _train_on(runner: Executor, cfg: ProjectConfig, store: LogitStore, order: Sequence[str],
+              folds: Sequence[int] | None) -> None:
+    wanted = list(range(store.n_folds)) if folds is None else sorted({int(k) for k in folds})
+    level = logging.getLogger("ensemble_kit").getEffectiveLevel()
+    for wave in _waves(cfg, order):
+        for name in wave:  # a student's teachers are checked here, not once per task
+            _check_teachers(cfg, store, name)
+        tasks = []
+        for name in wave:
+            stored = set(_stored_folds(store, name))
+            tasks += [(cfg, name, k, level) for k in wanted if k not in stored]
+            if stored & set(wanted):
+                logger.info("%s: folds %s already stored: skipped", name, sorted(stored & set(wanted)))
+        if not tasks:
+            continue
+        logger.info("training %d fold task(s) of %s on %s", len(tasks), ", ".join(wave), runner.describe())
+        bar = progress(range(len(tasks)), desc="fold tasks", total=len(tasks))
+
+        def done(outcome: TaskOutcome) -> None:
+            bar.update(1)
+            _, name, k, _ = outcome.args
+            if outcome.error is None:
+                logger.info("%s fold %d: done", name, k)
+            else:
+                logger.error("%s fold %d failed: %s: %s", name, k, type(outcome.error).__name__, outcome.error)
+
+        try:
+            outcomes = runner.run(train_fold, tasks, on_done=done)
+        finally:
+            bar.close()
+        failed = [o for o in outcomes if o.error is not None]
+        if failed:
+            lines = [f"{o.args[1]} fold {o.args[2]}: {type(o.error).__name__}: {o.error}" for o in failed]
+            raise FoldTaskError(f"{len(failed)} of {len(tasks)} fold task(s) failed on {runner.describe()}:\n  "
+                                + "\n  ".join(lines) + "\nFolds that finished are stored; fix the cause and run "
+                                "again: stored folds are skipped and interrupted ones resume from their checkpoint.",
+                                failures=[(o.args[1], o.args[2], o.error) for o in failed])
+
+
+def _stored_folds(store: LogitStore, name: str) -> tuple[int, ...]:
+    try:
+        return tuple(store.entry(name).folds_present)
+    except EntryNotFoundError:
+        return ()
+
+
+def _check_teachers(cfg: ProjectConfig, store: LogitStore, name: str) -> None:
+    spec = cfg.model(name)
+    if spec.pseudo_label is None:
+        return
+    complete, incomplete = set(store.models()), store.incomplete()
+    missing = {t: incomplete.get(t) for t in spec.pseudo_label.teachers if t not in complete}
+    if missing:
+        detail = ", ".join(f"{t} (missing folds {list(f) if f else 'all'})" for t, f in missing.items())
+        raise ValidationError(f"Model {name!r} is pseudo-labelled by teachers that are not complete in the "
+                              f"store: {detail}. Train every fold of the teachers first.")

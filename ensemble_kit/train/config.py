@@ -111,6 +111,7 @@ class TrainConfig:
     amp: bool = True
     channels_last: bool = True
     num_workers: int = 0
+    cpu_threads: Optional[int] = None
     seed: int = 0
     keep_checkpoints: int = 2
     log: Optional[Literal["tensorboard"]] = None
@@ -177,7 +178,8 @@ def _validate(cfg: TrainConfig) -> None:
                        ("keep_checkpoints", cfg.keep_checkpoints), ("optimizer.accumulation_steps", opt.accumulation_steps),
                        ("augment.repeated_augment", aug.repeated_augment), ("schedule.restart_epochs", sched.restart_epochs),
                        ("schedule.restart_mult", sched.restart_mult), ("augment.test_img_size", aug.test_img_size),
-                       ("regularization.early_stopping_patience", reg.early_stopping_patience)):
+                       ("regularization.early_stopping_patience", reg.early_stopping_patience),
+                       ("cpu_threads", cfg.cpu_threads)):
         _check_range(key, value, low=1)
     for key, value in (("num_workers", cfg.num_workers), ("seed", cfg.seed), ("augment.randaugment_n", aug.randaugment_n),
                        ("focal_gamma", cfg.focal_gamma), ("optimizer.weight_decay", opt.weight_decay),

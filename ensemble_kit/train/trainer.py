@@ -313,8 +313,16 @@ class _FoldRun:
         return module.SummaryWriter(log_dir=str(safe_dir(self.dir, "tensorboard", create=True)))
 
     def run(self) -> dict[str, Any]:
-        with isolated_global_rngs(fold_seed(self.cfg, self.fold)):
-            return self._run()
+        # CPU results depend on the thread count (reductions split differently): a fixed
+        # cpu_threads makes a fold bit-identical wherever it runs (this process, a pool, Dask, Ray)
+        threads = torch.get_num_threads()
+        if self.cfg.cpu_threads is not None:
+            torch.set_num_threads(self.cfg.cpu_threads)
+        try:
+            with isolated_global_rngs(fold_seed(self.cfg, self.fold)):
+                return self._run()
+        finally:
+            torch.set_num_threads(threads)
 
     def _run(self) -> dict[str, Any]:
         cfg = self.cfg
