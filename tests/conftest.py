@@ -37,6 +37,7 @@ def postgres_server():
 
     import postgres_server as pg
 
+    pg.driver()
     if os.environ.get(pg.ENV_URL):
         yield os.environ[pg.ENV_URL]
         return

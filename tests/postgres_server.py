@@ -82,9 +82,18 @@ def start_cluster() -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def driver():
+    """The PostgreSQL driver SQLAlchemy uses (psycopg 3: the ``postgres`` extra)."""
+    try:
+        import psycopg
+    except ImportError:
+        unavailable('the psycopg driver is not installed (pip install "ensemble_kit[postgres]")')
+    return psycopg
+
+
 def fresh_database(server_url: str) -> str:
     """Create an empty database on the server; its URL."""
-    psycopg = pytest.importorskip("psycopg") if os.environ.get(ENV_REQUIRE) != "1" else __import__("psycopg")
+    psycopg = driver()
     from sqlalchemy.engine import make_url
 
     url = make_url(server_url)

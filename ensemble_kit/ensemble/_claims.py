@@ -224,14 +224,17 @@ class StudyClaims:
 
     def _hold(self, name: str) -> None:
         self.held.add(name)
-        if self._heart is None or not self._heart.is_alive():
-            self._heart = threading.Thread(target=self._beat, name="ensemble_kit-study-heartbeat", daemon=True)
-            self._heart.start()
+        with self._guard:
+            if self._heart is None:  # one beating thread per database, for the life of the process
+                self._heart = threading.Thread(target=self._beat, name="ensemble_kit-study-heartbeat", daemon=True)
+                self._heart.start()
 
     def _beat(self) -> None:
         t = self.table
-        while self.held:
+        while True:
             time.sleep(BEAT_INTERVAL_S)
+            if not self.held:
+                continue
             try:
                 with self.engine.begin() as conn:
                     conn.execute(t.update().where(t.c.owner == self.owner).values(beat=t.c.beat + 1))

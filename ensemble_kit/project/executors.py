@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -75,6 +76,10 @@ class Executor(ABC):
 
     def describe(self) -> str:
         return type(self).__name__
+
+    def check(self) -> None:
+        """Raise a named error now if this executor cannot run here (a missing engine), before
+        anything is written. Default: nothing to check."""
 
     @property
     def workers(self) -> int | None:
@@ -232,6 +237,9 @@ class DaskExecutor(Executor):
         return f"Dask scheduler {self.address}" if self.address else \
             f"local Dask cluster of {self.n_workers or os.cpu_count()} workers"
 
+    def check(self) -> None:
+        import_optional("distributed", feature="The dask executor")
+
     def run(self, fn: Callable[..., Any], tasks: Sequence[tuple[Any, ...]],
             on_done: Callable[[TaskOutcome], None] | None = None) -> list[TaskOutcome]:
         distributed = import_optional("distributed", feature="The dask executor")
@@ -284,6 +292,9 @@ class RayExecutor(Executor):
 
     def describe(self) -> str:
         return f"Ray cluster {self.address}" if self.address else "local Ray instance"
+
+    def check(self) -> None:
+        import_optional("ray", feature="The ray executor")
 
     def run(self, fn: Callable[..., Any], tasks: Sequence[tuple[Any, ...]],
             on_done: Callable[[TaskOutcome], None] | None = None) -> list[TaskOutcome]:
@@ -340,12 +351,19 @@ class SlurmExecutor(Executor):
     def describe(self) -> str:
         return "submitit local jobs" if self.partition == "local" else f"Slurm partition {self.partition or '(default)'}"
 
+    def check(self) -> None:
+        import_optional("submitit", feature="The slurm executor")
+        if self.partition != "local" and shutil.which("sbatch") is None:
+            raise ValidationError("The slurm executor submits with sbatch, which is not on this machine's PATH: run "
+                                  "from a Slurm login node, or try it out with --executor slurm:local.")
+
     def run(self, fn: Callable[..., Any], tasks: Sequence[tuple[Any, ...]],
             on_done: Callable[[TaskOutcome], None] | None = None) -> list[TaskOutcome]:
         submitit = import_optional("submitit", feature="The slurm executor")
+        self.check()
+        local = self.partition == "local"
         folder = Path(self.folder) if self.folder is not None else Path.cwd() / "submitit-logs"
-        executor = submitit.AutoExecutor(folder=str(folder / "%j"),
-                                         cluster="local" if self.partition == "local" else None)
+        executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster="local" if local else "slurm")
         parameters: dict[str, Any] = {"timeout_min": self.timeout_min, "cpus_per_task": self.cpus_per_task}
         if self.partition not in (None, "local"):
             parameters["slurm_partition"] = self.partition

@@ -161,6 +161,8 @@ def train_project(cfg: ProjectConfig, *, models: Sequence[str] | None = None, fo
     listed in one :class:`~ensemble_kit.errors.FoldTaskError` after the others have finished.
     """
     runner = parse_executor(executor)
+    if runner is not None:
+        runner.check()  # a missing engine is named before any store is created
     train, test = open_sources(cfg.data)
     for images in (train, test):
         if images is not None:

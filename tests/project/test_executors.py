@@ -199,3 +199,13 @@ def test_a_missing_engine_names_its_extra(monkeypatch, project, tmp_path):
     monkeypatch.setitem(sys.modules, "distributed", None)
     with pytest.raises(MissingDependencyError, match=r'pip install "ensemble_kit\[dask\]"'):
         train_project(_config(root / "data", tmp_path / "store", r10=TINY), executor="dask")
+    assert not (tmp_path / "store").exists()  # refused before anything was written
+
+
+def test_slurm_without_sbatch_says_how_to_try_it(monkeypatch, project, tmp_path):
+    pytest.importorskip("submitit")
+    root, _ = project
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
+    with pytest.raises(ValidationError, match="slurm:local"):
+        train_project(_config(root / "data", tmp_path / "store", r10=TINY), executor="slurm:gpu")
+    assert not (tmp_path / "store").exists()
