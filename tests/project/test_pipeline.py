@@ -146,3 +146,16 @@ def test_submission_formats(logit_store):
 def test_no_stack_yet_is_a_clear_error(logit_store):
     with pytest.raises(StoreError, match="no fitted stack yet: run `ensemble-kit stack"):
         load_stack(logit_store)
+
+
+def test_a_database_password_in_the_config_never_reaches_the_store(tmp_path):
+    from dataclasses import replace
+
+    from ensemble_kit.project import open_project_store
+
+    _folder_data(tmp_path / "data")
+    cfg = _config(tmp_path)
+    cfg = replace(cfg, stack=replace(cfg.stack, storage="postgresql://me:s3cret@db.example/optuna"))
+    store = open_project_store(cfg, *open_sources(cfg.data))
+    saved = (store.path / "project" / "project.yaml").read_text()
+    assert "s3cret" not in saved and "postgresql://me:***@db.example/optuna" in saved
