@@ -36,7 +36,7 @@ from ensemble_kit.store import EntryInfo, LogitStore
 from ensemble_kit.project.results import TEST_LABELS
 from ensemble_kit.store._files import write_npy
 from ensemble_kit.train.models import check_model_inputs
-from ensemble_kit.train.pseudo import pseudo_label
+from ensemble_kit.train.pseudo import pseudo_labels_by_fold
 from ensemble_kit.train.trainer import train_cv
 
 logger = logging.getLogger(__name__)
@@ -180,14 +180,16 @@ def train_project(cfg: ProjectConfig, *, models: Sequence[str] | None = None, fo
             spec = cfg.model(name)
             logger.info("training %s (%s)", name, spec.train.model)
             train_cv(spec.train, store, train, test, name=name, folds=folds,
-                     extra_train=_pseudo_labelled(cfg, store, name, test))
+                     extra_train=_pseudo_labelled(cfg, store, name, test, folds=folds))
     else:
         _train_on(runner, _portable(cfg), store, order, folds)
     return {name: store.entry(name) for name in order}
 
 
-def _pseudo_labelled(cfg: ProjectConfig, store: LogitStore, name: str, test: ImageSource | None) -> ImageSource | None:
-    """A student's pseudo-labelled extra training images (``None`` for a model without ``pseudo_label``)."""
+def _pseudo_labelled(cfg: ProjectConfig, store: LogitStore, name: str, test: ImageSource | None,
+                     folds: Sequence[int] | None = None) -> dict[int, ImageSource | None] | None:
+    """A student's pseudo-labelled extra training images per fold (``None`` for a model without
+    ``pseudo_label``): fold ``k``'s come from the teachers' fold-``k`` models only."""
     spec = cfg.model(name)
     if spec.pseudo_label is None:
         return None
@@ -195,13 +197,15 @@ def _pseudo_labelled(cfg: ProjectConfig, store: LogitStore, name: str, test: Ima
     if test is None:
         raise ValidationError(f"Model {name!r} uses pseudo-labels, but the data has no test images.")
     p = spec.pseudo_label
-    extra = pseudo_label(store, p.teachers, test, threshold=p.threshold, top_fraction=p.top_fraction,
-                         per_class_cap=p.per_class_cap)
-    if len(extra) == 0:
-        logger.warning("%s: no test image reaches the pseudo-label threshold %s; training on labelled "
-                       "data only", name, p.threshold)
-        return None
-    return extra
+    extras: dict[int, ImageSource | None] = dict(pseudo_labels_by_fold(
+        store, p.teachers, test, folds=folds, threshold=p.threshold, top_fraction=p.top_fraction,
+        per_class_cap=p.per_class_cap))
+    for k, extra in extras.items():
+        if extra is not None and len(extra) == 0:
+            logger.warning("%s fold %d: no test image reaches the pseudo-label threshold %s; training on labelled "
+                           "data only", name, k, p.threshold)
+            extras[k] = None
+    return extras
 
 
 # ---------------------------------------------------------------------- fold tasks on an executor
@@ -219,7 +223,7 @@ def train_fold(cfg: ProjectConfig, model: str, fold: int, log_level: int = loggi
     spec = cfg.model(model)
     with bars_off():  # workers share one console: log lines, never bars that overwrite each other
         train_cv(spec.train, store, train, test, name=model, folds=[fold],
-                 extra_train=_pseudo_labelled(cfg, store, model, test))
+                 extra_train=_pseudo_labelled(cfg, store, model, test, folds=[fold]))
     return f"{model} fold {fold}"
 
 

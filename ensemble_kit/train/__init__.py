@@ -16,6 +16,7 @@ _EXPORTS = {
     "MODEL_FACTORIES": "ensemble_kit.train.models", "GeM": "ensemble_kit.train.models",
     "build_model": "ensemble_kit.train.models", "register_model_factory": "ensemble_kit.train.models",
     "pseudo_label": "ensemble_kit.train.pseudo",
+    "pseudo_labels_by_fold": "ensemble_kit.train.pseudo",
     "resolve_device": "ensemble_kit.train.trainer", "train_cv": "ensemble_kit.train.trainer",
 }
 __all__ = sorted(_EXPORTS)
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     )
     from ensemble_kit.train.losses import LOSSES, register_loss
     from ensemble_kit.train.models import MODEL_FACTORIES, GeM, build_model, register_model_factory
-    from ensemble_kit.train.pseudo import pseudo_label
+    from ensemble_kit.train.pseudo import pseudo_label, pseudo_labels_by_fold
     from ensemble_kit.train.trainer import resolve_device, train_cv
 
 

@@ -8,7 +8,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,7 +63,7 @@ def resolve_device(name: str) -> torch.device:
 
 def train_cv(cfg: TrainConfig, store: LogitStore, source: ImageSource, test: ImageSource | None = None, *,
              name: str, folds: Sequence[int] | None = None, output_dir: str | Path | None = None,
-             extra_train: ImageSource | None = None) -> EntryInfo:
+             extra_train: ImageSource | Mapping[int, ImageSource | None] | None = None) -> EntryInfo:
     """Train ``cfg.model`` on every fold of ``store`` and write OOF/test logits as entry ``name``.
 
     Parameters
@@ -82,9 +82,10 @@ def train_cv(cfg: TrainConfig, store: LogitStore, source: ImageSource, test: Ima
         Folds already stored are never retrained.
     output_dir : path, optional
         Checkpoints, per-epoch metrics and the resolved config (default ``STORE/runs/<name>``).
-    extra_train : ImageSource, optional
-        Extra labelled samples (e.g. from :func:`pseudo_label`) added to every fold's training
-        set and never to a validation fold.
+    extra_train : ImageSource or dict fold -> ImageSource, optional
+        Extra labelled samples added to the training set (never the validation set): one source
+        for every fold, or each fold its own (what :func:`pseudo_labels_by_fold` returns:
+        pseudo-labels of fold ``k`` come from teacher models that never saw fold ``k``).
 
     Returns
     -------
@@ -102,10 +103,12 @@ def train_cv(cfg: TrainConfig, store: LogitStore, source: ImageSource, test: Ima
         if test is None:
             raise ValidationError(f"The store has {len(store.test_ids)} test ids: pass test=<ImageSource of them>.")
         test_index = positions_of(store.test_ids, test, what="test source")
-    if extra_train is not None:
-        _check_extra(store, source, extra_train)
+    extras = _extras_by_fold(extra_train, fold_list)
+    for extra in extras.values():
+        if extra is not None:
+            _check_extra(store, source, extra)
     # every file's header and every input size before the first epoch: faults are named now, not mid-fold
-    for images in (source, test, extra_train):
+    for images in (source, test, *extras.values()):
         if images is not None:
             images.check()
     check_model_inputs(cfg, store.n_classes)
@@ -130,7 +133,7 @@ def train_cv(cfg: TrainConfig, store: LogitStore, source: ImageSource, test: Ima
             logger.info("%s fold %d already stored: skipped", name, k)
             continue
         fold_dir = safe_dir(run_dir, f"fold{k}", create=True)
-        result = _FoldRun(cfg, store, source, train_index, test, test_index, extra_train, k, fold_dir, device,
+        result = _FoldRun(cfg, store, source, train_index, test, test_index, extras[k], k, fold_dir, device,
                           name).run()
         ids = store.train_ids[store.fold_indices(k)]
         if cfg.tta.keep_views:  # every view as an entry of its own: checksummed data the stack can use
@@ -162,6 +165,17 @@ def _check_labels(store: LogitStore, source: ImageSource, index: NDArray) -> Non
             f"{len(wrong)} source labels disagree with the store's, e.g. id {store.train_ids[wrong[0]]!r}: "
             f"source {source.classes[source.targets[index[wrong[0]]]]!r}, store {store.classes[store.y[wrong[0]]]!r}."
         )
+
+
+def _extras_by_fold(extra: ImageSource | Mapping[int, ImageSource | None] | None,
+                    folds: Sequence[int]) -> dict[int, ImageSource | None]:
+    if not isinstance(extra, Mapping):
+        return {k: extra for k in folds}
+    missing = [k for k in folds if k not in extra]
+    if missing:
+        raise ValidationError(f"extra_train gives extra images per fold, but none for fold(s) {missing}; give every "
+                              "trained fold an entry (None for no extra images).")
+    return {k: extra[k] for k in folds}
 
 
 def _check_extra(store: LogitStore, source: ImageSource, extra: ImageSource) -> None:

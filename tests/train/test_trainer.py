@@ -149,35 +149,6 @@ def test_killed_run_resumes_to_identical_logits(tmp_path):
     np.testing.assert_array_equal(results["straight"][1], results["killed"][1])
 
 
-def test_pseudo_labels_never_reach_validation(tmp_path):
-    store, train, test, y_test = _store(tmp_path)
-    train_cv(_cfg(epochs=3), store, train, test, name="teacher")
-    pseudo = pseudo_label(store, ["teacher"], test, top_fraction=0.5, per_class_cap=3)
-    assert 0 < len(pseudo) <= 6 and set(pseudo.ids) <= set(store.test_ids)
-    assert (np.bincount(pseudo.labels, minlength=3) <= 3).all()
-    cfg = _cfg(epochs=1)
-    for k in range(store.n_folds):
-        data = fold_data(cfg, store, train, np.arange(48), test, np.arange(12), pseudo, k)
-        train_set, valid_set = data.train, data.valid
-        valid_ids = set(valid_set.source.ids[valid_set.indices])
-        assert valid_ids == set(store.train_ids[store.fold_indices(k)])
-        assert not valid_ids & set(pseudo.ids)
-        assert len(train_set) == len(store.train_ids) - len(valid_ids) + len(pseudo)
-    train_cv(cfg, store, train, test, name="student", extra_train=pseudo)
-    assert store.oof("student").shape == (48, 3)
-    assert store.entry("student").fold_meta[0]["n_extra_train"] == len(pseudo)
-
-
-def test_pseudo_label_errors(tmp_path):
-    store, train, test, _ = _store(tmp_path)
-    store.put("t", np.zeros((48, 3)), np.tile([5.0, 0.0, 0.0], (12, 1)))
-    assert pseudo_label(store, ["t"], test, threshold=0.9).labels.tolist() == [0] * 12
-    with pytest.raises(ValidationError, match="exactly one of"):
-        pseudo_label(store, ["t"], test)
-    with pytest.raises(ValidationError, match="unlabeled source .* does not hold exactly the store's ids"):
-        pseudo_label(store, ["t"], train, threshold=0.9)
-
-
 def test_bad_sources_are_refused(tmp_path):
     store, train, test, _ = _store(tmp_path)
     with pytest.raises(ValidationError, match="does not hold exactly the store's ids"):
