@@ -44,7 +44,8 @@ POLL_S = 0.5
 CLAIMS_TABLE = "ensemble_kit_study_claims"
 # a fresh PostgreSQL database raced by several processes creating Optuna's tables at once
 _SCHEMA_RETRIES = 6
-_DRIVERS = {"postgresql": ("psycopg", "postgres"), "mysql": ("pymysql", None)}
+# the driver module SQLAlchemy imports for a URL's backend (its install hint: _optional._HINTS)
+_DRIVERS = {"postgresql": "psycopg", "mysql": "pymysql"}
 
 T = TypeVar("T")
 
@@ -104,26 +105,25 @@ def _open_rdb(url: str) -> optuna.storages.RDBStorage:
 
 
 def _create(url: str, shown: str, engine_kwargs: dict[str, Any], *, retries: int) -> optuna.storages.RDBStorage:
-    for attempt in range(retries):
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
             StudyClaims.for_engine(storage.engine)  # the claims table, under the same guard
             return storage
         except ImportError as exc:
             backend = sa.engine.make_url(url).get_backend_name()
-            module, extra = _DRIVERS.get(backend, (backend, None))
-            error = missing_dependency(module, feature=f"The Optuna storage {shown!r}", cause=exc)
-            raise error from None
+            raise missing_dependency(_DRIVERS.get(backend, backend), feature=f"The Optuna storage {shown!r}", cause=exc) from None
         except sa.exc.OperationalError as exc:
-            if attempt + 1 == retries or "connect" in str(exc).lower():
+            if attempt >= retries or "connect" in str(exc).lower():
                 raise StudyStorageError(f"Cannot open the Optuna storage {shown!r}: {str(exc.orig).strip()}. Check "
                                         "that the database server runs and the URL, user and password are right.") \
                     from None
         except (sa.exc.IntegrityError, sa.exc.ProgrammingError) as exc:
-            if attempt + 1 == retries:
+            if attempt >= retries:
                 raise StudyStorageError(f"Cannot create Optuna's tables in {shown!r}: {str(exc.orig).strip()}.") from None
-        time.sleep(0.2 * (attempt + 1))
-    raise AssertionError("unreachable")  # pragma: no cover
+        time.sleep(0.2 * attempt)
 
 
 # ---------------------------------------------------------------------- claims

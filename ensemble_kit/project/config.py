@@ -386,8 +386,9 @@ def stored_settings(store_path: str | Path) -> tuple[StackConfig, SubmissionConf
         if not isinstance(data, dict):
             raise ValidationError(f"{str(path)!r} must hold a YAML mapping.")
         break
-    stack_section = dict(data.get("stack") or {}) if isinstance(data.get("stack") or {}, dict) else data.get("stack")
-    if isinstance(stack_section, dict) and stack_section.pop("storage", None) is not None:
+    stack_section = data.get("stack") or {}
+    if isinstance(stack_section, dict) and stack_section.get("storage") is not None:
+        stack_section = {key: value for key, value in stack_section.items() if key != "storage"}
         # a store may come from elsewhere: its settings never point this machine at a database
         logger.info("%s: stack.storage saved in the store is not used; give --storage URL, or the project YAML "
                     "whose stack.storage names it", folder)
