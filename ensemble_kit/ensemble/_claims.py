@@ -123,6 +123,10 @@ def _create(url: str, shown: str, engine_kwargs: dict[str, Any], *, retries: int
         except (sa.exc.IntegrityError, sa.exc.ProgrammingError) as exc:
             if attempt >= retries:
                 raise StudyStorageError(f"Cannot create Optuna's tables in {shown!r}: {str(exc.orig).strip()}.") from None
+        except sa.exc.DBAPIError as exc:  # e.g. a damaged or foreign file in place of the SQLite database
+            raise StudyStorageError(f"Optuna storage {shown!r} is not a usable study database: "
+                                    f"{str(exc.orig).strip()}. Move it aside (stacks refit their studies) or give "
+                                    "another storage.") from None
         time.sleep(0.2 * attempt)
 
 

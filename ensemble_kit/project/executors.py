@@ -109,9 +109,7 @@ def parse_executor(spec: str | Executor | None) -> Executor | None:
         raise ValidationError(f"Executor {spec!r}: {exc}") from None
 
 
-def _count(arg: str | None, *, what: str, default: int) -> int:
-    if arg is None:
-        return default
+def _count(arg: str, *, what: str) -> int:
     try:
         n = int(arg)
     except ValueError:
@@ -157,7 +155,7 @@ class LocalExecutor(Executor):
 
     @classmethod
     def from_spec(cls, arg: str | None) -> LocalExecutor:
-        return cls(None if arg is None else _count(arg, what="local", default=2))
+        return cls(None if arg is None else _count(arg, what="local"))
 
     @property
     def workers(self) -> int:
@@ -209,6 +207,8 @@ class LocalExecutor(Executor):
                     for i in pending:
                         outcomes[i] = TaskOutcome(tasks[i], error=RuntimeError(
                             f"its worker process died {deaths} times (killed, or out of memory)"))
+                        if on_done is not None:
+                            on_done(outcomes[i])
                     break
                 logger.warning("a worker process died; restarting the pool for %d unfinished task(s) "
                                "(attempt %d of %d; each resumes from its last checkpoint)",
@@ -230,7 +230,7 @@ class DaskExecutor(Executor):
     @classmethod
     def from_spec(cls, arg: str | None) -> DaskExecutor:
         if arg is None or arg.isdigit():
-            return cls(n_workers=None if arg is None else _count(arg, what="dask", default=1))
+            return cls(n_workers=None if arg is None else _count(arg, what="dask"))
         return cls(address=arg)
 
     def describe(self) -> str:
@@ -287,7 +287,7 @@ class RayExecutor(Executor):
     @classmethod
     def from_spec(cls, arg: str | None) -> RayExecutor:
         if arg is None or arg.isdigit():
-            return cls(num_cpus=None if arg is None else _count(arg, what="ray", default=1))
+            return cls(num_cpus=None if arg is None else _count(arg, what="ray"))
         return cls(address=arg)
 
     def describe(self) -> str:

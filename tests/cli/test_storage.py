@@ -80,3 +80,23 @@ def test_dashboard_opens_the_given_storage(store, tmp_path, monkeypatch, capsys)
                                       "stack": {"storage": "sqlite:///${EK_DB_DIR}/y.db"}}))
     assert main(["dashboard", str(config), "--port", "0"]) == 0
     assert opened == [f"sqlite:///{tmp_path}/d.db", f"sqlite:///{tmp_path}/y.db"]
+
+
+def test_a_damaged_study_database_in_a_received_store_is_a_named_error(store, capsys):
+    from helpers import snapshot
+
+    (store.path / "optuna.db").write_bytes(b"not a database " * 100)
+    before = snapshot(store.path)
+    assert main(["stack", str(store.path), "--recipe", "aoi", "--n-trials", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a usable study database" in err and "optuna.db" in err
+    assert snapshot(store.path) == before and store.models() == ["m0", "m1"]
+
+
+def test_a_planted_link_as_the_study_lock_is_refused_and_its_target_untouched(store, tmp_path, capsys):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("precious")
+    (store.path / "optuna.db.lock").symlink_to(outside)
+    assert main(["stack", str(store.path), "--recipe", "aoi", "--n-trials", "5"]) == 2
+    assert "is a link or not a plain file" in capsys.readouterr().err
+    assert outside.read_text() == "precious" and not (store.path / "optuna.db").exists()
