@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,7 @@ PROB_SUM_TOL = 1e-3
 # [0, 1] (or miss a row sum of 1) within a few rows, so the full scan runs only for suspects.
 _PROBE_ROWS = 1024
 
-__all__ = ["STORE_DTYPES", "IdMatch", "check_dtype", "check_kind", "ids_as_text", "match_ids", "prepare_scores"]
+__all__ = ["STORE_DTYPES", "IdMatch", "IdText", "check_dtype", "check_kind", "ids_as_text", "match_ids", "prepare_scores"]
 
 
 def check_dtype(dtype: Any) -> str:
@@ -144,8 +144,12 @@ def _row_label(flat_row: int, shape: tuple[int, ...], row_ids: NDArray | None) -
 
 def ids_as_text(ids: Any) -> NDArray[np.str_]:
     """Sample ids as an array of ``str``: how ids from tables and callers are matched to the store's."""
+    if isinstance(ids, (pd.Series, pd.Index)) and pd.api.types.is_string_dtype(ids.dtype) and not ids.isna().any():
+        return ids.to_numpy(dtype=str)  # no Python object per id (pandas' Arrow strings convert directly)
     array = np.asarray(ids)
-    return array.astype(str) if array.dtype.kind in "iuU" else np.array([str(v) for v in array.tolist()], dtype=str)
+    if array.dtype.kind == "U":
+        return array
+    return array.astype(str) if array.dtype.kind in "iu" else np.array([str(v) for v in array.tolist()], dtype=str)
 
 
 @dataclass(frozen=True)
@@ -167,47 +171,148 @@ class IdMatch:
 def match_ids(given: Any, expected: Any) -> IdMatch:
     """Match ``given`` ids to the (unique) ``expected`` ones as text, linear in the rows.
 
-    Ids are hashed to 64 bits (pandas' vectorised ``hash_array``), joined on the integers, and
-    every match is then checked on the text itself, so a hash collision can never pair two
-    different ids (it only sends the join down the plain text hash join). Numpy's set routines on
-    object arrays and pandas' ``isin`` on Arrow strings are quadratic or Python loops; a text
-    hash join of a million shuffled ids is about twice as slow as this. Listing what does not
-    match runs only on a mismatch.
+    Each id is hashed to 64 bits by a vectorised multilinear hash of its Unicode code points, the
+    hashes are joined in one hash table, and every match is then checked code point by code
+    point: a hash collision (chance, or ids crafted to collide) can never pair two different
+    ids; it only sends the join down the exact (about three times slower) text hash join.
+    Pandas' Arrow strings that are plain ASCII (the usual ids) are hashed straight from their
+    bytes, with no Python object or fixed-width copy per id. Numpy's set routines on object
+    arrays and pandas' ``isin`` on Arrow strings are quadratic or Python loops. Listing what does
+    not match runs only on a mismatch.
     """
-    given_text = _text_objects(given)
-    target_text = _text_objects(expected)
-    found = _join_on_hashes(target_text, given_text)
-    if found is None:  # a 64-bit collision among the ids: fall back to hashing the text
-        found = pd.Index(target_text, dtype=object).get_indexer(given_text).astype(np.int64)
+    given_codes = IdText.of(given)
+    target_codes = IdText.of(expected)
+    found = _join_on_hashes(target_codes, given_codes)
+    if found is None:
+        found = pd.Index(target_codes.text().astype(object)).get_indexer(given_codes.text().astype(object))
+        found = found.astype(np.int64)
     known = found >= 0
-    counts = np.bincount(found[known], minlength=len(target_text))
+    counts = np.bincount(found[known], minlength=target_codes.n)
     if (counts > 1).any():
-        return IdMatch(np.empty(0, np.int64), sorted(target_text[counts > 1][:10].tolist()), [], 0, [], 0)
+        return IdMatch(np.empty(0, np.int64), sorted(target_codes.text()[counts > 1][:10].tolist()), [], 0, [], 0)
     n_missing, n_extra = int((counts == 0).sum()), int((~known).sum())
-    missing = sorted(target_text[counts == 0][:5].tolist()) if n_missing else []
-    extra = sorted(given_text[~known][:5].tolist()) if n_extra else []
-    position = np.full(len(target_text), -1, dtype=np.int64)
+    missing = sorted(target_codes.text()[counts == 0][:5].tolist()) if n_missing else []
+    extra = sorted(given_codes.text()[~known][:5].tolist()) if n_extra else []
+    position = np.full(target_codes.n, -1, dtype=np.int64)
     position[found[known]] = np.flatnonzero(known)
     return IdMatch(position, [], missing, n_missing, extra, n_extra)
 
 
-def _text_objects(ids: Any) -> NDArray[np.object_]:
-    """Ids as an object array of ``str`` (what pandas hashes fastest)."""
-    if isinstance(ids, (pd.Series, pd.Index)) and pd.api.types.is_string_dtype(ids.dtype) and not ids.isna().any():
-        return ids.to_numpy(dtype=object)
-    return ids_as_text(ids).astype(object)
+class IdText:
+    """Ids as Unicode code points: a (rows x width) code matrix, or an ASCII Arrow string array.
+
+    Code point ``k`` of an id shorter than ``k + 1`` is 0, as in numpy's fixed-width strings
+    (which is also why ``"a"`` and ``"a\\0"`` are one id, in the store and here).
+    """
+
+    def __init__(self, *, matrix: NDArray[np.uint32] | None = None, starts: NDArray[np.int64] | None = None,
+                 lengths: NDArray[np.int64] | None = None, data: NDArray[np.uint8] | None = None,
+                 unicode: NDArray[np.str_] | None = None) -> None:
+        self._unicode = unicode
+        self._matrix = matrix
+        if matrix is not None:
+            self.n = len(matrix)
+            used = np.flatnonzero(matrix.any(axis=0)) if self.n else np.zeros(0, np.int64)
+            # ids are often far shorter than their dtype (``astype(str)`` of int64 is <U21)
+            self.width = int(used[-1]) + 1 if len(used) else 0
+        elif starts is not None and lengths is not None and data is not None:
+            self._starts, self._lengths, self._data = starts, lengths, data
+            self.n = len(starts)
+            self.width = int(lengths.max()) if self.n else 0
+            self._shortest = int(lengths.min()) if self.n else 0
+        else:
+            raise TypeError("IdText needs a code matrix or Arrow starts, lengths and data")
+
+    @classmethod
+    def of(cls, ids: Any) -> IdText:
+        if isinstance(ids, IdText):
+            return ids
+        ascii_arrow = _ascii_arrow_buffers(ids)
+        if ascii_arrow is not None:
+            offsets, data = ascii_arrow
+            return cls(starts=offsets[:-1], lengths=np.diff(offsets), data=data)
+        text = np.ascontiguousarray(ids_as_text(ids))
+        return cls(matrix=text.view(np.uint32).reshape(len(text), text.dtype.itemsize // 4), unicode=text)
+
+    def select(self, rows: NDArray[np.int64]) -> IdText:
+        """The ids at ``rows``: a compact code matrix (one gather of every row), or Arrow ids sharing the text."""
+        if self._matrix is not None:
+            # np.take copies whole rows (fancy indexing a 2-D array is several times slower)
+            return IdText(matrix=np.take(self._matrix, rows, axis=0)[:, :max(self.width, 1)])
+        return IdText(starts=self._starts[rows], lengths=self._lengths[rows], data=self._data)
+
+    def text(self) -> NDArray[np.str_]:
+        """The ids as a fixed-width unicode array (made on first use)."""
+        if self._unicode is None:
+            width = max(self.width, 1)
+            matrix = np.zeros((self.n, width), dtype=np.uint32)
+            for k, column in enumerate(self.codes()):
+                matrix[:, k] = column
+            self._unicode = matrix.view(f"<U{width}").reshape(self.n)
+        return self._unicode
+
+    def codes(self) -> Iterator[NDArray[np.unsignedinteger]]:
+        """Code point 0, 1, ... ``width - 1`` of every id, one array each (Arrow: buffers reused)."""
+        if self._matrix is not None:
+            for k in range(self.width):
+                yield self._matrix[:, k]
+            return
+        cursor = self._starts.copy()
+        column = np.empty(self.n, dtype=np.uint8)
+        for k in range(self.width):
+            if k < self._shortest:
+                np.take(self._data, cursor, out=column)
+            else:
+                column[:] = 0
+                live = self._lengths > k
+                column[live] = self._data[cursor[live]]
+            yield column
+            cursor += 1
+
+    def hash(self, weights: NDArray[np.uint64]) -> NDArray[np.int64]:
+        """Multilinear 64-bit hash of each id's code points (arithmetic modulo 2**64)."""
+        hashed = np.zeros(self.n, dtype=np.uint64)
+        step = np.empty(self.n, dtype=np.uint64)
+        for k, column in enumerate(self.codes()):  # one pass per character, no (rows x width) temporary
+            np.multiply(column, weights[k], out=step)
+            hashed += step
+        return hashed.view(np.int64)
 
 
-def _join_on_hashes(target: NDArray[np.object_], given: NDArray[np.object_]) -> NDArray[np.int64] | None:
+def _ascii_arrow_buffers(ids: Any) -> tuple[NDArray[np.int64], NDArray[np.uint8]] | None:
+    """(offsets, bytes) of a pandas Arrow string column without nulls whose text is all ASCII."""
+    array = ids.array if isinstance(ids, (pd.Series, pd.Index)) else None
+    if array is None or not hasattr(array, "__arrow_array__") or not pd.api.types.is_string_dtype(ids.dtype):
+        return None
+    arrow = array.__arrow_array__()
+    arrow = arrow.combine_chunks() if hasattr(arrow, "combine_chunks") else arrow
+    kind = str(arrow.type)
+    if arrow.null_count or kind not in ("string", "large_string"):
+        return None
+    _, offset_buffer, data_buffer = arrow.buffers()
+    offsets = np.frombuffer(offset_buffer, dtype=np.int64 if kind == "large_string" else np.int32)
+    offsets = offsets[arrow.offset: arrow.offset + len(arrow) + 1].astype(np.int64)
+    data = np.frombuffer(data_buffer, dtype=np.uint8) if data_buffer is not None else np.zeros(0, np.uint8)
+    if len(offsets) and data[offsets[0]:offsets[-1]].max(initial=0) >= 128:
+        return None  # UTF-8 bytes are not code points: take the unicode-array route
+    return offsets, data
+
+
+_HASH_SEED = 0x5EED_1D5
+
+
+def _join_on_hashes(target: IdText, given: IdText) -> NDArray[np.int64] | None:
     """Position in ``target`` of each ``given`` id (-1: unknown), or ``None`` if hashes collide."""
-    from pandas.util import hash_array
-
-    target_hash = pd.Index(hash_array(target, categorize=False).view(np.int64))
-    if not target_hash.is_unique:
+    width = max(target.width, given.width, 1)
+    weights = np.random.default_rng(_HASH_SEED).integers(1, 2**63, size=width, dtype=np.uint64)
+    weights = weights * np.uint64(2) + np.uint64(1)  # odd weights: every code point change moves the hash
+    table = pd.Index(target.hash(weights))
+    if not table.is_unique:  # unique ids, equal hashes: a collision
         return None
-    found = target_hash.get_indexer(hash_array(given, categorize=False).view(np.int64)).astype(np.int64)
+    found = table.get_indexer(given.hash(weights)).astype(np.int64)
     known = found >= 0
-    matched = given if known.all() else given[known]
-    if not np.array_equal(matched, target[found[known]]):
+    given_matched = given if known.all() else given.select(np.flatnonzero(known))
+    paired = target.select(found[known])  # one random gather, then columns in order
+    if given_matched.width != paired.width:
         return None
-    return found
+    return found if all(map(np.array_equal, given_matched.codes(), paired.codes())) else None
