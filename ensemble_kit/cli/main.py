@@ -155,6 +155,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from ensemble_kit.project.config import PretrainConfig
+    from ensemble_kit.project.pipeline import pretrain_project
+
+    result = pretrain_project(PretrainConfig.from_yaml(args.config, overrides=args.set))
+    if result.history:
+        first, last = result.history[0], result.history[-1]
+        print(f"MAE loss {first['loss']:.4f} (epoch 1) -> {last['loss']:.4f} (epoch {len(result.history)})")
+    print(f"encoder: {result.encoder_path}  (fine-tune with pretrained_path: {result.encoder_path})")
+    return 0
+
+
 def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
     """The options the user gave (flags default to None so the store's settings can fill the rest)."""
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
@@ -382,6 +394,12 @@ def build_parser() -> argparse.ArgumentParser:
                         + _choices_help(EXECUTORS) + ". Workers must see the store's folder")
     _add_set(p)
     p.set_defaults(func=_cmd_train)
+
+    p = add_command("pretrain", help="MAE pre-training of a ViT encoder on a project's images (no labels read)")
+    p.add_argument("config", type=Path, help="YAML with out (folder), mae (MAE settings) and data (a project's data "
+                                             "section); images: train or train+test (default)")
+    _add_set(p)
+    p.set_defaults(func=_cmd_pretrain)
 
     p = add_command("stack", help="fit a stacking recipe on a store's OOF logits; save it; print the honest report")
     p.add_argument("store", type=Path, metavar="STORE|CONFIG",

@@ -266,17 +266,7 @@ class ProjectConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, *, overrides: Sequence[str] = ()) -> ProjectConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise ValidationError(f"Config file {str(path)!r} does not exist.")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ValidationError(f"Config file {str(path)!r} is not valid YAML: {exc}") from exc
-        try:
-            return cls.from_dict(data, overrides=overrides)
-        except ValidationError as exc:
-            raise type(exc)(f"{path}: {exc}") from exc
+        return _from_yaml(cls, path, overrides)
 
     def to_yaml(self, path: str | Path) -> Path:
         path = Path(path)
@@ -409,3 +399,69 @@ def write_store_defaults(store_path: str | Path, submission: SubmissionConfig, *
     if sample_submission is not None:
         shutil.copyfile(sample_submission, folder / SAMPLE_SUBMISSION)
     return path
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """``ensemble-kit pretrain CONFIG.yaml``: MAE pre-training on a project's images.
+
+    ``data`` is a project's data section (its labels are never read); ``images: train+test``
+    (default) uses the test images too. ``out`` receives ``encoder.safetensors``, which a
+    model's ``pretrained_path`` then loads (its ``model``, ``img_size`` and ``model_kwargs``
+    must be ``mae``'s).
+
+    Examples
+    --------
+    >>> cfg = PretrainConfig.from_dict({"out": "mae", "mae": {"model": "vit_tiny_patch16_224", "img_size": 32}})
+    >>> cfg.mae.img_size, cfg.images, cfg.data.format
+    (32, 'train+test', 'digits')
+    """
+
+    out: str
+    mae: MAEConfig
+    data: DataConfig = field(default_factory=DataConfig)
+    images: Literal["train", "train+test"] = "train+test"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"out": self.out, "images": self.images, "data": asdict(self.data), "mae": self.mae.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Any, *, overrides: Sequence[str] = ()) -> PretrainConfig:
+        from ensemble_kit.train.config import MAEConfig
+
+        if not isinstance(data, dict):
+            raise ValidationError(f"A pretrain config must be a YAML mapping; got {type(data).__name__}.")
+        data = copy.deepcopy(data)
+        data.setdefault("mae", {})
+        data.setdefault("data", {})
+        for assignment in overrides:
+            set_dotted(data, assignment)
+        unknown = sorted(set(data) - {"out", "mae", "data", "images"})
+        if unknown:
+            raise ValidationError(f"Unknown config key(s) {unknown}; valid top-level keys: ['data', 'images', 'mae', 'out'].")
+        if not isinstance(data.get("out"), str) or not data["out"]:
+            raise ValidationError("Config key 'out' must be the folder to write the encoder weights to (a string).")
+        if data.get("images", "train+test") not in ("train", "train+test"):
+            raise ValidationError(f"Config key 'images' must be 'train' or 'train+test'; got {data['images']!r}.")
+        return cls(out=data["out"], mae=build_dataclass(MAEConfig, data["mae"], prefix="mae."),
+                   data=build_dataclass(DataConfig, data["data"], prefix="data."),
+                   images=data.get("images", "train+test"))
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, *, overrides: Sequence[str] = ()) -> PretrainConfig:
+        return _from_yaml(cls, path, overrides)
+
+
+def _from_yaml(cls: Any, path: str | Path, overrides: Sequence[str]) -> Any:
+    """``cls.from_dict`` of a YAML file; every error names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValidationError(f"Config file {str(path)!r} does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ValidationError(f"Config file {str(path)!r} is not valid YAML: {exc}") from exc
+    try:
+        return cls.from_dict(data, overrides=overrides)
+    except ValidationError as exc:
+        raise type(exc)(f"{path}: {exc}") from exc

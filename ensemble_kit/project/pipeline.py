@@ -8,8 +8,10 @@ import os
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+import yaml
 
 from ensemble_kit.data.cifar import load_cifar10_batches
 from ensemble_kit.data.embedded import load_digits_images
@@ -30,14 +32,17 @@ from ensemble_kit.errors import (
     StoreExistsError,
     ValidationError,
 )
-from ensemble_kit.project.config import DataConfig, ProjectConfig
+from ensemble_kit.project.config import DataConfig, PretrainConfig, ProjectConfig
 from ensemble_kit.project.executors import Executor, TaskOutcome, parse_executor
 from ensemble_kit.store import EntryInfo, LogitStore
 from ensemble_kit.project.results import TEST_LABELS
-from ensemble_kit.store._files import write_npy
+from ensemble_kit.store._files import write_npy, write_text
 from ensemble_kit.train.models import check_model_inputs
 from ensemble_kit.train.pseudo import pseudo_labels_by_fold
 from ensemble_kit.train.trainer import train_cv
+
+if TYPE_CHECKING:
+    from ensemble_kit.train.mae import MAEResult
 
 logger = logging.getLogger(__name__)
 
@@ -309,3 +314,18 @@ def _check_teachers(cfg: ProjectConfig, store: LogitStore, name: str) -> None:
         detail = ", ".join(f"{t} (missing folds {list(f) if f else 'all'})" for t, f in missing.items())
         raise ValidationError(f"Model {name!r} is pseudo-labelled by teachers that are not complete in the "
                               f"store: {detail}. Train every fold of the teachers first.")
+
+
+def pretrain_project(cfg: PretrainConfig) -> MAEResult:
+    """MAE pre-training on a project's images (train, and test unless ``images: train``); labels unread.
+
+    The resolved config is saved as ``OUT/pretrain.yaml`` beside the encoder weights.
+    """
+    from ensemble_kit.train.mae import pretrain_mae
+
+    train_src, test_src = open_sources(cfg.data)
+    images = [train_src] + ([test_src] if test_src is not None and cfg.images == "train+test" else [])
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "pretrain.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return pretrain_mae(cfg.mae, images, out)

@@ -11,7 +11,9 @@ from ensemble_kit._lazy import lazy_attribute
 
 _EXPORTS = {
     **{name: "ensemble_kit.train.config" for name in (
-        "AugmentConfig", "OptimizerConfig", "RegularizationConfig", "ScheduleConfig", "TTAConfig", "TrainConfig")},
+        "AugmentConfig", "MAEConfig", "OptimizerConfig", "RegularizationConfig", "ScheduleConfig", "TTAConfig",
+        "TrainConfig")},
+    "MAEResult": "ensemble_kit.train.mae", "pretrain_mae": "ensemble_kit.train.mae",
     "LOSSES": "ensemble_kit.train.losses", "register_loss": "ensemble_kit.train.losses",
     "MODEL_FACTORIES": "ensemble_kit.train.models", "GeM": "ensemble_kit.train.models",
     "build_model": "ensemble_kit.train.models", "register_model_factory": "ensemble_kit.train.models",
@@ -24,6 +26,7 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:
     from ensemble_kit.train.config import (
         AugmentConfig,
+        MAEConfig,
         OptimizerConfig,
         RegularizationConfig,
         ScheduleConfig,
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
         TTAConfig,
     )
     from ensemble_kit.train.losses import LOSSES, register_loss
+    from ensemble_kit.train.mae import MAEResult, pretrain_mae
     from ensemble_kit.train.models import MODEL_FACTORIES, GeM, build_model, register_model_factory
     from ensemble_kit.train.pseudo import pseudo_label, pseudo_labels_by_fold
     from ensemble_kit.train.trainer import resolve_device, train_cv

@@ -216,3 +216,60 @@ def _validate(cfg: TrainConfig) -> None:
     if aug.albumentations is not None:
         ALBUMENTATIONS.check(aug.albumentations, key="augment.albumentations")
     check_views(cfg.tta.views)
+
+
+@dataclass(frozen=True)
+class MAEConfig:
+    """How an MAE pre-training run is set up (typed, frozen; YAML only at the edge).
+
+    ``model``, ``img_size`` and ``model_kwargs`` must be the fine-tune's (``TrainConfig``'s),
+    so the encoder's weights fit the classifier built from them.
+    """
+
+    model: str = "vit_tiny_patch16_224"
+    img_size: int = 224
+    model_kwargs: Optional[dict[str, Any]] = None
+    mask_ratio: float = 0.75
+    decoder_dim: int = 128
+    decoder_depth: int = 2
+    decoder_heads: int = 4
+    norm_pix_loss: bool = True
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 1.5e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    min_lr: float = 1e-6
+    crop_scale_min: float = 0.2
+    hflip: float = 0.5
+    device: str = "auto"
+    amp: bool = True
+    num_workers: int = 0
+    cpu_threads: Optional[int] = None
+    seed: int = 0
+    keep_checkpoints: int = 2
+
+    def __post_init__(self) -> None:
+        for key in ("img_size", "decoder_dim", "decoder_depth", "decoder_heads", "epochs", "batch_size",
+                    "keep_checkpoints", "cpu_threads"):
+            _check_range(key, getattr(self, key), low=1)
+        for key in ("weight_decay", "warmup_epochs", "min_lr", "num_workers", "seed"):
+            _check_range(key, getattr(self, key), low=0)
+        _check_range("lr", self.lr, low=0, low_open=True)
+        _check_range("mask_ratio", self.mask_ratio, low=0, high=1, low_open=True, high_open=True)
+        _check_range("crop_scale_min", self.crop_scale_min, low=0, high=1, low_open=True)
+        _check_range("hflip", self.hflip, low=0, high=1)
+        if self.warmup_epochs > self.epochs:
+            raise ValidationError(f"Config key 'warmup_epochs' ({self.warmup_epochs:g}) is larger than 'epochs' "
+                                  f"({self.epochs}).")
+        if self.decoder_dim % self.decoder_heads:
+            raise ValidationError(f"Config key 'decoder_dim' ({self.decoder_dim}) must be a multiple of "
+                                  f"'decoder_heads' ({self.decoder_heads}).")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MAEConfig:
+        """Build from a plain dict; unknown keys and wrong types are errors naming the key."""
+        return build_dataclass(cls, data, prefix="")

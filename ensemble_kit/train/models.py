@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ensemble_kit._registry import Registry
-from ensemble_kit.errors import ValidationError
+from ensemble_kit.errors import CheckpointError, ValidationError
 
 logger = logging.getLogger(__name__)
 
@@ -114,33 +114,64 @@ def build_model(name: str, *, num_classes: int, img_size: int | None = None, dro
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> None:
-    """Load weights from a local file into ``model`` (never unpickles arbitrary objects)."""
+    """Load weights from a local file into ``model`` (never unpickles arbitrary objects).
+
+    Every tensor of the model must come from the file, and every tensor of the file must fit
+    the model, except the classifier head's (a new head for this task's classes: left at its
+    init when the file has none or one of another shape). Anything else that is missing,
+    unexpected or of another shape is a :class:`CheckpointError` listing the keys: a silently
+    partial load would fine-tune a half-random network.
+    """
     path = Path(path)
     if not path.is_file():
         raise ValidationError(f"pretrained_path {str(path)!r} does not exist.")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        for key in ("state_dict", "model", "model_state"):
-            if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-                state = state[key]
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            for key in ("state_dict", "model", "model_state"):
+                if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+                    state = state[key]
+    except Exception as exc:  # a damaged or foreign file: safetensors, pickle (weights-only) or zip errors
+        raise CheckpointError(f"pretrained_path {str(path)!r} cannot be read as weights "
+                              f"({type(exc).__name__}: {exc}).") from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"pretrained_path {str(path)!r} does not hold a state dict of tensors.")
     own = model.state_dict()
     prefix = "backbone." if isinstance(model, _GeMHead) else ""
-    usable = {}
-    for key, value in state.items():
-        target = prefix + key if prefix and prefix + key in own else key
-        if target in own and own[target].shape == value.shape:
-            usable[target] = value
-    skipped = sorted(set(state) - {k[len(prefix):] if k.startswith(prefix) else k for k in usable})
-    if not usable:
-        raise ValidationError(f"No tensor in {str(path)!r} matches the model's parameters (wrong architecture?).")
-    missing = sorted(set(own) - set(usable))
+    renamed = {(prefix + key if prefix and prefix + key in own else key): value for key, value in state.items()}
+    head = _head_keys(model)
+    wrong_shape = sorted(k for k, v in renamed.items() if k in own and own[k].shape != v.shape and k not in head)
+    unexpected = sorted(k for k in renamed if k not in own)
+    missing = sorted(k for k in own if k not in renamed and k not in head)
+    if wrong_shape or unexpected or missing:
+        def listed(keys: list[str]) -> str:
+            return f"{len(keys)} ({', '.join(keys[:8])}{', ...' if len(keys) > 8 else ''})"
+
+        raise CheckpointError(
+            f"pretrained_path {str(path)!r} does not fit model {type(model).__name__}: missing {listed(missing)}, "
+            f"unexpected {listed(unexpected)}, other shape {listed(wrong_shape)}. Check that the model name, "
+            "img_size and model_kwargs match those the weights were trained with."
+        )
+    usable = {k: v for k, v in renamed.items() if own[k].shape == v.shape}
     model.load_state_dict(usable, strict=False)
-    logger.info("Loaded %d tensors from %s; skipped %d (e.g. %s); %d left at init (e.g. %s)",
-                len(usable), path, len(skipped), skipped[:3], len(missing), missing[:3])
+    logger.info("Loaded %d tensors from %s; classifier head %s", len(usable), path,
+                "loaded" if head and head <= set(usable) else "left at init")
+
+
+def _head_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of the classifier head (``get_classifier()``; a GeM head's ``fc``)."""
+    head = model.fc if isinstance(model, _GeMHead) else (model.get_classifier() if hasattr(model, "get_classifier")
+                                                          else None)
+    if not isinstance(head, nn.Module):
+        return set()
+    for name, module in model.named_modules():
+        if module is head:
+            return {f"{name}.{key}" if name else key for key in module.state_dict()}
+    return set()
 
 
 @register_model_factory("plain_cnn")
