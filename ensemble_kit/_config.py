@@ -31,6 +31,10 @@ def build_dataclass(cls: type, data: Any, *, prefix: str) -> Any:
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]
+        optional = [a for a in typing.get_args(hint) if a is not type(None)]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(optional) == 1 \
+                and dataclasses.is_dataclass(optional[0]) and value is not None:
+            hint = optional[0]  # an optional section that is given
         if dataclasses.is_dataclass(hint):
             kwargs[name] = build_dataclass(hint, value, prefix=f"{prefix}{name}.")
         else:

@@ -12,10 +12,11 @@ from ensemble_kit._lazy import lazy_attribute
 
 _EXPORTS = {
     **{name: "ensemble_kit.project.config" for name in (
-        "DataConfig", "FoldsConfig", "ModelSpec", "ProjectConfig", "PseudoLabelConfig", "StackConfig",
-        "SubmissionConfig")},
-    **{name: "ensemble_kit.project.pipeline" for name in ("open_project_store", "open_sources", "train_fold",
-                                                          "train_project")},
+        "DataConfig", "DistillSpec", "FoldsConfig", "ModelSpec", "PretrainConfig", "ProjectConfig",
+        "PseudoLabelConfig", "StackConfig", "SubmissionConfig")},
+    "distill_targets_by_fold": "ensemble_kit.project.distill",
+    **{name: "ensemble_kit.project.pipeline" for name in ("open_project_store", "open_sources", "pretrain_project",
+                                                          "train_fold", "train_project")},
     **{name: "ensemble_kit.project.executors" for name in ("EXECUTORS", "Executor", "TaskOutcome", "parse_executor")},
     **{name: "ensemble_kit.project.results" for name in (
         "StackResult", "fit_stack", "held_out_labels", "list_stacks", "load_stack", "results_table")},
@@ -26,15 +27,24 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:
     from ensemble_kit.project.config import (
         DataConfig,
+        DistillSpec,
         FoldsConfig,
         ModelSpec,
+        PretrainConfig,
         ProjectConfig,
         PseudoLabelConfig,
         StackConfig,
         SubmissionConfig,
     )
+    from ensemble_kit.project.distill import distill_targets_by_fold
     from ensemble_kit.project.executors import EXECUTORS, Executor, TaskOutcome, parse_executor
-    from ensemble_kit.project.pipeline import open_project_store, open_sources, train_fold, train_project
+    from ensemble_kit.project.pipeline import (
+        open_project_store,
+        open_sources,
+        pretrain_project,
+        train_fold,
+        train_project,
+    )
     from ensemble_kit.project.results import (
         StackResult,
         fit_stack,

@@ -111,12 +111,36 @@ class PseudoLabelConfig:
 
 
 @dataclass(frozen=True)
+class DistillSpec:
+    """Which models a student is distilled from (``models.<student>.distill.from``), and on what.
+
+    The loss weights (``alpha``, ``temperature``) go to the student's
+    :class:`~ensemble_kit.train.config.DistillConfig`; ``unlabeled: true`` adds the test images
+    as extra distillation data (soft targets only, no label read).
+    """
+
+    teachers: tuple[str, ...] = ()
+    unlabeled: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.teachers:
+            raise ValidationError("distill.from must name at least one model of the config (a teacher).")
+
+
+@dataclass(frozen=True)
 class ModelSpec:
-    """One base model: its store entry name, how it is trained, and optional pseudo-labels."""
+    """One base model: its store entry name, how it is trained, and optional pseudo-labels or teachers."""
 
     name: str
     train: TrainConfig
     pseudo_label: Optional[PseudoLabelConfig] = None
+    distill: Optional[DistillSpec] = None
+
+    @property
+    def teachers(self) -> tuple[str, ...]:
+        """Models this one learns from (pseudo-labels or distillation): they are trained first."""
+        return ((self.pseudo_label.teachers if self.pseudo_label else ())
+                + (self.distill.teachers if self.distill else ()))
 
 
 @dataclass(frozen=True)
@@ -197,14 +221,18 @@ class ProjectConfig:
                 raise ValidationError(f"Config key 'models': {name!r} and {other!r} differ only in case; on case-"
                                       "insensitive file systems (macOS, Windows) their store entries would collide.")
         for spec in self.models:
-            if spec.pseudo_label is None:
-                continue
-            unknown = [t for t in spec.pseudo_label.teachers if t not in names]
-            if unknown:
-                raise ValidationError(f"Config key 'models.{spec.name}.pseudo_label.teachers': {unknown} are not "
-                                      f"models of this config ({names}).")
-            if spec.name in spec.pseudo_label.teachers:
-                raise ValidationError(f"Model {spec.name!r} cannot be its own pseudo-label teacher.")
+            for key, section in (("pseudo_label.teachers", spec.pseudo_label), ("distill.from", spec.distill)):
+                if section is None:
+                    continue
+                unknown = [t for t in section.teachers if t not in names]
+                if unknown:
+                    raise ValidationError(f"Config key 'models.{spec.name}.{key}': {unknown} are not models of this "
+                                          f"config ({names}).")
+                if spec.name in section.teachers:
+                    raise ValidationError(f"Model {spec.name!r} cannot be its own teacher ('{key}').")
+            if spec.distill is not None and spec.pseudo_label is not None:
+                raise ValidationError(f"Model {spec.name!r}: pseudo_label and distill cannot be combined; use "
+                                      "distill.unlabeled: true to learn from the teachers on the test images.")
         if self.stack.models is not None:
             unknown = [m for m in self.stack.models if m not in names]
             if unknown:
@@ -223,6 +251,9 @@ class ProjectConfig:
             entry = spec.train.to_dict()
             if spec.pseudo_label is not None:
                 entry["pseudo_label"] = _plain(asdict(spec.pseudo_label))
+            if spec.distill is not None:
+                entry["distill"] = {"from": list(spec.distill.teachers), "unlabeled": spec.distill.unlabeled,
+                                    **(entry.get("distill") or {})}
             models[spec.name] = entry
         return {"store": self.store, "data": asdict(self.data), "folds": asdict(self.folds), "models": models,
                 "stack": _plain(asdict(self.stack)), "submission": asdict(self.submission)}
@@ -251,11 +282,12 @@ class ProjectConfig:
                 raise ValidationError(f"Config key 'models.{name}' must be a mapping of training settings; got {entry!r}.")
             entry = dict(entry)
             pseudo = entry.pop("pseudo_label", None)
+            distill = _split_distill(entry, name)
             from ensemble_kit.train.config import TrainConfig
 
             train = build_dataclass(TrainConfig, entry, prefix=f"models.{name}.")
             pseudo_cfg = build_dataclass(PseudoLabelConfig, pseudo, prefix=f"models.{name}.pseudo_label.") if pseudo else None
-            specs.append(ModelSpec(str(name), train, pseudo_cfg))
+            specs.append(ModelSpec(str(name), train, pseudo_cfg, distill))
         return cls(
             store=data["store"], models=tuple(specs),
             data=build_dataclass(DataConfig, data["data"], prefix="data."),
@@ -272,6 +304,28 @@ class ProjectConfig:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         return write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _split_distill(entry: dict[str, Any], name: str) -> DistillSpec | None:
+    """``models.<name>.distill`` -> the project part (``from``, ``unlabeled``); the loss part stays in ``entry``."""
+    section = entry.get("distill")
+    if section is None:
+        return None
+    if not isinstance(section, dict):
+        raise ValidationError(f"Config key 'models.{name}.distill' must be a mapping (from, alpha, temperature, "
+                              f"unlabeled); got {section!r}.")
+    section = dict(section)
+    teachers = section.pop("from", None)
+    unlabeled = section.pop("unlabeled", False)
+    if isinstance(teachers, str):
+        teachers = [teachers]
+    if not isinstance(teachers, list) or not teachers or not all(isinstance(t, str) for t in teachers):
+        raise ValidationError(f"Config key 'models.{name}.distill.from' must name the teacher model(s) of this "
+                              f"config (a name or a list of names); got {teachers!r}.")
+    if not isinstance(unlabeled, bool):
+        raise ValidationError(f"Config key 'models.{name}.distill.unlabeled' must be true or false; got {unlabeled!r}.")
+    entry["distill"] = section  # alpha, temperature: the student's TrainConfig.distill
+    return DistillSpec(teachers=tuple(teachers), unlabeled=unlabeled)
 
 
 def _with_defaults(data: dict[str, Any]) -> dict[str, Any]:

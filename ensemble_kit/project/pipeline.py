@@ -33,11 +33,13 @@ from ensemble_kit.errors import (
     ValidationError,
 )
 from ensemble_kit.project.config import DataConfig, PretrainConfig, ProjectConfig
+from ensemble_kit.project.distill import distill_targets_by_fold
 from ensemble_kit.project.executors import Executor, TaskOutcome, parse_executor
 from ensemble_kit.store import EntryInfo, LogitStore
 from ensemble_kit.project.results import TEST_LABELS
 from ensemble_kit.store._files import write_npy, write_text
 from ensemble_kit.train.models import check_model_inputs
+from ensemble_kit.train.distill import SoftTargets
 from ensemble_kit.train.pseudo import pseudo_labels_by_fold
 from ensemble_kit.train.trainer import train_cv
 
@@ -128,7 +130,7 @@ def _check_store_matches(store: LogitStore, cfg: ProjectConfig, train: ImageSour
 
 
 def training_order(cfg: ProjectConfig, names: Sequence[str] | None = None) -> list[str]:
-    """Models to train, teachers before their pseudo-labelled students."""
+    """Models to train, teachers before their students (pseudo-labelled or distilled)."""
     wanted = [m.name for m in cfg.models] if names is None else list(names)
     for name in wanted:
         cfg.model(name)
@@ -138,9 +140,9 @@ def training_order(cfg: ProjectConfig, names: Sequence[str] | None = None) -> li
         if name in order:
             return
         if name in path:
-            raise ValidationError(f"Pseudo-label teachers form a cycle: {' -> '.join(path + (name,))}.")
+            raise ValidationError(f"Teachers (pseudo_label, distill) form a cycle: {' -> '.join(path + (name,))}.")
         spec = cfg.model(name)
-        for teacher in (spec.pseudo_label.teachers if spec.pseudo_label else ()):
+        for teacher in spec.teachers:
             visit(teacher, path + (name,))
         order.append(name)
 
@@ -185,7 +187,8 @@ def train_project(cfg: ProjectConfig, *, models: Sequence[str] | None = None, fo
             spec = cfg.model(name)
             logger.info("training %s (%s)", name, spec.train.model)
             train_cv(spec.train, store, train, test, name=name, folds=folds,
-                     extra_train=_pseudo_labelled(cfg, store, name, test, folds=folds))
+                     extra_train=_pseudo_labelled(cfg, store, name, test, folds=folds),
+                     soft_targets=_soft_targets(cfg, store, name, train, test, folds=folds))
     else:
         _train_on(runner, _portable(cfg), store, order, folds)
     return {name: store.entry(name) for name in order}
@@ -213,6 +216,23 @@ def _pseudo_labelled(cfg: ProjectConfig, store: LogitStore, name: str, test: Ima
     return extras
 
 
+def _soft_targets(cfg: ProjectConfig, store: LogitStore, name: str, train: ImageSource, test: ImageSource | None,
+                  folds: Sequence[int] | None = None) -> dict[int, SoftTargets] | None:
+    """A distilled student's soft targets per fold (``None`` for a model without ``distill``):
+    fold ``k``'s come from the teachers' fold-``k`` models only."""
+    spec = cfg.model(name)
+    if spec.distill is None or spec.train.distill is None:
+        return None
+    _check_teachers(cfg, store, name)
+    if spec.distill.unlabeled and test is None:
+        raise ValidationError(f"Model {name!r} distils on unlabelled test images (distill.unlabeled), but the data "
+                              "has no test images.")
+    wanted = [k for k in (range(store.n_folds) if folds is None else folds) if k not in _stored_folds(store, name)]
+    return distill_targets_by_fold(store, spec.distill.teachers, train, temperature=spec.train.distill.temperature,
+                                   unlabeled=test if spec.distill.unlabeled else None, folds=wanted,
+                                   device=spec.train.device)
+
+
 # ---------------------------------------------------------------------- fold tasks on an executor
 def train_fold(cfg: ProjectConfig, model: str, fold: int, log_level: int = logging.INFO) -> str:
     """One task of :func:`train_project` on an executor: train fold ``fold`` of ``model`` into the store.
@@ -228,7 +248,8 @@ def train_fold(cfg: ProjectConfig, model: str, fold: int, log_level: int = loggi
     spec = cfg.model(model)
     with bars_off():  # workers share one console: log lines, never bars that overwrite each other
         train_cv(spec.train, store, train, test, name=model, folds=[fold],
-                 extra_train=_pseudo_labelled(cfg, store, model, test, folds=[fold]))
+                 extra_train=_pseudo_labelled(cfg, store, model, test, folds=[fold]),
+                 soft_targets=_soft_targets(cfg, store, model, train, test, folds=[fold]))
     return f"{model} fold {fold}"
 
 
@@ -249,12 +270,11 @@ def _portable(cfg: ProjectConfig) -> ProjectConfig:
 
 
 def _waves(cfg: ProjectConfig, order: Sequence[str]) -> list[list[str]]:
-    """Models grouped so that each wave's pseudo-label teachers are all in earlier waves."""
+    """Models grouped so that each wave's teachers are all in earlier waves."""
     level: dict[str, int] = {}
     for name in order:  # teachers come first in training order
         spec = cfg.model(name)
-        teachers = spec.pseudo_label.teachers if spec.pseudo_label else ()
-        level[name] = 1 + max((level.get(t, -1) for t in teachers), default=-1)
+        level[name] = 1 + max((level.get(t, -1) for t in spec.teachers), default=-1)
     return [[n for n in order if level[n] == w] for w in range(max(level.values(), default=-1) + 1)]
 
 
@@ -306,14 +326,15 @@ def _stored_folds(store: LogitStore, name: str) -> tuple[int, ...]:
 
 def _check_teachers(cfg: ProjectConfig, store: LogitStore, name: str) -> None:
     spec = cfg.model(name)
-    if spec.pseudo_label is None:
+    if not spec.teachers:
         return
     complete, incomplete = set(store.models()), store.incomplete()
-    missing = {t: incomplete.get(t) for t in spec.pseudo_label.teachers if t not in complete}
+    missing = {t: incomplete.get(t) for t in spec.teachers if t not in complete}
     if missing:
         detail = ", ".join(f"{t} (missing folds {list(f) if f else 'all'})" for t, f in missing.items())
-        raise ValidationError(f"Model {name!r} is pseudo-labelled by teachers that are not complete in the "
-                              f"store: {detail}. Train every fold of the teachers first.")
+        how = "pseudo-labelled by" if spec.pseudo_label is not None else "distilled from"
+        raise ValidationError(f"Model {name!r} is {how} teachers that are not complete in the store: {detail}. "
+                              "Train every fold of the teachers first.")
 
 
 def pretrain_project(cfg: PretrainConfig) -> MAEResult:

@@ -11,8 +11,9 @@ from ensemble_kit._lazy import lazy_attribute
 
 _EXPORTS = {
     **{name: "ensemble_kit.train.config" for name in (
-        "AugmentConfig", "MAEConfig", "OptimizerConfig", "RegularizationConfig", "ScheduleConfig", "TTAConfig",
+        "AugmentConfig", "DistillConfig", "MAEConfig", "OptimizerConfig", "RegularizationConfig", "ScheduleConfig", "TTAConfig",
         "TrainConfig")},
+    "DistillationLoss": "ensemble_kit.train.distill", "SoftTargets": "ensemble_kit.train.distill",
     "MAEResult": "ensemble_kit.train.mae", "pretrain_mae": "ensemble_kit.train.mae",
     "LOSSES": "ensemble_kit.train.losses", "register_loss": "ensemble_kit.train.losses",
     "MODEL_FACTORIES": "ensemble_kit.train.models", "GeM": "ensemble_kit.train.models",
@@ -26,6 +27,7 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:
     from ensemble_kit.train.config import (
         AugmentConfig,
+        DistillConfig,
         MAEConfig,
         OptimizerConfig,
         RegularizationConfig,
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
         TrainConfig,
         TTAConfig,
     )
+    from ensemble_kit.train.distill import DistillationLoss, SoftTargets
     from ensemble_kit.train.losses import LOSSES, register_loss
     from ensemble_kit.train.mae import MAEResult, pretrain_mae
     from ensemble_kit.train.models import MODEL_FACTORIES, GeM, build_model, register_model_factory

@@ -80,6 +80,16 @@ class TTAConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """Knowledge distillation: the loss is ``(1 - alpha) * hard + alpha * T**2 * KL(teacher || student)``,
+    both distributions softened by ``temperature`` (Hinton et al., 2015). The teachers' soft
+    targets come to :func:`~ensemble_kit.train.train_cv` per fold (``soft_targets=``)."""
+
+    alpha: float = 0.5
+    temperature: float = 2.0
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines how one base model is trained, fold by fold.
 
@@ -120,6 +130,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
     tta: TTAConfig = field(default_factory=TTAConfig)
+    distill: Optional[DistillConfig] = None
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -204,6 +215,13 @@ def _validate(cfg: TrainConfig) -> None:
     if sched.warmup_epochs > cfg.epochs:
         raise ValidationError(f"Config key 'schedule.warmup_epochs' ({sched.warmup_epochs:g}) is larger than 'epochs' "
                               f"({cfg.epochs}): the learning rate would never leave its warmup.")
+    if cfg.distill is not None:
+        _check_range("distill.alpha", cfg.distill.alpha, low=0, high=1)
+        _check_range("distill.temperature", cfg.distill.temperature, low=0, low_open=True)
+        if reg.mixup_alpha > 0 or reg.cutmix_alpha > 0:
+            raise ValidationError("distill cannot be combined with mixup/cutmix (the teachers' soft targets would "
+                                  "have to be mixed with the images); set regularization.mixup_alpha and "
+                                  "cutmix_alpha to 0.")
     if (reg.mixup_alpha > 0 or reg.cutmix_alpha > 0) and cfg.batch_size % 2:
         raise ValidationError("mixup/cutmix need an even batch_size (timm Mixup pairs samples).")
     from ensemble_kit.data.transforms import ALBUMENTATIONS, AUGMENT_POLICIES

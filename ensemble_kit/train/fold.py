@@ -30,6 +30,7 @@ from ensemble_kit.data.transforms import (
 from ensemble_kit.errors import ValidationError
 from ensemble_kit.store import LogitStore
 from ensemble_kit.train.config import TrainConfig
+from ensemble_kit.train.distill import DistillationLoss, SoftTargetDataset, SoftTargets
 from ensemble_kit.train.losses import create_loss
 from ensemble_kit.train.models import build_model
 
@@ -52,8 +53,13 @@ class FoldData:
 
 
 def fold_data(cfg: TrainConfig, store: LogitStore, source: ImageSource, train_index: NDArray,
-              test: ImageSource | None, test_index: NDArray | None, extra: ImageSource | None, fold: int) -> FoldData:
-    """Datasets of ``fold``: the other folds (+ ``extra``) to train on, ``fold`` to validate on."""
+              test: ImageSource | None, test_index: NDArray | None, extra: ImageSource | None, fold: int,
+              soft: SoftTargets | None = None) -> FoldData:
+    """Datasets of ``fold``: the other folds (+ ``extra``) to train on, ``fold`` to validate on.
+
+    With ``soft`` (distillation) every training row also carries the teachers' probabilities,
+    and ``soft.images`` join as unlabelled rows (their sampler label: the teachers' argmax).
+    """
     rows_valid = store.fold_indices(fold)
     rows_train = np.flatnonzero(store.folds != fold)
     train_src, valid_src = train_index[rows_train], train_index[rows_valid]
@@ -64,17 +70,28 @@ def fold_data(cfg: TrainConfig, store: LogitStore, source: ImageSource, train_in
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     train_tf = build_train_transform(cfg.augment, img_size=cfg.img_size, mean=mean, std=std)
     eval_tf = build_eval_transform(img_size=cfg.augment.test_img_size or cfg.img_size, mean=mean, std=std)
-    parts = [TorchImageDataset(source, train_src, train_tf, targets=train_labels)]
+    parts: list[Any] = [TorchImageDataset(source, train_src, train_tf, targets=train_labels)]
     labels = [train_labels]
     if extra is not None:
         parts.append(TorchImageDataset(extra, np.arange(len(extra)), train_tf))
         labels.append(extra.targets)
+    if soft is not None:
+        parts[0] = SoftTargetDataset(parts[0], soft.rows[rows_train])
+        if extra is not None:
+            raise ValidationError("extra_train (pseudo-labels) and soft_targets (distillation) cannot be combined "
+                                  "in one fold yet: give the unlabelled images as soft_targets images.")
+        if soft.images is not None and soft.images_probs is not None:
+            unlabelled = TorchImageDataset(soft.images, np.arange(len(soft.images)), train_tf,
+                                           targets=np.full(len(soft.images), -1, dtype=np.int64))
+            parts.append(SoftTargetDataset(unlabelled, soft.images_probs))
+            labels.append(soft.images_probs.argmax(axis=1))
     repeat = cfg.augment.repeated_augment
     return FoldData(
         train=ConcatDataset(parts * repeat), valid=TorchImageDataset(source, valid_src, eval_tf, targets=valid_labels),
         test=None if test is None else TorchImageDataset(test, test_index, eval_tf),
         train_labels=np.concatenate(labels * repeat), store_train_labels=train_labels, valid_labels=valid_labels,
-        mean=tuple(mean), std=tuple(std), n_extra=0 if extra is None else len(extra))
+        mean=tuple(mean), std=tuple(std),
+        n_extra=(0 if extra is None else len(extra)) + (0 if soft is None or soft.images is None else len(soft.images)))
 
 
 @dataclass
@@ -145,9 +162,16 @@ def build_fold_model(cfg: TrainConfig, *, n_classes: int, train_labels: NDArray,
     use_amp = cfg.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     return FoldModel(model=model, optimizer=optimizer, scheduler=lr_schedule(optimizer, cfg, steps_per_epoch), ema=ema,
-                     mixup=mixup, loss_fn=create_loss(cfg, label_smoothing=smoothing, class_weights=weights).to(device),
+                     mixup=mixup, loss_fn=_loss(cfg, smoothing, weights).to(device),
                      scaler=torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16),
                      use_amp=use_amp, amp_dtype=amp_dtype)
+
+
+def _loss(cfg: TrainConfig, smoothing: float, weights: torch.Tensor | None) -> nn.Module:
+    hard = create_loss(cfg, label_smoothing=smoothing, class_weights=weights)
+    if cfg.distill is None:
+        return hard
+    return DistillationLoss(hard, alpha=cfg.distill.alpha, temperature=cfg.distill.temperature)
 
 
 def lr_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> Any:

@@ -36,6 +36,7 @@ from ensemble_kit.train.checkpoint import (
     save_checkpoint_state,
 )
 from ensemble_kit.train.config import TrainConfig
+from ensemble_kit.train.distill import SoftTargets
 from ensemble_kit.train.export import EXPORT_DIR, export_fold_model
 from ensemble_kit.train._rng import global_rng_state, isolated_global_rngs, set_global_rng_state
 from ensemble_kit.train.fold import FoldData, FoldModel, build_fold_model, fold_data, fold_seed
@@ -63,7 +64,8 @@ def resolve_device(name: str) -> torch.device:
 
 def train_cv(cfg: TrainConfig, store: LogitStore, source: ImageSource, test: ImageSource | None = None, *,
              name: str, folds: Sequence[int] | None = None, output_dir: str | Path | None = None,
-             extra_train: ImageSource | Mapping[int, ImageSource | None] | None = None) -> EntryInfo:
+             extra_train: ImageSource | Mapping[int, ImageSource | None] | None = None,
+             soft_targets: Mapping[int, SoftTargets] | None = None) -> EntryInfo:
     """Train ``cfg.model`` on every fold of ``store`` and write OOF/test logits as entry ``name``.
 
     Parameters
@@ -86,6 +88,10 @@ def train_cv(cfg: TrainConfig, store: LogitStore, source: ImageSource, test: Ima
         Extra labelled samples added to the training set (never the validation set): one source
         for every fold, or each fold its own (what :func:`pseudo_labels_by_fold` returns:
         pseudo-labels of fold ``k`` come from teacher models that never saw fold ``k``).
+    soft_targets : dict fold -> SoftTargets, optional
+        The teachers' soft targets of every trained fold, required when ``cfg.distill`` is set
+        (:func:`ensemble_kit.project.distill_targets_by_fold`: fold ``k``'s come from the
+        teachers' fold-``k`` models, which never saw fold ``k``).
 
     Returns
     -------
@@ -104,11 +110,12 @@ def train_cv(cfg: TrainConfig, store: LogitStore, source: ImageSource, test: Ima
             raise ValidationError(f"The store has {len(store.test_ids)} test ids: pass test=<ImageSource of them>.")
         test_index = positions_of(store.test_ids, test, what="test source")
     extras = _extras_by_fold(extra_train, fold_list)
+    softs = _soft_targets_by_fold(cfg, soft_targets, fold_list, store)
     for extra in extras.values():
         if extra is not None:
             _check_extra(store, source, extra)
     # every file's header and every input size before the first epoch: faults are named now, not mid-fold
-    for images in (source, test, *extras.values()):
+    for images in (source, test, *extras.values(), *(t.images for t in softs.values() if t is not None)):
         if images is not None:
             images.check()
     check_model_inputs(cfg, store.n_classes)
@@ -134,7 +141,7 @@ def train_cv(cfg: TrainConfig, store: LogitStore, source: ImageSource, test: Ima
             continue
         fold_dir = safe_dir(run_dir, f"fold{k}", create=True)
         result = _FoldRun(cfg, store, source, train_index, test, test_index, extras[k], k, fold_dir, device,
-                          name).run()
+                          name, soft=softs[k]).run()
         ids = store.train_ids[store.fold_indices(k)]
         if cfg.tta.keep_views:  # every view as an entry of its own: checksummed data the stack can use
             for v, view in enumerate(cfg.tta.views):
@@ -178,6 +185,24 @@ def _extras_by_fold(extra: ImageSource | Mapping[int, ImageSource | None] | None
     return {k: extra[k] for k in folds}
 
 
+def _soft_targets_by_fold(cfg: TrainConfig, soft: Mapping[int, SoftTargets] | None, folds: Sequence[int],
+                          store: LogitStore) -> dict[int, SoftTargets | None]:
+    if cfg.distill is None:
+        if soft is not None:
+            raise ValidationError("soft_targets were given, but the config has no distill section (set "
+                                  "distill: {alpha: ..., temperature: ...}).")
+        return {k: None for k in folds}
+    if soft is None:
+        raise ValidationError("The config distills (distill is set): pass soft_targets={fold: SoftTargets} "
+                              "(ensemble_kit.project.distill_targets_by_fold makes them from the teachers).")
+    missing = [k for k in folds if k not in soft]
+    if missing:
+        raise ValidationError(f"soft_targets has none for fold(s) {missing}.")
+    for k in folds:
+        soft[k].check(len(store.train_ids), store.n_classes, fold=k)
+    return {k: soft[k] for k in folds}
+
+
 def _check_extra(store: LogitStore, source: ImageSource, extra: ImageSource) -> None:
     if extra.targets is None or [str(c) for c in extra.classes] != [str(c) for c in store.classes]:
         raise ValidationError("extra_train must be labelled with the store's classes.")
@@ -206,15 +231,16 @@ class _FoldRun:
 
     def __init__(self, cfg: TrainConfig, store: LogitStore, source: ImageSource, train_index: NDArray,
                  test: ImageSource | None, test_index: NDArray | None, extra: ImageSource | None, fold: int,
-                 fold_dir: Path, device: torch.device, name: str) -> None:
+                 fold_dir: Path, device: torch.device, name: str, soft: SoftTargets | None = None) -> None:
         self.cfg, self.store, self.source, self.train_index = cfg, store, source, train_index
+        self.soft = soft
         self.test, self.test_index, self.extra = test, test_index, extra
         self.fold, self.device, self.name = fold, device, name
         self.dir = safe_dir(fold_dir.parent, fold_dir.name, create=True)
 
     def data(self) -> FoldData:
         return fold_data(self.cfg, self.store, self.source, self.train_index, self.test, self.test_index, self.extra,
-                         self.fold)
+                         self.fold, soft=self.soft)
 
     # ------------------------------------------------------------------ loaders
     def loader(self, data: FoldData, epoch: int) -> DataLoader:
