@@ -110,7 +110,11 @@ def train_cv(cfg: TrainConfig, store: LogitStore, source: ImageSource, test: Ima
             raise ValidationError(f"The store has {len(store.test_ids)} test ids: pass test=<ImageSource of them>.")
         test_index = positions_of(store.test_ids, test, what="test source")
     extras = _extras_by_fold(extra_train, fold_list)
-    softs = _soft_targets_by_fold(cfg, soft_targets, fold_list, store)
+    try:
+        done = set(store.entry(name).folds_present)
+    except EntryNotFoundError:
+        done = set()
+    softs = _soft_targets_by_fold(cfg, soft_targets, [k for k in fold_list if k not in done], store)
     for extra in extras.values():
         if extra is not None:
             _check_extra(store, source, extra)
@@ -130,10 +134,6 @@ def train_cv(cfg: TrainConfig, store: LogitStore, source: ImageSource, test: Ima
         run_dir = Path(output_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
     cfg.to_yaml(run_dir / "config.yaml")
-    try:
-        done = set(store.entry(name).folds_present)
-    except EntryNotFoundError:
-        done = set()
     device = resolve_device(cfg.device)
     for k in fold_list:
         if k in done:
@@ -141,7 +141,7 @@ def train_cv(cfg: TrainConfig, store: LogitStore, source: ImageSource, test: Ima
             continue
         fold_dir = safe_dir(run_dir, f"fold{k}", create=True)
         result = _FoldRun(cfg, store, source, train_index, test, test_index, extras[k], k, fold_dir, device,
-                          name, soft=softs[k]).run()
+                          name, soft=softs.get(k)).run()
         ids = store.train_ids[store.fold_indices(k)]
         if cfg.tta.keep_views:  # every view as an entry of its own: checksummed data the stack can use
             for v, view in enumerate(cfg.tta.views):

@@ -56,8 +56,14 @@ def test_aoi(tmp_path, capsys):
     # every test image becomes a pseudo-label, so the student really trains on extra images
     store = run_example("aoi", tmp_path, data, ["models.*.tta.views=[identity,hflip,vflip,hvflip,rot90]",
                                                 "models.student.pseudo_label.threshold=null",
-                                                "models.student.pseudo_label.top_fraction=1.0"])
-    assert store.models() == ["convnext", "eva02", "student", "swinv2"]
+                                                "models.student.pseudo_label.top_fraction=1.0"], argv=["--distill"])
+    assert store.models() == ["convnext", "deploy", "eva02", "student", "swinv2"]
+    deploy = store.entry("deploy").meta
+    assert deploy["config"]["distill"] == {"alpha": 0.7, "temperature": 2.0}
+    assert deploy["n_extra_train"] == 12  # the unlabelled test images joined its training folds
+    single = load_stack(store, "aoi_deploy")
+    assert single.models == ["deploy"] and single.summary["fitted"]["class_rules"] == {"2": 0.4}
+    assert len(pd.read_csv(tmp_path / "submission_deploy.csv")) == 12
     assert store.entry("student").meta["n_extra_train"] == 12
     assert store.entry("convnext").meta["tta_views"] == ["identity", "hflip", "vflip", "hvflip", "rot90"]
     stack = load_stack(store, "aoi")
