@@ -66,22 +66,21 @@ def distill_targets_by_fold(store: LogitStore, teachers: Sequence[str], source: 
             raise ArtifactError(f"No exported fold-{k} model of the teacher(s) at {missing}: train the teachers with "
                                 "ensemble_kit first (every fold), so their fold models are exported.")
         rows = np.flatnonzero(store.folds != k)
-        train_images = SubsetSource(source, train_index[rows])
+        # one predictor per teacher (a predictor of one model needs no stack), loaded once per fold
+        predictors = [Predictor({t: f}, stack=None, classes=store.classes, device=device) for t, f in folders.items()]
         rows_probs = np.full((len(store.train_ids), store.n_classes), np.nan, dtype=np.float32)
-        rows_probs[rows] = _mean_soft(folders, train_images, store, temperature, device)
-        images_probs = None if unlabeled is None else _mean_soft(folders, unlabeled, store, temperature, device)
+        rows_probs[rows] = _mean_soft(predictors, SubsetSource(source, train_index[rows]), temperature)
+        images_probs = None if unlabeled is None else _mean_soft(predictors, unlabeled, temperature)
         out[k] = SoftTargets(rows=rows_probs, images=unlabeled, images_probs=images_probs)
         logger.info("soft targets of fold %d from %s: %d training rows%s", k, list(teachers), len(rows),
                     "" if unlabeled is None else f" + {len(unlabeled)} unlabelled images")
     return out
 
 
-def _mean_soft(folders: dict, images: ImageSource, store: LogitStore, temperature: float,
-               device: str) -> NDArray[np.float32]:
-    total = None
-    for teacher, folder in folders.items():  # one teacher at a time: a predictor of one model needs no stack
-        logits = Predictor({teacher: folder}, stack=None, classes=store.classes, device=device).predict_logits(images)
-        probs = softmax(logits[teacher].astype(np.float64) / temperature)
-        total = probs if total is None else total + probs
-    assert total is not None
-    return (total / len(folders)).astype(np.float32)
+def _mean_soft(predictors: list[Predictor], images: ImageSource, temperature: float) -> NDArray[np.float32]:
+    """The mean over teachers of ``softmax(logits / temperature)`` on ``images``."""
+    total = np.zeros((len(images), len(predictors[0].classes)), dtype=np.float64)
+    for predictor in predictors:
+        (logits,) = predictor.predict_logits(images).values()
+        total += softmax(logits.astype(np.float64) / temperature)
+    return (total / len(predictors)).astype(np.float32)

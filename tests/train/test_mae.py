@@ -120,3 +120,17 @@ def test_cli_pretrain_on_a_projects_images(tmp_path, capsys) -> None:
     config.write_text(yaml.safe_dump({"out": str(tmp_path / "x"), "mae": {"mask_ratio": 2}}))
     assert main(["pretrain", str(config)]) != 0
     assert "mask_ratio" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_a_planted_or_damaged_checkpoint_is_a_named_error(digits, tmp_path) -> None:
+    out = tmp_path / "received"
+    pretrain_mae(_cfg(epochs=1), digits, out)
+    (out / "checkpoints" / "epoch_0000" / "state.json").write_bytes(b"\xff{not json")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        pretrain_mae(_cfg(epochs=2), digits, out)
+    planted = tmp_path / "planted"
+    (planted / "checkpoints").mkdir(parents=True)
+    (planted / "checkpoints" / "epoch_0000.pt").write_bytes(b"\x80\x04crafted pickle")
+    with pytest.raises(CheckpointError, match="pickle checkpoints"):
+        pretrain_mae(_cfg(epochs=1), digits, planted)
+    assert not (planted / "encoder.safetensors").exists()
