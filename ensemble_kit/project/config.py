@@ -229,7 +229,9 @@ class ProjectConfig:
                     raise ValidationError(f"Config key 'models.{spec.name}.{key}': {unknown} are not models of this "
                                           f"config ({names}).")
                 if spec.name in section.teachers:
-                    raise ValidationError(f"Model {spec.name!r} cannot be its own teacher ('{key}').")
+                    kind = "pseudo-label" if key.startswith("pseudo") else "distillation"
+                    raise ValidationError(f"Model {spec.name!r} cannot be its own {kind} teacher "
+                                          f"('models.{spec.name}.{key}').")
             if spec.distill is not None and spec.pseudo_label is not None:
                 raise ValidationError(f"Model {spec.name!r}: pseudo_label and distill cannot be combined; use "
                                       "distill.unlabeled: true to learn from the teachers on the test images.")

@@ -32,7 +32,7 @@ def test_distill_section_splits_into_teachers_and_loss(tmp_path):
     assert overridden.model("student").train.distill.alpha == 0.2
 
     for bad, match in (({"from": "nobody"}, "not models of this config"),
-                       ({"from": "student"}, "its own teacher"),
+                       ({"from": "student"}, "its own distillation teacher"),
                        ({"from": []}, "must name the teacher"),
                        ({"from": "teacher", "unlabeled": "yes"}, "true or false"),
                        ({"from": "teacher", "alpha": 1.5}, "distill.alpha"),
