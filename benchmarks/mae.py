@@ -110,7 +110,8 @@ def main() -> None:
     kwargs = {"patch_size": 4, "depth": args.depth}
     vit = dict(model="vit_tiny_patch16_224", img_size=32, model_kwargs=kwargs)
 
-    scratch = build_model(num_classes=10, **{k: vit[k] for k in ("img_size", "model_kwargs")}, name=vit["model"])
+    torch.manual_seed(args.seed)  # the random init (and the pre-trained arm's new head) is seeded too
+    scratch = build_model(vit["model"], num_classes=10, img_size=32, model_kwargs=kwargs)
     scratch_logits, scratch_s = fine_tune(scratch, train, test, epochs=args.epochs, batch_size=args.batch_size,
                                           lr=args.lr, seed=args.seed, device=args.device)
 
@@ -121,6 +122,7 @@ def main() -> None:
         # training and test images, no labels: what the Yandex solution pre-trains on
         result = pretrain_mae(cfg, [ArrayImageSource(x_train), ArrayImageSource(x_test)], out)
         mae_s = time.perf_counter() - mae_started
+        torch.manual_seed(args.seed)
         pretrained = build_model(vit["model"], num_classes=10, img_size=32, model_kwargs=kwargs,
                                  pretrained_path=str(result.encoder_path))
     mae_logits, mae_ft_s = fine_tune(pretrained, train, test, epochs=args.epochs, batch_size=args.batch_size,

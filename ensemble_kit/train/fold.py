@@ -29,12 +29,12 @@ from ensemble_kit.data.transforms import (
 )
 from ensemble_kit.errors import ValidationError
 from ensemble_kit.store import LogitStore
-from ensemble_kit.train.config import TrainConfig
+from ensemble_kit.train.config import ScheduleConfig, TrainConfig
 from ensemble_kit.train.distill import DistillationLoss, SoftTargetDataset, SoftTargets
 from ensemble_kit.train.losses import create_loss
 from ensemble_kit.train.models import build_model
 
-__all__ = ["FoldData", "FoldModel", "build_fold_model", "fold_data", "fold_seed", "lr_schedule"]
+__all__ = ["FoldData", "FoldModel", "build_fold_model", "fold_data", "fold_seed", "lr_schedule", "schedule_steps"]
 
 
 @dataclass(frozen=True)
@@ -176,12 +176,17 @@ def _loss(cfg: TrainConfig, smoothing: float, weights: torch.Tensor | None) -> n
 
 def lr_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> Any:
     """Linear warmup, then ``cfg.schedule.name``; stepped every optimiser step."""
+    return schedule_steps(optimizer, cfg.schedule, lr=cfg.optimizer.lr, epochs=cfg.epochs,
+                          steps_per_epoch=steps_per_epoch)
+
+
+def schedule_steps(optimizer: torch.optim.Optimizer, sched: ScheduleConfig, *, lr: float, epochs: int,
+                   steps_per_epoch: int) -> Any:
+    """The scheduler of ``sched`` over ``epochs`` epochs of ``steps_per_epoch`` steps, peak ``lr``."""
     from torch.optim import lr_scheduler as S
 
-    sched = cfg.schedule
-    total = max(1, cfg.epochs * steps_per_epoch)
+    total = max(1, epochs * steps_per_epoch)
     warmup = min(total - 1, int(round(sched.warmup_epochs * steps_per_epoch)))
-    lr = cfg.optimizer.lr
     if sched.name == "onecycle":
         return S.OneCycleLR(optimizer, max_lr=lr, total_steps=total, pct_start=max(warmup / total, 0.05),
                             final_div_factor=max(lr / max(sched.min_lr, 1e-12) / 25, 1.0))

@@ -46,7 +46,9 @@ from ensemble_kit.store._files import write_text
 from ensemble_kit.store._paths import safe_dir
 from ensemble_kit.train._rng import global_rng_state, isolated_global_rngs, set_global_rng_state
 from ensemble_kit.train.checkpoint import list_checkpoints, load_checkpoint_state, prune_checkpoints, save_checkpoint_state
-from ensemble_kit.train.config import AugmentConfig, MAEConfig
+from ensemble_kit.train.config import AugmentConfig, MAEConfig, ScheduleConfig
+from ensemble_kit.train.fold import schedule_steps
+from ensemble_kit.train.models import build_model
 
 logger = logging.getLogger(__name__)
 
@@ -142,23 +144,13 @@ class MaskedAutoencoder(nn.Module):
 
 
 def build_encoder(cfg: MAEConfig) -> nn.Module:
-    """The ViT encoder, exactly as the fine-tune's ``build_model`` makes it, without its head."""
+    """The ViT encoder, built by the fine-tune's own ``build_model``, without a head."""
     import timm
     from timm.models.vision_transformer import VisionTransformer
 
     if not timm.is_model(cfg.model):
         raise ValidationError(f"Config key 'model': unknown timm model {cfg.model!r} (see timm.list_models('vit*')).")
-    try:
-        encoder = timm.create_model(cfg.model, pretrained=False, num_classes=0, img_size=cfg.img_size,
-                                    **(cfg.model_kwargs or {}))
-    except TypeError as exc:  # a CNN takes no img_size; a ViT may reject a model_kwargs key
-        try:
-            encoder = timm.create_model(cfg.model, pretrained=False, num_classes=0)
-        except TypeError:
-            encoder = None
-        if isinstance(encoder, VisionTransformer):
-            raise ValidationError(f"Model {cfg.model!r} rejected its arguments (model_kwargs={cfg.model_kwargs}): "
-                                  f"{exc}") from exc
+    encoder = build_model(cfg.model, num_classes=0, img_size=cfg.img_size, model_kwargs=cfg.model_kwargs)
     if not isinstance(encoder, VisionTransformer):
         raise ValidationError(f"Config key 'model': MAE pre-trains a ViT-style timm encoder (a VisionTransformer: "
                               f"vit_*, deit_*, ...); {cfg.model!r} is a {type(encoder).__name__}.")
@@ -204,7 +196,9 @@ def pretrain_mae(cfg: MAEConfig, images: ImageSource | Sequence[ImageSource], ou
         model = MaskedAutoencoder(build_encoder(cfg), decoder_dim=cfg.decoder_dim, decoder_depth=cfg.decoder_depth,
                                   decoder_heads=cfg.decoder_heads, norm_pix_loss=cfg.norm_pix_loss).to(device)
         optimizer = create_optimizer_v2(model, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(cfg, steps_per_epoch))
+        scheduler = schedule_steps(optimizer, ScheduleConfig(name="cosine", warmup_epochs=cfg.warmup_epochs,
+                                                             min_lr=cfg.min_lr),
+                                   lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch)
         use_amp = cfg.amp and device.type == "cuda"
         amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
         scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
@@ -237,20 +231,6 @@ def pretrain_mae(cfg: MAEConfig, images: ImageSource | Sequence[ImageSource], ou
                 "history": history, "config": cfg.to_dict()})
             prune_checkpoints(checkpoints, keep=cfg.keep_checkpoints)
     return _write_outputs(out, cfg, model, history)
-
-
-def _warmup_cosine(cfg: MAEConfig, steps_per_epoch: int) -> Any:
-    total = max(1, cfg.epochs * steps_per_epoch)
-    warmup = min(total - 1, int(round(cfg.warmup_epochs * steps_per_epoch)))
-    floor = min(cfg.min_lr / cfg.lr, 1.0)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
 
 
 def _resume(checkpoints: Path, cfg: MAEConfig, model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any,
