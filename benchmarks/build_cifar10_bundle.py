@@ -47,18 +47,18 @@ def _features(images: np.ndarray) -> dict[str, np.ndarray]:
     return {"x8": np.concatenate([x8, stats.astype(np.float32)], 1), "x16": _thumbs(images, 16)}
 
 
-def _cnn(width: int) -> nn.Module:
+def _cnn(width: int, n_classes: int = 10) -> nn.Module:
     def block(cin, cout):
         return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
                              nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
                              nn.MaxPool2d(2))
     return nn.Sequential(block(3, width), block(width, 2 * width), block(2 * width, 4 * width),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * width, 10))
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * width, n_classes))
 
 
-def _train_cnn(width, epochs, seed, x_fit, y_fit, predict_sets):
+def _train_cnn(width, epochs, seed, x_fit, y_fit, predict_sets, n_classes=10):
     torch.manual_seed(seed)
-    model = _cnn(width).to(memory_format=torch.channels_last)
+    model = _cnn(width, n_classes).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
     steps = epochs * ((len(x_fit) + 255) // 256)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=steps, pct_start=0.25)

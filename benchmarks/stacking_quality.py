@@ -1,19 +1,29 @@
-"""Stacking quality on a real OOF bundle: honest OOF CV and held-out test metrics per method.
+"""Stacking quality on real OOF bundles: honest OOF CV and held-out test metrics per method.
 
-For every base model, the plain mean of probabilities, hill climbing, the Optuna soft vote,
-each meta-learner, a plain logistic-regression stack on log-probabilities (scikit-learn
-StackingClassifier style), the default "full" recipe (its four stages, the tuned blend,
-+ temperature) and the "yandex" recipe (fixed 0.4/0.3/0.3 blend, + temperature): OOF log
-loss / accuracy / macro F1 (honest: nested on the store's folds), the same metrics on the
-held-out test labels (never used for fitting), and fit time.
+For every bundle: each base model, and the baselines the default recipe has to beat (the best
+single model by OOF log loss, the mean of probabilities, greedy ensemble selection with
+replacement from an empty ensemble for 25 iterations (AutoGluon's default), a plain
+logistic-regression stack on log-probabilities (scikit-learn ``StackingClassifier`` style, no
+scaling, its ``C`` chosen by an inner 5-fold CV as ``LogisticRegressionCV`` does), wide
+LightGBM, wide CatBoost and the naive fixed 0.4 CatBoost + 0.3 LightGBM + 0.3 greedy blend);
+then the default Stacker: its stages, its blend, and the final model. OOF columns are honest
+(nested on the store's folds); test columns are the held-out test split, whose labels are
+never used for fitting.
 
-    python benchmarks/build_cifar10_bundle.py --out /tmp/cifar10-store      # once
-    python benchmarks/stacking_quality.py --store /tmp/cifar10-store
+    python benchmarks/build_cifar10_bundle.py --out /tmp/cifar10-store   # bundle 1, once (~2 h)
+    python benchmarks/build_suite_bundles.py --out /tmp/suite            # bundles 2-5, once
+    python benchmarks/stacking_quality.py --suite /tmp/suite --cifar-store /tmp/cifar10-store
+    python benchmarks/stacking_quality.py --store /tmp/suite/imbalanced4    # one bundle
+
+At more than 20 classes (the 396-class bundle) the wide baselines (one multi-class model on
+M*C features) are not run: on 2,772 features x 396 classes they take hours; there the LR stack
+is the class-wise logistic meta-learner and the bar is time, memory and the best single model.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 from pathlib import Path
 
@@ -21,93 +31,169 @@ import numpy as np
 import pandas as pd
 
 from ensemble_kit import HillClimbing, LogitStore, MetaLearner, Stacker
+from ensemble_kit.ensemble import cross_fit
+from ensemble_kit.ensemble.blending import mix
 from ensemble_kit.metrics import log_softmax, scores
 
+LR_CS = np.logspace(-3, 1, 9)  # the inner-CV grid of the LR stack baseline
+BUNDLES = ("cifar10", "imbalanced4", "balanced6", "cnn_family", "many_classes")
 
-def _scores(y, probs, labels=None):
-    return scores(y, probs, kind="probs", labels=labels)
+
+def _scores(y, probs):
+    return scores(y, probs, kind="probs")
+
+
+def _lr_stack_features(logits: np.ndarray) -> np.ndarray:
+    """``StackingClassifier``-style features: every model's log-probabilities side by side."""
+    log_p = log_softmax(logits)
+    return log_p.transpose(1, 0, 2).reshape(log_p.shape[1], -1)
+
+
+def lr_stack(oof: np.ndarray, test: np.ndarray, y: np.ndarray, folds: np.ndarray, *, inner_cv: bool = True):
+    """The plain LR stack: honest OOF (nested over the folds) and test probabilities, fit seconds."""
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+
+    def make():
+        if inner_cv:
+            return LogisticRegressionCV(Cs=LR_CS, cv=5, scoring="neg_log_loss", max_iter=1000)
+        return LogisticRegression(C=1.0, max_iter=1000)
+
+    start = time.perf_counter()
+    x, x_test = _lr_stack_features(oof), _lr_stack_features(test)
+
+    def fit_predict(fit, held, _k):
+        model = make().fit(x[fit], y[fit])
+        out = np.full((int(held.sum()), oof.shape[2]), 1e-15)
+        out[:, model.classes_] = model.predict_proba(x[held])
+        return out
+
+    oof_p = cross_fit(folds, fit_predict)
+    final = make().fit(x, y)
+    test_p = np.full((len(x_test), oof.shape[2]), 1e-15)
+    test_p[:, final.classes_] = final.predict_proba(x_test)
+    c = float(np.atleast_1d(final.C_)[0]) if inner_cv else 1.0
+    return oof_p, test_p, time.perf_counter() - start, c
+
+
+def evaluate(store: LogitStore, y_test: np.ndarray, models: list[str], *, n_trials: int, label: str) -> dict:
+    """Every method on one bundle: the table rows and the summary line."""
+    y, folds = store.y, store.folds
+    oof, test = store.oof(models), store.test(models)
+    wide = store.n_classes <= 20
+    print(f"\n## {label}: {len(models)} models, {len(y):,} OOF rows, {len(y_test):,} held-out test rows, "
+          f"{store.n_classes} classes, {store.n_folds} folds", flush=True)
+    rows, probs = [], {}
+
+    def add(method, oof_p, test_p, seconds, *, baseline=False):
+        rows.append({"method": method, "baseline": baseline, **{f"oof_{k}": v for k, v in _scores(y, oof_p).items()},
+                     **{f"test_{k}": v for k, v in _scores(y_test, test_p).items()}, "fit_s": seconds})
+        probs[method] = (oof_p, test_p)
+        print(f"  {method}: test log loss {rows[-1]['test_log_loss']:.4f} ({seconds:.1f}s)", flush=True)
+
+    base = {name: (np.exp(log_softmax(o)), np.exp(log_softmax(t))) for name, o, t in zip(models, oof, test)}
+    for name, (o, t) in base.items():
+        add(f"base: {name}", o, t, np.nan)
+    best = min(base, key=lambda name: _scores(y, base[name][0])["log_loss"])
+    add(f"best single model by OOF ({best})", *base[best], 0.0, baseline=True)
+    add("mean of probabilities", np.mean([o for o, _ in base.values()], 0), np.mean([t for _, t in base.values()], 0),
+        0.0, baseline=True)
+
+    def fit(method, estimator, *, baseline=False):
+        start = time.perf_counter()
+        estimator.fit(store, models=models)
+        add(method, estimator.oof_proba_, estimator.predict_proba(store), time.perf_counter() - start, baseline=baseline)
+        return estimator
+
+    fit("greedy selection (25 iterations, from empty)", HillClimbing(n_iter=25, init="empty"), baseline=True)
+    if wide:
+        oof_p, test_p, seconds, c = lr_stack(oof, test, y, folds)
+        add(f"LR stack on log-probs (inner-CV C, final C={c:.3g})", oof_p, test_p, seconds, baseline=True)
+        lr_seconds = seconds
+        oof_p, test_p, seconds, _ = lr_stack(oof, test, y, folds, inner_cv=False)
+        add("LR stack on log-probs (fixed C=1, reference)", oof_p, test_p, seconds)
+        fit("wide LightGBM", MetaLearner("lightgbm", layout="wide"), baseline=True)
+        fit("wide CatBoost", MetaLearner("catboost", layout="wide"), baseline=True)
+        naive = {"wide CatBoost": 0.4, "wide LightGBM": 0.3, "greedy selection (25 iterations, from empty)": 0.3}
+        add("naive 0.4 CatBoost + 0.3 LightGBM + 0.3 greedy",
+            *(np.exp(mix({m: probs[m][i] for m in naive}, naive)) for i in (0, 1)), 0.0, baseline=True)
+    else:
+        lr = fit("LR stack (class-wise logistic meta-learner)", MetaLearner("logreg", layout="classwise"),
+                 baseline=True)
+        lr_seconds = lr.fit_seconds_
+
+    start = time.perf_counter()
+    stk = Stacker(n_trials=n_trials, seed=0).fit(store, models=models)
+    seconds = time.perf_counter() - start
+    ensemble = stk.ensemble_
+    if hasattr(ensemble, "stages_"):
+        stage_test = ensemble.stage_proba(store)
+        for name, stage in ensemble.stages_.items():
+            add(f"default stage: {name}", stage.oof_proba_, stage_test[name], stage.fit_seconds_)
+        weights = ", ".join(f"{n} {w:.3f}" for n, w in ensemble.weights_.items())
+        add(f"default blend ({weights})", ensemble.oof_proba_, np.exp(ensemble._predict_log_proba(test)),
+            ensemble.fit_seconds_)
+    add("**default recipe (Stacker())**", stk.oof_proba_, stk.predict_proba(store), seconds)
+
+    table = pd.DataFrame(rows)
+    with pd.option_context("display.width", 250, "display.max_columns", 20, "display.max_colwidth", 70):
+        print(table.drop(columns="baseline").to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    baselines = table[table["baseline"]]
+    final = table.iloc[-1]
+    best_row = baselines.loc[baselines["test_log_loss"].idxmin()]
+    summary = {
+        "bundle": label, "rows": len(y), "models": len(models), "classes": store.n_classes,
+        "default test log loss": final["test_log_loss"], "best baseline": best_row["method"],
+        "best baseline test log loss": best_row["test_log_loss"],
+        "ratio": final["test_log_loss"] / best_row["test_log_loss"],
+        "acc (default / best baseline)": f"{final['test_accuracy']:.4f} / {baselines['test_accuracy'].max():.4f}",
+        "macro F1 (default / best baseline)": f"{final['test_f1_macro']:.4f} / {baselines['test_f1_macro'].max():.4f}",
+        "default fit s": seconds, "LR stack fit s": lr_seconds, "time ratio": seconds / lr_seconds,
+        "peak RSS GB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+    }
+    return {"table": table, "summary": summary}
+
+
+def _bundle(path: Path, models: str | None):
+    store = LogitStore(path)
+    y_test = np.load(path.parent / f"{path.name}-test-labels.npy")
+    return store, y_test, models.split(",") if models else store.models()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--store", type=Path, default=Path("/tmp/cifar10-store"))
-    parser.add_argument("--test-labels", type=Path, default=None,
-                        help="held-out test labels .npy (default: <store>-test-labels.npy)")
-    parser.add_argument("--models", default=None, help="comma-separated entries (default: all complete)")
+    parser.add_argument("--store", type=Path, help="one bundle (test labels at <store>-test-labels.npy)")
+    parser.add_argument("--suite", type=Path, help="folder of build_suite_bundles.py's bundles")
+    parser.add_argument("--cifar-store", type=Path, default=Path("/tmp/cifar10-store"), help="bundle 1 (--suite)")
+    parser.add_argument("--bundles", default=",".join(BUNDLES), help="--suite: which bundles, in order")
+    parser.add_argument("--models", default=None, help="--store: comma-separated entries (default: all complete)")
     parser.add_argument("--n-trials", type=int, default=200)
-    parser.add_argument("--out", type=Path, default=None, help="also write the table as CSV here")
+    parser.add_argument("--out", type=Path, default=None, help="write every table and the summary as CSV here")
     args = parser.parse_args()
+    if (args.store is None) == (args.suite is None):
+        parser.error("give exactly one of --store and --suite")
 
-    store = LogitStore(args.store)
-    models = args.models.split(",") if args.models else store.models()
-    y_test = np.load(args.test_labels or args.store.parent / f"{args.store.name}-test-labels.npy")
-    y = store.y
-    oof = store.oof(models)
-    test = store.test(models)
-    print(f"store {store.path}: {len(models)} models, {len(y):,} OOF rows, {len(y_test):,} held-out test rows, "
-          f"{store.n_classes} classes, {store.n_folds} folds")
-
-    rows = []
-    for name, o, t in zip(models, oof, test):
-        rows.append(("base: " + name, _scores(y, np.exp(log_softmax(o))), _scores(y_test, np.exp(log_softmax(t))), np.nan))
-    rows.append(("mean of probabilities", _scores(y, np.exp(log_softmax(oof)).mean(0)),
-                 _scores(y_test, np.exp(log_softmax(test)).mean(0)), 0.0))
-
-    def run(label, estimator):
-        start = time.perf_counter()
-        estimator.fit(store, models=models)
-        seconds = time.perf_counter() - start
-        rows.append((label, _scores(y, estimator.oof_proba_), _scores(y_test, estimator.predict_proba(store)), seconds))
-        print(f"  {label}: {seconds:.1f}s", flush=True)
-        return estimator
-
-    run("hill climbing", HillClimbing(n_iter=100))
-    run("LR stack on log-probs (wide)", MetaLearner("logreg", layout="wide"))
-
-    stage_labels = {"logreg": "LR stage", "soft_vote": "soft vote (Optuna, per-model T)", "catboost": "CatBoost meta",
-                    "lightgbm": "LightGBM meta"}
-
-    def run_recipe(recipe: str, *, with_stages: bool) -> None:
-        start = time.perf_counter()
-        stk = Stacker.from_recipe(recipe, n_trials=args.n_trials, seed=0).fit(store, models=models)
-        seconds = time.perf_counter() - start
-        weights = ", ".join(f"{n} {w:.3f}" for n, w in stk.ensemble_.weights_.items())
-        print(f"  {recipe} stacker: {seconds:.1f}s; blend weights: {weights}", flush=True)
-        if with_stages:
-            stage_test = stk.ensemble_.stage_proba(store)
-            for name, stage in stk.ensemble_.stages_.items():
-                layout = getattr(stage, "layout_", None)
-                rows.append((f"{stage_labels.get(name, name)}{f' ({layout})' if layout else ''}",
-                             _scores(y, stage.oof_proba_), _scores(y_test, stage_test[name]), stage.fit_seconds_))
-        blend_test = np.exp(stk.ensemble_._predict_log_proba(test))
-        rows.append((f"{recipe}: blend ({weights})", _scores(y, stk.ensemble_.oof_proba_), _scores(y_test, blend_test),
-                     stk.ensemble_.fit_seconds_))
-        report = stk.report_.set_index("step")
-        rows.append((f"{recipe}: blend + temperature{' (default recipe)' if recipe == 'full' else ''}",
-                     report.loc["+temperature", ["log_loss", "accuracy", "f1_macro"]].to_dict(),
-                     _scores(y_test, stk.predict_proba(store)), seconds))
-
-    run_recipe("full", with_stages=True)
-    run_recipe("yandex", with_stages=False)
-
-    table = pd.DataFrame([
-        {"method": label, **{f"oof_{k}": v for k, v in o.items()}, **{f"test_{k}": v for k, v in t.items()}, "fit_s": s}
-        for label, o, t, s in rows
-    ])
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    best_base = table[table["method"].str.startswith("base:")]["test_log_loss"].min()
-    contenders = {"best single model": best_base,
-                  "mean of probabilities": float(table.loc[table["method"] == "mean of probabilities", "test_log_loss"].iloc[0]),
-                  "hill climbing": float(table.loc[table["method"] == "hill climbing", "test_log_loss"].iloc[0]),
-                  "LR stack": float(table.loc[table["method"].str.startswith("LR stack"), "test_log_loss"].iloc[0])}
-    for recipe in ("full", "yandex"):
-        value = float(table.loc[table["method"].str.startswith(f"{recipe}: blend + temperature"), "test_log_loss"].iloc[0])
-        for name, other in contenders.items():
-            print(f"{recipe} recipe test log loss {value:.4f} vs {name} {other:.4f}: "
-                  f"{'BEATS' if value < other else 'DOES NOT BEAT'}")
+    if args.store:
+        targets = [(args.store.name, args.store, args.models)]
+    else:
+        targets = [(name, args.cifar_store if name == "cifar10" else args.suite / name, None)
+                   for name in args.bundles.split(",")]
+    results = []
+    for label, path, models in targets:
+        if not (path / "ensemble_kit_store.json").exists():
+            print(f"\n## {label}: no bundle at {path}; skipped (build it first)")
+            continue
+        store, y_test, names = _bundle(path, models)
+        result = evaluate(store, y_test, names, n_trials=args.n_trials, label=label)
+        results.append(result)
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            result["table"].to_csv(args.out / f"{label}.csv", index=False)
+    summary = pd.DataFrame([r["summary"] for r in results])
+    print("\n## summary (ratio: default / best baseline test log loss; time ratio: default / LR stack fit seconds)")
+    with pd.option_context("display.width", 250, "display.max_columns", 20):
+        print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if args.out:
-        table.to_csv(args.out, index=False)
+        summary.to_csv(args.out / "summary.csv", index=False)
 
 
 if __name__ == "__main__":

@@ -174,7 +174,9 @@ class Blender(BaseEnsembler):
             def objective(trial: optuna.Trial) -> float:
                 return metric.loss(y, mix(stage_probs, suggest_weights(trial, names)), kind="logits")
 
-        digest = input_hash(extra=self._input_digest + ",".join(names) + SEARCH_SPACE_VERSION)
+        # the stages' OOF predictions are part of the key: a changed stage must not reuse a finished study
+        digest = input_hash(*(stage_probs[n] for n in names), y,
+                            extra=self._input_digest + ",".join(names) + SEARCH_SPACE_VERSION)
         name = f"blend-{metric.name}-{digest}-{tag}"
         self._record_studies([name])
         study = run_study(name, objective, n_trials=self.n_trials, seed=self.seed,

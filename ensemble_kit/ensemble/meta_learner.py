@@ -44,7 +44,8 @@ class MetaLearner(BaseEnsembler):
         :data:`~ensemble_kit.ensemble.LEARNERS`) or any scikit-learn classifier with
         ``predict_proba`` (cloned for every fit). Boosted backends stop early on a random 10 % of
         the fitting samples (never on the rows being predicted), so no validation rows leak into
-        their own predictions.
+        their own predictions. ``"logreg"`` chooses its ``C`` by an inner CV on the fitting rows
+        unless ``params`` gives one.
     features : {"logprobs", "logits", "probs"}
         How each model's output enters as features.
     layout : {"wide", "classwise", "auto"}
@@ -130,7 +131,7 @@ class MetaLearner(BaseEnsembler):
         self.model_ = backend.fit(FitRequest(
             X=X, y=target, binary=groups is not None, n_classes=self.n_classes_, categorical=categorical,
             weight=weight, fit_rows=fit_rows, stop_rows=stop_rows, seed=self.seed, threads=self._threads(len(target)),
-            params=dict(self.params or {})))
+            params=dict(self.params or {}), groups=groups))
         self.n_iterations_ = backend.n_iterations(self.model_)
 
     def _predict_prepared(self, rows: WideRows | ClasswiseRows) -> NDArray:

@@ -47,3 +47,35 @@ def test_stacker_report_is_honest():
     leaky_lgbm = accuracy(y, stk.ensemble_.stages_["lightgbm"].predict_proba(train), kind="probs")
     assert leaky_lgbm > report.loc["lightgbm", "accuracy"] + 0.05
     assert accuracy(y, stk.predict_proba(train), kind="probs") >= report.loc["blend", "accuracy"]
+
+
+def test_logreg_inner_cv_C_sees_only_the_fitting_rows(monkeypatch):
+    """The logistic stage's C is chosen inside every fit, on that fit's rows: on random labels it
+    picks strong regularisation and its OOF stays at chance; C chosen per fold, not once."""
+    from ensemble_kit.ensemble import _learners
+
+    chosen, sizes = [], []
+    original = _learners._LogReg._inner_cv_C
+
+    def spy(request):
+        sizes.append(len(request.y))
+        chosen.append(original(request))
+        return chosen[-1]
+
+    monkeypatch.setattr(_learners._LogReg, "_inner_cv_C", staticmethod(spy))
+    train, y = _noise(600, 4)
+    meta = MetaLearner("logreg", layout="wide").fit(train, y)
+    assert sorted(sizes) == [480] * 5 + [600]        # five fold fits on 4/5 of the rows, one final fit
+    assert max(chosen) <= 0.01                       # noise: the smallest C on the grid wins
+    assert log_loss(y, meta.oof_proba_, kind="probs") > np.log(3) - 0.01
+    assert abs(accuracy(y, meta.oof_proba_, kind="probs") - 1 / 3) < 0.07
+
+
+def test_logreg_inner_cv_prefers_weak_regularisation_on_signal():
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 3, 600)
+    strong = {f"m{i}": np.eye(3)[y] * 4 + rng.normal(size=(600, 3)) for i in range(3)}
+    meta = MetaLearner("logreg", layout="wide").fit(strong, y)
+    assert meta.model_.steps[-1][1].C >= 0.1
+    fixed = MetaLearner("logreg", layout="wide", params={"C": 0.002}).fit(strong, y)
+    assert fixed.model_.steps[-1][1].C == 0.002      # a given C is used as is, no search

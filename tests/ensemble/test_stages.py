@@ -155,3 +155,22 @@ def test_blender_fits_as_a_fold_clone(logits_y):
     proba = np.exp(fold._predict_prepared(stacked[:, 160:]))
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
     assert set(fold.stages_) == {"vote", "hill"}
+
+
+def test_blend_study_is_keyed_on_its_stages_predictions(tmp_path):
+    """A stage that changes (here: its regularisation) must not reuse the blend study tuned on the
+    old stage's predictions from the same storage."""
+    from ensemble_kit import Blender, MetaLearner, SoftVoting
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    logits = {f"m{i}": np.eye(3)[y] * (1 + i) + rng.normal(size=(300, 3)) * 2 for i in range(3)}
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+
+    def blend(c):
+        return Blender([("lr", MetaLearner("logreg", layout="wide", params={"C": c})), ("vote", SoftVoting("equal"))],
+                       n_trials=10, storage=storage).fit(logits, y)
+
+    first, changed, again = blend(1.0), blend(0.001), blend(1.0)
+    assert set(first.study_names_).isdisjoint(changed.study_names_)
+    assert again.study_names_ == first.study_names_ and again.weights_ == first.weights_
