@@ -202,24 +202,33 @@ class IdText:
     """Ids as Unicode code points: a (rows x width) code matrix, or an ASCII Arrow string array.
 
     Code point ``k`` of an id shorter than ``k + 1`` is 0, as in numpy's fixed-width strings
-    (which is also why ``"a"`` and ``"a\\0"`` are one id, in the store and here).
+    (which is also why ``"a"`` and ``"a\\0"`` are one id, in the store and here). For matching,
+    ids are packed into 64-bit words (:meth:`words`): eight ASCII bytes or two code points each,
+    so hashing and comparing take one pass per eight characters, not one per character.
     """
 
     def __init__(self, *, matrix: NDArray[np.uint32] | None = None, starts: NDArray[np.int64] | None = None,
                  lengths: NDArray[np.int64] | None = None, data: NDArray[np.uint8] | None = None,
-                 unicode: NDArray[np.str_] | None = None) -> None:
+                 unicode: NDArray[np.str_] | None = None, arrow: Any = None,
+                 words: dict[str, NDArray[np.uint64]] | None = None) -> None:
         self._unicode = unicode
         self._matrix = matrix
+        self._arrow = arrow  # the pyarrow string array the Arrow buffers belong to
+        self._words: dict[str, NDArray[np.uint64]] = dict(words or {})
         if matrix is not None:
             self.n = len(matrix)
-            used = np.flatnonzero(matrix.any(axis=0)) if self.n else np.zeros(0, np.int64)
-            # ids are often far shorter than their dtype (``astype(str)`` of int64 is <U21)
-            self.width = int(used[-1]) + 1 if len(used) else 0
+            self.width = matrix.shape[1] if self.n else 0
+            if self.width and not matrix[:, -1].any():
+                # ids are often far shorter than their dtype (``astype(str)`` of int64 is <U21)
+                used = np.flatnonzero(matrix.any(axis=0))
+                self.width = int(used[-1]) + 1 if len(used) else 0
+            self._ascii: bool | None = None
         elif starts is not None and lengths is not None and data is not None:
             self._starts, self._lengths, self._data = starts, lengths, data
             self.n = len(starts)
             self.width = int(lengths.max()) if self.n else 0
             self._shortest = int(lengths.min()) if self.n else 0
+            self._ascii = True
         else:
             raise TypeError("IdText needs a code matrix or Arrow starts, lengths and data")
 
@@ -229,17 +238,27 @@ class IdText:
             return ids
         ascii_arrow = _ascii_arrow_buffers(ids)
         if ascii_arrow is not None:
-            offsets, data = ascii_arrow
-            return cls(starts=offsets[:-1], lengths=np.diff(offsets), data=data)
+            offsets, data, arrow = ascii_arrow
+            return cls(starts=offsets[:-1], lengths=np.diff(offsets), data=data, arrow=arrow)
         text = np.ascontiguousarray(ids_as_text(ids))
         return cls(matrix=text.view(np.uint32).reshape(len(text), text.dtype.itemsize // 4), unicode=text)
+
+    @property
+    def is_ascii(self) -> bool:
+        """Whether every code point is below 128 (then an id packs into bytes)."""
+        if self._ascii is None:
+            assert self._matrix is not None
+            self._ascii = bool(self._matrix[:, :self.width].max(initial=0) < 128)
+        return self._ascii
 
     def select(self, rows: NDArray[np.int64]) -> IdText:
         """The ids at ``rows``: a compact code matrix (one gather of every row), or Arrow ids sharing the text."""
         if self._matrix is not None:
             # np.take copies whole rows (fancy indexing a 2-D array is several times slower)
             return IdText(matrix=np.take(self._matrix, rows, axis=0)[:, :max(self.width, 1)])
-        return IdText(starts=self._starts[rows], lengths=self._lengths[rows], data=self._data)
+        # the byte words are cut from the whole Arrow array at once, then gathered like the ids
+        words = {"bytes": np.take(self.words("bytes"), rows, axis=0)} if self.n else {}
+        return IdText(starts=self._starts[rows], lengths=self._lengths[rows], data=self._data, words=words)
 
     def text(self) -> NDArray[np.str_]:
         """The ids as a fixed-width unicode array (made on first use)."""
@@ -269,18 +288,73 @@ class IdText:
             yield column
             cursor += 1
 
-    def hash(self, weights: NDArray[np.uint64]) -> NDArray[np.int64]:
-        """Multilinear 64-bit hash of each id's code points (arithmetic modulo 2**64)."""
+    def words(self, packing: str) -> NDArray[np.uint64]:
+        """Every id as a row of 64-bit words (rows x words, C order), zero beyond its end.
+
+        ``packing="bytes"`` (only when :attr:`is_ascii`) puts eight characters in a word,
+        ``"code_points"`` two. Equal ids give equal rows under one packing, whatever the
+        representation. Made once per packing.
+        """
+        if packing not in self._words:
+            if packing == "bytes" and not self.is_ascii:
+                raise ValueError("ids with non-ASCII characters cannot be packed as bytes")
+            if packing == "bytes" and self._matrix is None:
+                words = self._arrow_byte_words()
+            else:
+                matrix = self._matrix if self._matrix is not None else self.text().view(np.uint32).reshape(self.n, -1)
+                per_word = 8 if packing == "bytes" else 2
+                n_words = -(-self.width // per_word)
+                units = np.zeros((self.n, n_words * per_word), dtype=np.uint8 if per_word == 8 else np.uint32)
+                units[:, :self.width] = matrix[:, :self.width]
+                words = units.view(np.uint64).reshape(self.n, n_words)
+            self._words[packing] = words
+        return self._words[packing]
+
+    def _arrow_byte_words(self) -> NDArray[np.uint64]:
+        """Eight bytes per word straight from Arrow: every id NUL-padded to whole words in C++."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        n_bytes = 8 * -(-self.width // 8)
+        if n_bytes == 0:
+            return np.zeros((self.n, 0), dtype=np.uint64)
+        fixed = pc.utf8_rpad(self._arrow, width=n_bytes, padding="\0").cast(pa.binary(n_bytes))
+        words = np.frombuffer(fixed.buffers()[1], dtype="<u8")
+        return words[fixed.offset * (n_bytes // 8):][:self.n * (n_bytes // 8)].reshape(self.n, n_bytes // 8)
+
+    def hash(self, packing: str, n_words: int) -> NDArray[np.int64]:
+        """A 64-bit hash of each id's first ``n_words`` words (zero past its end).
+
+        Every word is keyed by its position and mixed (SplitMix64's finaliser), and the mixes
+        are summed, so ids that share most words still get unrelated hashes.
+        """
+        words = self.words(packing)
         hashed = np.zeros(self.n, dtype=np.uint64)
-        step = np.empty(self.n, dtype=np.uint64)
-        for k, column in enumerate(self.codes()):  # one pass per character, no (rows x width) temporary
-            np.multiply(column, weights[k], out=step)
-            hashed += step
+        mixed = np.empty(self.n, dtype=np.uint64)
+        scratch = np.empty(self.n, dtype=np.uint64)
+        for j in range(n_words):
+            key = _POSITION_KEYS[j % len(_POSITION_KEYS)] ^ np.uint64(j)
+            if j < words.shape[1]:
+                np.bitwise_xor(words[:, j], key, out=mixed)
+                hashed += _mix(mixed, scratch)
+            else:  # a word past every id's end is 0 for all of them
+                hashed += _mix(np.array([key], dtype=np.uint64), np.empty(1, np.uint64))[0]
         return hashed.view(np.int64)
 
 
-def _ascii_arrow_buffers(ids: Any) -> tuple[NDArray[np.int64], NDArray[np.uint8]] | None:
-    """(offsets, bytes) of a pandas Arrow string column without nulls whose text is all ASCII."""
+def _mix(values: NDArray[np.uint64], scratch: NDArray[np.uint64]) -> NDArray[np.uint64]:
+    """SplitMix64's finaliser, in place (arithmetic modulo 2**64)."""
+    for shift, multiplier in ((30, _MIX_1), (27, _MIX_2)):
+        np.right_shift(values, np.uint64(shift), out=scratch)
+        values ^= scratch
+        values *= multiplier
+    np.right_shift(values, np.uint64(31), out=scratch)
+    values ^= scratch
+    return values
+
+
+def _ascii_arrow_buffers(ids: Any) -> tuple[NDArray[np.int64], NDArray[np.uint8], Any] | None:
+    """(offsets, bytes, array) of a pandas Arrow string column without nulls whose text is all ASCII."""
     array = ids.array if isinstance(ids, (pd.Series, pd.Index)) else None
     if array is None or not hasattr(array, "__arrow_array__") or not pd.api.types.is_string_dtype(ids.dtype):
         return None
@@ -295,24 +369,27 @@ def _ascii_arrow_buffers(ids: Any) -> tuple[NDArray[np.int64], NDArray[np.uint8]
     data = np.frombuffer(data_buffer, dtype=np.uint8) if data_buffer is not None else np.zeros(0, np.uint8)
     if len(offsets) and data[offsets[0]:offsets[-1]].max(initial=0) >= 128:
         return None  # UTF-8 bytes are not code points: take the unicode-array route
-    return offsets, data
+    return offsets, data, arrow
 
 
-_HASH_SEED = 0x5EED_1D5
+_POSITION_KEYS = np.random.default_rng(0x5EED_1D5).integers(1, 2**63, size=64, dtype=np.uint64)
+_MIX_1, _MIX_2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
 
 def _join_on_hashes(target: IdText, given: IdText) -> NDArray[np.int64] | None:
     """Position in ``target`` of each ``given`` id (-1: unknown), or ``None`` if hashes collide."""
-    width = max(target.width, given.width, 1)
-    weights = np.random.default_rng(_HASH_SEED).integers(1, 2**63, size=width, dtype=np.uint64)
-    weights = weights * np.uint64(2) + np.uint64(1)  # odd weights: every code point change moves the hash
-    table = pd.Index(target.hash(weights))
+    packing = "bytes" if target.is_ascii and given.is_ascii else "code_points"
+    given_words, target_words = given.words(packing), target.words(packing)
+    n_words = max(given_words.shape[1], target_words.shape[1])
+    table = pd.Index(target.hash(packing, n_words))
     if not table.is_unique:  # unique ids, equal hashes: a collision
         return None
-    found = table.get_indexer(given.hash(weights)).astype(np.int64)
+    found = table.get_indexer(given.hash(packing, n_words)).astype(np.int64)
     known = found >= 0
-    given_matched = given if known.all() else given.select(np.flatnonzero(known))
-    paired = target.select(found[known])  # one random gather, then columns in order
-    if given_matched.width != paired.width:
+    given_matched = given_words if known.all() else given_words[known]
+    paired = np.take(target_words, found[known], axis=0)  # one random gather of whole rows
+    common = min(given_words.shape[1], target_words.shape[1])
+    # every paired id must be equal word for word, and zero wherever only one side has words
+    if given_matched[:, common:].any() or paired[:, common:].any():
         return None
-    return found if all(map(np.array_equal, given_matched.codes(), paired.codes())) else None
+    return found if np.array_equal(given_matched[:, :common], paired[:, :common]) else None

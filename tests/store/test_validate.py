@@ -82,9 +82,9 @@ def test_duplicated_given_ids_are_named() -> None:
 
 
 @pytest.mark.parametrize("collide", [
-    pytest.param(lambda self, weights: np.zeros(self.n, np.int64), id="all-equal"),
+    pytest.param(lambda self, packing, n_words: np.zeros(self.n, np.int64), id="all-equal"),
     # order-blind: "ab" and "ba" share a hash, so the hash join alone would pair them
-    pytest.param(lambda self, weights: np.add.reduce([c.astype(np.int64) for c in self.codes()], initial=0)
+    pytest.param(lambda self, packing, n_words: np.add.reduce([c.astype(np.int64) for c in self.codes()], initial=0)
                  if self.width else np.zeros(self.n, np.int64), id="anagrams"),
 ])
 def test_a_hash_collision_never_pairs_different_ids(monkeypatch, collide) -> None:
@@ -108,3 +108,39 @@ def test_the_hash_join_itself_finds_every_shuffled_ascii_id(monkeypatch) -> None
     given, _ = _shuffled(store_ids, seed=1)
     assert match_ids(_arrow(given), store_ids).exact
     assert calls and calls[0] is not None
+
+
+@pytest.mark.parametrize("given_kind", ["arrow", "unicode"])
+def test_ids_of_every_length_around_the_eight_byte_words_match(given_kind) -> None:
+    """Ids end inside, at and just past 64-bit word boundaries; a longer or shorter id is never paired."""
+    store_ids = np.asarray([("x" * length)[:-1] + str(k) for length in range(1, 26) for k in range(3)], dtype=str)
+    given, order = _shuffled(store_ids, seed=2)
+    as_given = _arrow if given_kind == "arrow" else (lambda ids: np.asarray(ids, dtype=str))
+    match = match_ids(as_given(given), store_ids)
+    assert match.exact
+    np.testing.assert_array_equal(given[match.position], store_ids)
+    # the given side has an id longer than any stored one (one more word), and one shorter
+    longer = match_ids(as_given([*given, "x" * 40, "x"]), store_ids)
+    assert (longer.n_extra, sorted(longer.extra)) == (2, ["x", "x" * 40])
+    assert longer.n_missing == 0
+    shorter = match_ids(as_given(given[np.char.str_len(given) <= 8]), store_ids)
+    assert shorter.n_missing == int((np.char.str_len(store_ids) > 8).sum()) and shorter.n_extra == 0
+
+
+def test_ascii_ids_match_a_store_that_also_has_non_ascii_ids(monkeypatch) -> None:
+    """One non-ASCII side switches both sides to code-point words; the hash join still does the matching."""
+    calls = []
+    original = _validate._join_on_hashes
+    monkeypatch.setattr(_validate, "_join_on_hashes", lambda *a: calls.append(r := original(*a)) or r)
+    store_ids = np.asarray([f"img_{i}" for i in range(300)] + ["bild_é", "日本"], dtype=str)
+    match = match_ids(_arrow(store_ids[:300][::-1]), store_ids)
+    assert (match.n_missing, sorted(match.missing), match.n_extra) == (2, ["bild_é", "日本"], 0)
+    np.testing.assert_array_equal(match.position[:300], np.arange(299, -1, -1))
+    assert calls and calls[0] is not None
+
+
+def test_arrow_and_wide_unicode_ids_hash_alike() -> None:
+    short = IdText.of(_arrow(["ab", "img_12345"]))
+    wide = IdText.of(np.asarray(["ab", "img_12345"], dtype="<U40"))
+    np.testing.assert_array_equal(short.hash("bytes", 4), wide.hash("bytes", 4))
+    assert len(set(short.hash("bytes", 2).tolist())) == 2
