@@ -32,7 +32,7 @@ def input_hash(*arrays: np.ndarray, extra: str = "") -> str:
 MIN_WEIGHT = 1e-3
 # Part of every study name: bump it whenever a search space or objective changes, so studies
 # stored by an older version are never reused for a different search.
-SEARCH_SPACE_VERSION = "s2"
+SEARCH_SPACE_VERSION = "s3"
 
 
 def suggest_weights(trial: optuna.Trial, keys: list[str]) -> dict[str, float]:
@@ -107,18 +107,20 @@ def run_study(
     *claims* it, :mod:`ensemble_kit.ensemble._claims`); another one that reaches it tunes other
     studies first (inside :func:`~ensemble_kit.ensemble._claims.run_shared`) or waits, then reuses
     it. So every study ends with exactly ``n_trials`` completed trials, and its best trial is the
-    one a single process finds.
+    one a single process finds. On a database the trials run in memory and are written when the
+    study is done (:func:`_optimize`): optuna-dashboard shows a study once it is finished.
     """
     opened = open_storage(storage)
+
+    def sampler() -> optuna.samplers.BaseSampler:
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(20, max(5, n_trials // 5)))
+
     with _quiet_trials():
-        study = optuna.create_study(
-            study_name=name, storage=opened, direction="minimize", load_if_exists=True,
-            sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True,
-                                               n_startup_trials=min(20, max(5, n_trials // 5))),
-        )
+        study = optuna.create_study(study_name=name, storage=opened, direction="minimize", load_if_exists=True,
+                                    sampler=sampler())
         claims = claims_for(opened)
         if claims is None:
-            _optimize(study, objective, n_trials, enqueue, attrs)
+            _optimize(study, objective, n_trials, enqueue, attrs, sampler=sampler if opened is not None else None)
         elif not _finished(study, n_trials):
             if claims.acquire(name):
                 held = True
@@ -129,7 +131,8 @@ def run_study(
             if held:
                 try:
                     _fail_orphans(study)
-                    _optimize(study, objective, n_trials, enqueue, {**(attrs or {}), "tuned_by": claims.owner})
+                    _optimize(study, objective, n_trials, enqueue, {**(attrs or {}), "tuned_by": claims.owner},
+                              sampler=sampler)
                 finally:
                     claims.release(name)
     logger.info("study %s: best %.6f after %d trials", name, study.best_value, len(study.trials))
@@ -149,16 +152,32 @@ def _fail_orphans(study: optuna.Study) -> None:
 
 
 def _optimize(study: optuna.Study, objective: Callable[[optuna.Trial], float], n_trials: int,
-              enqueue: list[dict[str, Any]] | None, attrs: dict[str, Any] | None) -> None:
+              enqueue: list[dict[str, Any]] | None, attrs: dict[str, Any] | None, *,
+              sampler: Callable[[], optuna.samplers.BaseSampler] | None) -> None:
+    """Run ``study`` up to ``n_trials`` completed trials.
+
+    With a database storage (``sampler`` given) the trials run in a study in memory that starts
+    from the stored ones, and only the finished trials are written, at the end: a trial costs
+    about 3 ms in memory against 20-50 ms when every suggestion reads and writes the database.
+    Same seed, same history: the trials are the ones a study run on the database would give.
+    """
     if not study.trials:
         for key, value in (attrs or {}).items():
             study.set_user_attr(key, value)
+    stored = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if len(stored) >= n_trials:
+        return
+    work = study
+    if sampler is not None:
+        work = optuna.create_study(direction="minimize", sampler=sampler())
+        work.add_trials(stored)
+    if not stored:
         for params in enqueue or []:
-            study.enqueue_trial(params)
-    done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
-    if done < n_trials:
-        tracker = _Progress(study.study_name, n_trials, done)
-        try:
-            study.optimize(objective, n_trials=n_trials - done, show_progress_bar=False, callbacks=[tracker])
-        finally:
-            tracker.close()
+            work.enqueue_trial(params)
+    tracker = _Progress(study.study_name, n_trials, len(stored))
+    try:
+        work.optimize(objective, n_trials=n_trials - len(stored), show_progress_bar=False, callbacks=[tracker])
+    finally:
+        tracker.close()
+    if work is not study:
+        study.add_trials(work.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))[len(stored):])

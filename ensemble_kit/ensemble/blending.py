@@ -19,19 +19,29 @@ from ensemble_kit.ensemble._inputs import LogitInput
 from ensemble_kit.ensemble._optuna import SEARCH_SPACE_VERSION, input_hash, run_study, starting_points, suggest_weights
 from ensemble_kit.ensemble._registry import register_ensembler
 from ensemble_kit.ensemble.voting import mixture_log_loss
+from ensemble_kit.decision.calibration import fit_temperature
 from ensemble_kit.errors import ValidationError
-from ensemble_kit.metrics import get_metric, safe_log
+from ensemble_kit.metrics import get_metric, log_softmax, safe_log
 
 __all__ = ["Blender", "check_stages", "mix"]
 
 logger = logging.getLogger(__name__)
 
 
-def mix(stage_probs: Mapping[str, NDArray], weights: Mapping[str, float]) -> NDArray:
-    """Weighted average of stage probabilities, returned as log-probabilities."""
+def mix(stage_probs: Mapping[str, NDArray], weights: Mapping[str, float],
+        temperatures: Mapping[str, float] | None = None) -> NDArray:
+    """Weighted average of stage probabilities (each first tempered, when given), as log-probabilities."""
     total = sum(weights.values())
-    mixed = sum((w / total) * stage_probs[name] for name, w in weights.items())
+    tempered = temper(stage_probs, temperatures) if temperatures else stage_probs
+    mixed = sum((w / total) * tempered[name] for name, w in weights.items())
     return safe_log(mixed / mixed.sum(axis=1, keepdims=True))
+
+
+def temper(stage_probs: Mapping[str, NDArray], temperatures: Mapping[str, float]) -> dict[str, NDArray]:
+    """``softmax(log p / T)`` of every stage with a temperature other than 1."""
+    return {name: p if temperatures.get(name, 1.0) == 1.0
+            else np.exp(log_softmax(safe_log(p) / temperatures[name])).astype(p.dtype, copy=False)
+            for name, p in stage_probs.items()}
 
 
 def check_stages(stages: Any, *, owner: str) -> list[tuple[str, BaseEnsembler]]:
@@ -61,8 +71,10 @@ class Blender(BaseEnsembler):
         The stages to blend. Each is cloned and fitted on the same folds; their honest OOF
         predictions feed the weight tuning.
     weights : "optuna" or dict stage name -> weight
-        ``"optuna"`` tunes weights on the stages' honest OOF predictions for ``metric``; a dict
-        gives fixed weights (``_recipes.YANDEX_WEIGHTS`` is the Yandex solution's 0.4/0.3/0.3).
+        ``"optuna"`` first fits one temperature per stage (log loss, on the same rows), then
+        tunes weights on the tempered stages' honest OOF predictions for ``metric``; a dict
+        gives fixed weights of the stages as they are (``_recipes.YANDEX_WEIGHTS`` is the
+        Yandex solution's 0.4/0.3/0.3).
     metric, n_trials, seed, storage
         As in :class:`SoftVoting` (used when ``weights="optuna"``).
 
@@ -70,12 +82,16 @@ class Blender(BaseEnsembler):
     ----------
     stages_ : dict of fitted ensemblers
     weights_ : dict stage name -> weight (sums to 1)
+    temperatures_ : dict stage name -> temperature applied to the stage before mixing (1: none)
     stage_oof_ : dict stage name -> honest OOF probabilities
 
     Notes
     -----
     With ``weights="optuna"`` the blend's own OOF predictions are nested: for each fold, the
-    weights are tuned on the other folds' stage OOF predictions and applied to that fold.
+    temperatures and weights are fitted on the other folds' stage OOF predictions and applied
+    to that fold. A linear pool of probabilities is only as good as its members' calibration:
+    a stage that ranks well but is over- or under-confident (class-wise meta-learners on
+    hundreds of classes) would otherwise get almost no weight.
 
     Examples
     --------
@@ -144,10 +160,11 @@ class Blender(BaseEnsembler):
         if isinstance(self.weights, str):
             # a fold clone's own weights must not share a study with its parent's fold-k weights
             tag = f"{self._fold_tag}-final" if hasattr(self, "_fold_tag") else "final"
-            self.weights_ = self._tune(self.stage_oof_, y, tag=tag)
+            self.weights_, self.temperatures_ = self._tune(self.stage_oof_, y, tag=tag)
         else:
             total = float(sum(self.weights.values()))
             self.weights_ = {n: float(w) / total for n, w in self.weights.items()}
+            self.temperatures_ = {n: 1.0 for n in self.stage_oof_}
 
     def _honest_oof(self, logits: NDArray, y: NDArray[np.int64], folds: NDArray[np.int64]) -> NDArray:
         """The stages' OOF predictions are honest already; only the weights need nesting."""
@@ -156,14 +173,23 @@ class Blender(BaseEnsembler):
             return np.exp(mix(self.stage_oof_, {n: float(w) / total for n, w in self.weights.items()}))
 
         def fit_predict(fit: NDArray, held: NDArray, k: int) -> NDArray:
-            weights = self._tune({n: p[fit] for n, p in self.stage_oof_.items()}, y[fit], tag=f"fold{k}")
-            return np.exp(mix({n: p[held] for n, p in self.stage_oof_.items()}, weights))
+            weights, temperatures = self._tune({n: p[fit] for n, p in self.stage_oof_.items()}, y[fit],
+                                               tag=f"fold{k}")
+            return np.exp(mix({n: p[held] for n, p in self.stage_oof_.items()}, weights, temperatures))
 
         return cross_fit(folds, fit_predict)
 
-    def _tune(self, stage_probs: Mapping[str, NDArray], y: NDArray[np.int64], *, tag: str) -> dict[str, float]:
+    def _stage_temperatures(self, stage_probs: Mapping[str, NDArray], y: NDArray[np.int64]) -> dict[str, float]:
+        """One log-loss temperature per stage, fitted on these rows."""
+        return {name: fit_temperature(p, y, kind="probs", seed=self.seed) for name, p in stage_probs.items()}
+
+    def _tune(self, stage_probs: Mapping[str, NDArray], y: NDArray[np.int64], *,
+              tag: str) -> tuple[dict[str, float], dict[str, float]]:
+        """Stage temperatures, then the blend weights of the tempered stages (an Optuna study)."""
         metric = get_metric(self.metric)
         names = list(stage_probs)
+        temperatures = self._stage_temperatures(stage_probs, y)
+        stage_probs = temper(stage_probs, temperatures)
         if metric.name == "log_loss":
             mixture_loss = mixture_log_loss(np.stack([stage_probs[n][np.arange(len(y)), y] for n in names]))
 
@@ -184,7 +210,7 @@ class Blender(BaseEnsembler):
                           attrs={"stage": "blend", "stages": names, "models": list(self.model_names_),
                                  "metric": metric.name, "fold": tag})
         total = sum(study.best_params.values())
-        return {n: study.best_params[n] / total for n in names}
+        return {n: study.best_params[n] / total for n in names}, temperatures
 
     def stage_proba(self, X: LogitInput, *, models: Sequence[str] | None = None) -> dict[str, NDArray]:
         """Each fitted stage's probabilities for ``X``."""
@@ -194,12 +220,12 @@ class Blender(BaseEnsembler):
 
     def _predict_prepared(self, logits: NDArray) -> NDArray:
         probs = {name: np.exp(stage._predict_log_proba(logits)) for name, stage in self.stages_.items()}
-        return mix(probs, self.weights_)
+        return mix(probs, self.weights_, self.temperatures_)
 
     def _fitted_state(self, out: Any, key: str) -> dict[str, Any]:
         from ensemble_kit.ensemble._persist import dump_estimator
 
-        return {"weights": dict(self.weights_),
+        return {"weights": dict(self.weights_), "temperatures": dict(self.temperatures_),
                 "stages": {name: dump_estimator(stage, out, f"{key}.{name}") for name, stage in self.stages_.items()}}
 
     def _restore_fitted(self, state: dict[str, Any], source: Any) -> None:
@@ -207,5 +233,10 @@ class Blender(BaseEnsembler):
 
         self.stages_ = {name: load_estimator(doc, source, f"stage {name!r}") for name, doc in state["stages"].items()}
         self.weights_ = {str(k): float(v) for k, v in state["weights"].items()}
+        # stacks saved before stage temperatures existed mixed their stages untempered
+        self.temperatures_ = {str(k): float(v) for k, v in state.get("temperatures", {}).items()}
+        self.temperatures_ = {name: self.temperatures_.get(name, 1.0) for name in self.stages_}
+        if not all(np.isfinite(t) and t > 0 for t in self.temperatures_.values()):
+            raise ValidationError(f"saved blend temperatures must be positive numbers; got {self.temperatures_}.")
         if set(self.weights_) != set(self.stages_):
             raise ValidationError(f"saved blend weights {sorted(self.weights_)} do not match its stages {sorted(self.stages_)}.")

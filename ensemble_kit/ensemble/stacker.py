@@ -232,7 +232,7 @@ class Stacker(BaseEstimator):
         t0 = time.perf_counter()
         log_oof = safe_log(oof)
         nested = np.exp(cross_fit(folds, lambda fit, held, _k: log_softmax(
-            log_oof[held] / fit_temperature(log_oof[fit], y[fit]))))
+            log_oof[held] / fit_temperature(log_oof[fit], y[fit], seed=self.seed))))
         loss = get_metric("log_loss")
         keep = loss(y, nested, kind="probs") <= loss(y, oof, kind="probs")
         report("+temperature", "calibration", nested, time.perf_counter() - t0, kept=keep)
@@ -240,7 +240,7 @@ class Stacker(BaseEstimator):
             self.temperature_rejected_ = True
             logger.warning("a temperature makes nested log loss worse: probabilities stay as the ensemble gives them")
             return oof
-        self.temperature_ = fit_temperature(log_oof, y)
+        self.temperature_ = fit_temperature(log_oof, y, seed=self.seed)
         return nested
 
     def _fit_thresholds(self, oof: NDArray, y: NDArray[np.int64], folds: NDArray[np.int64], report: Any) -> NDArray:

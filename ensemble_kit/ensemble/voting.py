@@ -126,7 +126,7 @@ class SoftVoting(BaseEnsembler):
         log_probs = log_softmax(logits)
         check_space(self.space)
         n_models = log_probs.shape[0]
-        self.temperatures_ = (np.array([fit_temperature(lp, y) for lp in log_probs]) if self.temperature
+        self.temperatures_ = (np.array([fit_temperature(lp, y, seed=self.seed) for lp in log_probs]) if self.temperature
                               else np.ones(n_models))
         scaled = self._scale(log_probs)
         if isinstance(self.weights, str) and self.weights == "equal":

@@ -78,3 +78,18 @@ def test_temperature_scaling_calibrates():
     assert log_loss(y, ts.transform(hot), kind="logits") < log_loss(y, hot, kind="logits") - 0.3
     probs_ts = TemperatureScaling(kind="probs").fit(softmax(hot), y)
     assert abs(probs_ts.temperature_ - ts.temperature_) < 0.05
+
+
+def test_a_temperature_beyond_max_rows_is_fitted_on_a_seeded_sample():
+    from ensemble_kit.decision.calibration import fit_temperature
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 5, 30_000)
+    logits = (np.eye(5)[y] * 2 + rng.normal(size=(30_000, 5))) * 3  # over-confident: T above 1
+    full = fit_temperature(logits, y, max_rows=None)
+    sampled = fit_temperature(logits, y, max_rows=5_000, seed=1)
+    assert full > 1.3 and abs(sampled - full) < 0.05 * full
+    assert fit_temperature(logits, y, max_rows=5_000, seed=1) == sampled  # reproducible
+    assert fit_temperature(logits, y, max_rows=5_000, seed=2) != sampled   # the seed draws the sample
+    probs = softmax(logits)
+    assert fit_temperature(probs, y, kind="probs", max_rows=None) == pytest.approx(full, rel=1e-3)

@@ -79,3 +79,20 @@ def test_logreg_inner_cv_prefers_weak_regularisation_on_signal():
     assert meta.model_.steps[-1][1].C >= 0.1
     fixed = MetaLearner("logreg", layout="wide", params={"C": 0.002}).fit(strong, y)
     assert fixed.model_.steps[-1][1].C == 0.002      # a given C is used as is, no search
+
+
+def test_blend_stage_temperatures_are_fitted_on_the_fitting_rows_only(monkeypatch):
+    """Each fold's stage temperatures see only the other folds' rows; on random labels the blend
+    stays at chance."""
+    from ensemble_kit import Blender
+    from ensemble_kit.ensemble import blending
+
+    seen = []
+    original = blending.fit_temperature
+    monkeypatch.setattr(blending, "fit_temperature", lambda z, y, **kw: seen.append(len(y)) or original(z, y, **kw))
+    train, y = _noise(300, 4)
+    blend = Blender([("vote", SoftVoting("equal")), ("lr", MetaLearner("logreg", layout="wide"))],
+                    n_trials=10).fit(train, y)
+    fold_sizes = sorted(int((blend.folds_ != k).sum()) for k in np.unique(blend.folds_))
+    assert sorted(seen) == sorted([*(size for size in fold_sizes for _ in range(2)), 300, 300])
+    assert log_loss(y, blend.oof_proba_, kind="probs") > np.log(3) - 0.02

@@ -154,3 +154,39 @@ def test_environment_variables_in_a_url_are_expanded(tmp_path, monkeypatch):
     storage = open_storage("sqlite:///${EK_TEST_DB_DIR}/env.db")
     optuna.create_study(study_name="x", storage=storage)
     assert (tmp_path / "env.db").is_file()
+
+
+def test_a_database_study_is_tuned_in_memory_and_gets_the_same_trials(tmp_path):
+    """On a database the trials run in memory and are written once finished: the stored study holds
+    exactly the trials (params, values, order) of a study tuned in memory, and resumes a partial one."""
+    def objective(trial: optuna.Trial) -> float:
+        return (trial.suggest_float("x", -3, 3) - 1) ** 2 + trial.suggest_float("y", 0.01, 1, log=True)
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    start = [{"x": 0.0, "y": 0.5}]
+    memory = run_study("s", objective, n_trials=30, seed=3, storage=None, enqueue=start)
+    stored = run_study("s", objective, n_trials=30, seed=3, storage=url, enqueue=start)
+    assert [t.params for t in stored.trials] == [t.params for t in memory.trials]
+    assert [t.value for t in stored.trials] == [t.value for t in memory.trials]
+    assert {t.state for t in optuna.load_study(study_name="s", storage=url).trials} == {optuna.trial.TrialState.COMPLETE}
+    # a study left with 10 trials (an older version, a killed write) is completed, not restarted
+    partial = optuna.create_study(study_name="p", storage=url)
+    partial.add_trials(memory.trials[:10])
+    resumed = run_study("p", objective, n_trials=30, seed=3, storage=url, enqueue=start)
+    assert len(resumed.trials) == 30 and [t.params for t in resumed.trials[:10]] == [t.params for t in memory.trials[:10]]
+    assert resumed.trials[10].params != start[0]  # the starting point is queued only in a new study
+
+
+def test_a_database_study_sees_no_half_run_trial(tmp_path):
+    """While a study is tuned, its database holds none of its trials (no RUNNING row a dying process
+    could leave behind); afterwards it holds all of them, complete."""
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    seen = []
+
+    def objective(trial: optuna.Trial) -> float:
+        seen.append(len(optuna.load_study(study_name="s", storage=url).trials))
+        return _quadratic(trial)
+
+    run_study("s", objective, n_trials=5, seed=0, storage=url)
+    assert seen == [0] * 5
+    assert len(optuna.load_study(study_name="s", storage=url).get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 5

@@ -62,7 +62,8 @@ def test_full_recipe_is_the_default_and_tunes_a_nested_blend():
     assert labels_stk.temperature_ is None and labels_stk.report_["step"].iloc[-1] == "+thresholds"
     # what the deleted "logloss" recipe did: the full stages, a temperature whatever the metric
     calibrated = fast(metric="f1_macro", n_trials=15).set_params(calibrate=True, thresholds=None).fit(logits, y)
-    assert calibrated.temperature_ is not None and calibrated.thresholds_ is None
+    assert calibrated.report_["step"].iloc[-1] == "+temperature" and calibrated.thresholds_ is None
+    assert (calibrated.temperature_ is not None) != calibrated.temperature_rejected_
 
 
 def test_full_recipe_stacks_class_wise_at_many_classes():

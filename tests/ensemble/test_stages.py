@@ -174,3 +174,27 @@ def test_blend_study_is_keyed_on_its_stages_predictions(tmp_path):
     first, changed, again = blend(1.0), blend(0.001), blend(1.0)
     assert set(first.study_names_).isdisjoint(changed.study_names_)
     assert again.study_names_ == first.study_names_ and again.weights_ == first.weights_
+
+
+def test_blender_tempers_a_well_ranked_but_overconfident_stage():
+    """A linear pool weighs stages by their calibrated quality: the most accurate stage, made 6x
+    over-confident, gets a temperature above 1 and most of the weight, and the blend beats both
+    untempered stages."""
+    from ensemble_kit.ensemble.blending import mix
+    from ensemble_kit.metrics import log_loss
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 600)
+    sharp = (np.eye(4)[y] * 2.5 + rng.normal(size=(600, 4))) * 6
+    soft = np.eye(4)[y] * 0.8 + rng.normal(size=(600, 4))
+    logits = {"sharp": sharp, "soft": soft}
+    blend = Blender([("sharp", SoftVoting([1, 0])), ("soft", SoftVoting([0, 1]))], n_trials=20).fit(logits, y)
+    assert blend.temperatures_["sharp"] > 1.5 and 0.5 < blend.temperatures_["soft"] < 1.5
+    assert blend.weights_["sharp"] > 0.5
+    untempered = {n: log_loss(y, p, kind="probs") for n, p in blend.stage_oof_.items()}
+    assert log_loss(y, blend.oof_proba_, kind="probs") < min(untempered.values()) - 0.1
+    stacked = np.stack([sharp, soft]).astype(np.float32)
+    expected = mix(blend.stage_proba(logits), blend.weights_, blend.temperatures_)
+    np.testing.assert_allclose(blend._predict_prepared(stacked), expected, atol=1e-5)
+    fixed = Blender([("sharp", SoftVoting([1, 0])), ("soft", SoftVoting([0, 1]))], weights={"sharp": 1, "soft": 1})
+    assert fixed.fit(logits, y).temperatures_ == {"sharp": 1.0, "soft": 1.0}  # fixed blends mix stages as they are
