@@ -66,8 +66,11 @@ class HillClimbing(BaseEnsembler):
 
     _needs_models = "it selects among several models"
 
-    def _fit_prepared(self, logits: NDArray, y: NDArray[np.int64], folds: NDArray[np.int64]) -> None:
-        log_probs = log_softmax(logits)
+    def _prepare(self, logits: NDArray) -> NDArray:
+        """Every model's log-probabilities, once per fit (each fold takes its rows)."""
+        return log_softmax(logits)
+
+    def _fit_prepared(self, log_probs: NDArray, y: NDArray[np.int64], folds: NDArray[np.int64]) -> None:
         check_space(self.space)
         if self.init not in ("best", "empty"):
             raise ValidationError(f"init must be 'best' or 'empty'; got {self.init!r}.")
@@ -122,8 +125,8 @@ class HillClimbing(BaseEnsembler):
             self.trajectory_.append(losses[best])
         return counts / counts.sum()
 
-    def _predict_prepared(self, logits: NDArray) -> NDArray:
-        return combine(log_softmax(logits), self.weights_, self.space)
+    def _predict_prepared(self, log_probs: NDArray) -> NDArray:
+        return combine(log_probs, self.weights_, self.space)
 
     def _fitted_state(self, out: Any, key: str) -> dict[str, Any]:
         return {"weights": out.array(f"{key}.weights", self.weights_)}

@@ -36,7 +36,11 @@ def combine(log_probs: NDArray, weights: NDArray, space: str) -> NDArray:
     w = np.asarray(weights, dtype=np.float64)
     w = w / w.sum()
     if check_space(space) == "probs":
-        mixed = np.tensordot(w.astype(np.float32), np.exp(log_probs), axes=1)
+        # one model at a time: an (n, C) temporary, not an exp of the whole (M, n, C) stack
+        mixed = np.zeros(log_probs.shape[1:], dtype=np.result_type(log_probs.dtype, np.float32))
+        for weight, member in zip(w.astype(mixed.dtype), log_probs):
+            if weight:
+                mixed += weight * np.exp(member)
         return safe_log(mixed / mixed.sum(axis=1, keepdims=True))
     return log_softmax(np.tensordot(w.astype(np.float32), log_probs, axes=1))
 
@@ -122,17 +126,19 @@ class SoftVoting(BaseEnsembler):
     # one model is a valid vote: its (fold-averaged) probabilities, with its own temperature
     _min_models = 1
 
-    def _fit_prepared(self, logits: NDArray, y: NDArray[np.int64], folds: NDArray[np.int64]) -> None:
-        log_probs = log_softmax(logits)
+    def _prepare(self, logits: NDArray) -> NDArray:
+        """Every model's log-probabilities, once per fit (each fold takes its rows)."""
+        return log_softmax(logits)
+
+    def _fit_prepared(self, log_probs: NDArray, y: NDArray[np.int64], folds: NDArray[np.int64]) -> None:
         check_space(self.space)
         n_models = log_probs.shape[0]
         self.temperatures_ = (np.array([fit_temperature(lp, y, seed=self.seed) for lp in log_probs]) if self.temperature
                               else np.ones(n_models))
-        scaled = self._scale(log_probs)
         if isinstance(self.weights, str) and self.weights == "equal":
             self.weights_ = np.full(n_models, 1.0 / n_models)
         elif isinstance(self.weights, str) and self.weights == "optuna":
-            self.weights_ = self._tune(scaled, y) if n_models > 1 else np.ones(1)
+            self.weights_ = self._tune(self._scale(log_probs), y) if n_models > 1 else np.ones(1)
         elif isinstance(self.weights, str):
             raise ValidationError(f"weights must be 'optuna', 'equal' or an array; got {self.weights!r}.")
         else:
@@ -144,7 +150,8 @@ class SoftVoting(BaseEnsembler):
     def _scale(self, log_probs: NDArray) -> NDArray:
         if not self.temperature:
             return log_probs
-        return log_softmax(log_probs / self.temperatures_[:, None, None].astype(np.float32))
+        scaled = log_probs / self.temperatures_[:, None, None].astype(log_probs.dtype)
+        return log_softmax(scaled, out=scaled)  # in place: one full-size array, not two
 
     def _tune(self, log_probs: NDArray, y: NDArray[np.int64]) -> NDArray:
         metric = get_metric(self.metric)
@@ -175,8 +182,8 @@ class SoftVoting(BaseEnsembler):
         self._record_studies([name])
         return weights_of(study.best_params)
 
-    def _predict_prepared(self, logits: NDArray) -> NDArray:
-        return combine(self._scale(log_softmax(logits)), self.weights_, self.space)
+    def _predict_prepared(self, log_probs: NDArray) -> NDArray:
+        return combine(self._scale(log_probs), self.weights_, self.space)
 
     def _fitted_state(self, out: Any, key: str) -> dict[str, Any]:
         return {"weights": out.array(f"{key}.weights", self.weights_),

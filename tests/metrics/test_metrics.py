@@ -90,3 +90,20 @@ def test_registry():
     assert get_metric("accuracy").loss(y, logits, kind="logits") == -1.0
     with pytest.raises(ValidationError, match="Unknown metric 'auc'"):
         get_metric("auc")
+
+
+def test_log_softmax_in_row_blocks_equals_the_whole_array_formula():
+    from ensemble_kit.metrics import _scores
+
+    rng = np.random.default_rng(0)
+    big = (rng.normal(size=(3, 1500, 400)) * 20).astype(np.float32)  # 1.8M values: several blocks
+    assert big.size > _scores._BLOCK_VALUES
+    expected = big - big.max(axis=-1, keepdims=True)
+    expected -= np.log(np.exp(expected).sum(axis=-1, keepdims=True))
+    out = log_softmax(big)
+    assert out.dtype == np.float32 and out.shape == big.shape
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    # other axes take the one-block path, strided views are copied to C order first: same result
+    np.testing.assert_allclose(log_softmax(big.transpose(2, 1, 0), axis=0), expected.transpose(2, 1, 0), atol=1e-5)
+    np.testing.assert_allclose(log_softmax(big[:, ::2]), expected[:, ::2], atol=1e-5)
+    np.testing.assert_allclose(np.exp(log_softmax(np.array([1, 2, 3]))).sum(), 1.0)
