@@ -142,8 +142,12 @@ class _CatBoost(LearnerBackend):
 
     def fit(self, r: FitRequest) -> Any:
         catboost = import_optional("catboost", feature="The CatBoost meta-learner")
+        # max_ctr_complexity=1: the class id (the class-wise layout's one categorical) is not
+        # combined with other features into new categoricals; on 396 classes that cut the stage
+        # from 104 s to 71 s at the same nested OOF log loss (1.7009 vs 1.7011, benchmarks/README.md)
         defaults = dict(iterations=1000, learning_rate=0.1, depth=5, l2_leaf_reg=5.0, bootstrap_type="Bernoulli",
-                        subsample=0.8, border_count=128, loss_function="Logloss" if r.binary else "MultiClass",
+                        subsample=0.8, border_count=128, max_ctr_complexity=1,
+                        loss_function="Logloss" if r.binary else "MultiClass",
                         random_seed=r.seed, thread_count=r.threads, verbose=False, allow_writing_files=False)
         model = catboost.CatBoostClassifier(**{**defaults, **r.params})
         w_fit = None if r.weight is None else r.weight[r.fit_rows]
