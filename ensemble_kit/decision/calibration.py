@@ -9,7 +9,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from ensemble_kit.errors import ValidationError
-from ensemble_kit.metrics import log_softmax, safe_log
+from ensemble_kit.metrics import check_kind, log_softmax, safe_log
 from ensemble_kit.metrics._scores import check_targets
 
 _LOG_T_BOUNDS = (np.log(0.05), np.log(20.0))
@@ -17,18 +17,19 @@ _LOG_T_BOUNDS = (np.log(0.05), np.log(20.0))
 TEMPERATURE_ROWS = 10_000
 
 
-def fit_temperature(scores: NDArray, y: NDArray[np.int64], *, kind: str = "logits",
+def fit_temperature(logits: NDArray, y: NDArray[np.int64], *, kind: str = "logits",
                     max_rows: int | None = TEMPERATURE_ROWS, seed: int = 0) -> float:
     """Temperature T in [0.05, 20] minimising the log loss of ``softmax(logits / T)``.
 
-    ``kind="probs"`` takes probabilities (their logs are the logits). A temperature is one
-    number: beyond ``max_rows`` rows it is fitted on a sample of that many (drawn with
+    ``kind="probs"``: ``logits`` holds probabilities (their logs are the logits). A temperature
+    is one number: beyond ``max_rows`` rows it is fitted on a sample of that many (drawn with
     ``seed``), which is as good and far cheaper at hundreds of classes.
     """
+    check_kind(kind)
     if max_rows is not None and len(y) > max_rows:
         rows = np.sort(np.random.default_rng(seed).choice(len(y), max_rows, replace=False))
-        scores, y = scores[rows], y[rows]
-    z = np.asarray(safe_log(scores) if kind == "probs" else scores, dtype=np.float32)
+        logits, y = logits[rows], y[rows]
+    z = np.asarray(safe_log(logits) if kind == "probs" else logits, dtype=np.float32)
     true = z[np.arange(len(y)), y].astype(np.float64)
     top = z.max(axis=1, keepdims=True)
 

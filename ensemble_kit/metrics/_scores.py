@@ -28,7 +28,10 @@ def safe_log(probs: ArrayLike) -> NDArray[np.floating]:
     p = np.asarray(probs)
     if not np.issubdtype(p.dtype, np.floating):
         p = p.astype(np.float64)
-    return np.log(np.clip(p, PROB_EPS, 1.0))
+    clipped = np.clip(p, PROB_EPS, 1.0)
+    if isinstance(clipped, np.ndarray):  # one new array, not two (fresh pages are costly on big inputs)
+        return np.log(clipped, out=clipped)
+    return np.log(clipped)
 
 
 def log_softmax(logits: ArrayLike, axis: int = -1, *, out: NDArray[np.floating] | None = None) -> NDArray[np.floating]:

@@ -171,14 +171,14 @@ class IdMatch:
 def match_ids(given: Any, expected: Any) -> IdMatch:
     """Match ``given`` ids to the (unique) ``expected`` ones as text, linear in the rows.
 
-    Each id is hashed to 64 bits by a vectorised multilinear hash of its Unicode code points, the
-    hashes are joined in one hash table, and every match is then checked code point by code
-    point: a hash collision (chance, or ids crafted to collide) can never pair two different
+    Each id is packed into 64-bit words (eight ASCII bytes, or two code points when either side
+    has a non-ASCII id), each word is mixed with its position and the mixes are summed into a
+    64-bit hash; the hashes are joined in one hash table, and every match is then checked word
+    for word: a hash collision (chance, or ids crafted to collide) can never pair two different
     ids; it only sends the join down the exact (about three times slower) text hash join.
-    Pandas' Arrow strings that are plain ASCII (the usual ids) are hashed straight from their
-    bytes, with no Python object or fixed-width copy per id. Numpy's set routines on object
-    arrays and pandas' ``isin`` on Arrow strings are quadratic or Python loops. Listing what does
-    not match runs only on a mismatch.
+    Pandas' Arrow strings that are plain ASCII (the usual ids) are packed by pyarrow, with no
+    Python object per id. Numpy's set routines on object arrays and pandas' ``isin`` on Arrow
+    strings are quadratic or Python loops. Listing what does not match runs only on a mismatch.
     """
     given_codes = IdText.of(given)
     target_codes = IdText.of(expected)
