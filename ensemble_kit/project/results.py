@@ -137,6 +137,7 @@ def describe_stacker(stacker: Stacker) -> dict[str, Any]:
     blend = getattr(ensemble, "weights_", None)
     if isinstance(blend, dict):
         out["blend_weights"] = {k: round(float(v), 6) for k, v in blend.items()}
+        out["blend_temperatures"] = {k: round(float(v), 6) for k, v in ensemble.temperatures_.items()}
     if stacker.temperature_ is not None:
         out["temperature"] = float(stacker.temperature_)
     out["temperature_rejected"] = bool(stacker.temperature_rejected_)

@@ -7,7 +7,8 @@ Training is resumable: kill it at any point and run the same command again; fini
 are skipped and an interrupted fold continues from its last epoch checkpoint (bit-identical to
 an uninterrupted run). The stack is the default "full" recipe: class-wise logistic / CatBoost /
 LightGBM meta-learners (``layout="auto"`` picks class-wise above 20 classes) and the Optuna soft
-vote under tuned blend weights, then a final temperature; the submission holds one
+vote, each tempered, under tuned blend weights, then a final temperature where it lowers the
+nested log loss; the submission holds one
 probability column per class, as the competition's sample_submission.csv.
 """
 
@@ -42,7 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     out = write_submission(store, stack, Path(cfg.store).parent / "submission.csv", format=cfg.submission.format,
                            id_col=cfg.submission.id_col)
     print(results_table(store, stack).to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep=""))
-    print(f"temperature: {stack.summary['fitted'].get('temperature')}")
+    kept = stack.summary["fitted"].get("temperature", "not kept (it did not lower nested log loss)")
+    print(f"final temperature: {kept}")
     print(f"report: {report}\nsubmission: {out} ({store.n_classes} probability columns)")
 
 

@@ -116,3 +116,18 @@ def test_a_stage_with_a_plain_estimator_cannot_be_saved_without_pickle(tmp_path)
     with pytest.raises(ArtifactError, match="cannot be saved without pickle"):
         stk.save(tmp_path / "s")
     assert not (tmp_path / "s").exists()
+
+
+def test_a_stack_saved_before_blend_temperatures_loads_with_untempered_stages(tmp_path):
+    stk = _fit("full", 3, "log_loss")
+    folder = stk.save(tmp_path / "stack")
+    doc = json.loads((folder / "stack.json").read_text())
+    blend_state = doc["fitted"]["ensemble"]["fitted"]
+    assert set(blend_state.pop("temperatures")) == set(stk.ensemble_.stages_)
+    (folder / "stack.json").write_text(json.dumps(doc))
+    old = Stacker.load(folder)
+    assert old.ensemble_.temperatures_ == {name: 1.0 for name in stk.ensemble_.stages_}
+    blend_state["temperatures"] = {name: -1.0 for name in stk.ensemble_.stages_}  # edited: refused by name
+    (folder / "stack.json").write_text(json.dumps(doc))
+    with pytest.raises(ArtifactError, match="temperatures"):
+        Stacker.load(folder)

@@ -157,11 +157,13 @@ def test_cars(tmp_path, capsys):
     assert store.models() == ["convnext_base", "resnet152d"]
     assert store.entry("resnet152d").meta["tta_views"] == ["identity", "hflip", "vflip", "hvflip", "rot90"]
     stack = load_stack(store)
-    assert "temperature" in stack.summary["fitted"]
+    fitted = stack.summary["fitted"]  # a final temperature is fitted, and kept only where it helps
+    assert ("temperature" in fitted) != fitted["temperature_rejected"]
+    assert set(fitted["blend_temperatures"]) == set(fitted["blend_weights"])  # every stage tempered first
     submission = pd.read_csv(tmp_path / "submission.csv")
     assert list(submission.columns) == ["ID", *classes] and len(submission) == 10
     np.testing.assert_allclose(submission[classes].sum(axis=1), 1.0, atol=1e-5)
-    assert "temperature:" in capsys.readouterr().out
+    assert "final temperature:" in capsys.readouterr().out
     # resumable: a second run finds everything stored and trains nothing
     before = {n: store.entry(n).updated for n in store.models()}
     store = run_example("cars", tmp_path, data, ["models.convnext_base.pooling=gem", "models.*.loss=focal"],
