@@ -120,7 +120,8 @@ def run_study(
                                     sampler=sampler())
         claims = claims_for(opened)
         if claims is None:
-            _optimize(study, objective, n_trials, enqueue, attrs, sampler=sampler if opened is not None else None)
+            in_memory = opened is None or isinstance(opened, optuna.storages.InMemoryStorage)
+            _optimize(study, objective, n_trials, enqueue, attrs, sampler=None if in_memory else sampler)
         elif not _finished(study, n_trials):
             if claims.acquire(name):
                 held = True
