@@ -14,12 +14,12 @@ from sklearn.base import clone
 from sklearn.utils.validation import check_is_fitted
 
 from ensemble_kit._progress import progress
+from ensemble_kit.decision.calibration import fit_temperature
 from ensemble_kit.ensemble._base import BaseEnsembler, cross_fit
 from ensemble_kit.ensemble._inputs import LogitInput
 from ensemble_kit.ensemble._optuna import SEARCH_SPACE_VERSION, input_hash, run_study, starting_points, suggest_weights
 from ensemble_kit.ensemble._registry import register_ensembler
 from ensemble_kit.ensemble.voting import mixture_log_loss
-from ensemble_kit.decision.calibration import fit_temperature
 from ensemble_kit.errors import ValidationError
 from ensemble_kit.metrics import get_metric, log_softmax, safe_log
 
