@@ -20,15 +20,14 @@ from sklearn.preprocessing import StandardScaler
 from ensemble_kit import LogitStore
 from ensemble_kit.ensemble import cross_fit
 from ensemble_kit.ensemble._features import wide_features
-from ensemble_kit.metrics import log_softmax, scores
+from ensemble_kit.metrics import scores
 
-CS = np.logspace(-3, 1, 9)
+from stacking_quality import LR_CS, _lr_stack_features
 
 
 def _features(logits: np.ndarray, kind: str) -> np.ndarray:
     if kind == "logprobs":
-        log_p = log_softmax(logits)
-        return log_p.transpose(1, 0, 2).reshape(log_p.shape[1], -1)
+        return _lr_stack_features(logits)
     return wide_features(logits, "logprobs").astype(np.float64)
 
 
@@ -38,7 +37,7 @@ def _fit(x: np.ndarray, y: np.ndarray, *, scale: bool, inner: int, solver: str, 
     xs = scaler.transform(x) if scaler else x
     max_iter = 1000 if solver == "lbfgs" else 100
     splits = list(StratifiedKFold(inner, shuffle=True, random_state=seed).split(xs, y))
-    search = LogisticRegressionCV(Cs=CS, cv=splits, scoring="neg_log_loss", max_iter=max_iter, solver=solver,
+    search = LogisticRegressionCV(Cs=LR_CS, cv=splits, scoring="neg_log_loss", max_iter=max_iter, solver=solver,
                                   refit=False, l1_ratios=(0.0,), use_legacy_attributes=False).fit(xs, y)
     c = float(np.atleast_1d(search.C_)[0])
     model = LogisticRegression(C=c, max_iter=max_iter, solver=solver).fit(xs, y)

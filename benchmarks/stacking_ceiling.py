@@ -7,8 +7,8 @@ target.
 
 - ``linear floor``: the multinomial logistic regression on the models' log-probabilities,
   fitted to all the test rows with almost no penalty (``C=1e4``) and scored on those same rows.
-  It minimises the test log loss over all linear stacks on these features, so no linear stack
-  fitted anywhere else can score lower on the test rows.
+  It minimises the test log loss over all linear stacks on these features, so (up to that small
+  penalty) no linear stack fitted anywhere else can score lower on the test rows.
 - ``linear floor + calibration features``: the same with each model's entropy and top
   log-probability added (the default's wide features).
 - ``test-fitted LR stack (5-fold over test)`` and ``test-fitted CatBoost (5-fold over test)``:
@@ -35,15 +35,12 @@ import pandas as pd
 
 from ensemble_kit import LogitStore
 from ensemble_kit.ensemble._features import wide_features
-from ensemble_kit.metrics import log_softmax, scores
+from ensemble_kit.metrics import scores
+
+from stacking_quality import LR_CS, _lr_stack_features
 
 TARGET = 0.97
 BUNDLES = ("imbalanced4", "balanced6", "cnn_family")
-
-
-def _log_probs(logits: np.ndarray) -> np.ndarray:
-    log_p = log_softmax(logits)
-    return log_p.transpose(1, 0, 2).reshape(log_p.shape[1], -1)
 
 
 def _in_sample(x: np.ndarray, y: np.ndarray) -> float:
@@ -71,7 +68,7 @@ def _lr_cv():
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    return make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=np.logspace(-3, 1, 9), cv=5, scoring="neg_log_loss",
+    return make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=LR_CS, cv=5, scoring="neg_log_loss",
                                                                 solver="newton-cholesky", max_iter=200))
 
 
@@ -90,7 +87,7 @@ def analyse(path: Path, quality: Path | None) -> dict:
     start = time.perf_counter()
     shift = np.mean([scores(store.y, o, kind="logits")["log_loss"] - scores(y_test, t, kind="logits")["log_loss"]
                      for o, t in zip(oof, test)])
-    x = _log_probs(test)
+    x = _lr_stack_features(test)
     row = {"bundle": path.name, "OOF -> test shift": shift,
            "linear floor": _in_sample(x, y_test),
            "linear floor + calibration features": _in_sample(wide_features(test, "logprobs"), y_test),
