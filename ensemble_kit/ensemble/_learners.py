@@ -26,10 +26,13 @@ from ensemble_kit.metrics import safe_log
 __all__ = ["LEARNERS", "EstimatorLearner", "FitRequest", "LearnerBackend", "register_learner", "resolve_learner"]
 
 _EARLY_STOPPING_ROUNDS = 50
-#: Inverse regularisation strengths the logistic meta-learner chooses from by inner CV (on
-#: standardised features), unless ``C`` is given.
+#: Inverse regularisation strengths the logistic meta-learner chooses from by inner CV, unless
+#: ``C`` is given.
 LOGREG_CS = tuple(float(c) for c in np.logspace(-3, 1, 9))
 _LOGREG_INNER_FOLDS = 3
+#: Largest rows x coefficients^2 (the cost of one Newton step) for which the logistic meta-learner
+#: uses ``newton-cholesky``; above it ``lbfgs``, whose steps cost rows x coefficients.
+_NEWTON_CHOLESKY_MAX_WORK = 5e9
 
 
 @dataclass(frozen=True)
@@ -244,8 +247,27 @@ def _logreg() -> Any:
     return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000))
 
 
+def _logreg_solver(n_rows: int, n_features: int, n_classes: int) -> str:
+    """The faster exact solver for a logistic fit of this size (see :data:`_NEWTON_CHOLESKY_MAX_WORK`).
+
+    For the wide, unscaled layout. On strongly correlated log-probabilities ``lbfgs`` needs
+    hundreds of iterations where ``newton-cholesky`` needs ten, but a Newton step costs rows x
+    coefficients^2: measured 8-16x faster on real stacks of 1,800-5,000 rows and up to 480
+    coefficients, and 12x slower on a synthetic 40,000-row, 1,080-coefficient one
+    (``benchmarks/README.md``).
+    """
+    coefficients = n_features * (1 if n_classes <= 2 else n_classes)
+    return "newton-cholesky" if n_rows * coefficients ** 2 <= _NEWTON_CHOLESKY_MAX_WORK else "lbfgs"
+
+
 class _LogReg(EstimatorLearner):
-    """Logistic regression on standardised features (``params`` like ``{"logisticregression__C": 0.1}``)."""
+    """Logistic regression, ``C`` by inner CV (``params`` like ``{"C": 0.1}`` or ``{"logisticregression__C": 0.1}``).
+
+    Wide rows are fitted unscaled: every column is one model's value in nats (or a probability),
+    so one L2 penalty shrinks every model alike, where standardising would divide a confident
+    model's log-probabilities by their larger spread. Class-wise rows mix ranks, gaps and a class
+    id, so they are standardised.
+    """
 
     _ARRAYS = {"standardscaler": ("mean_", "scale_", "var_"), "logisticregression": ("coef_", "intercept_", "classes_")}
 
@@ -256,8 +278,10 @@ class _LogReg(EstimatorLearner):
         steps = dict(model.steps)
         return {"params": {name: {k: v for k, v in steps[name].get_params(deep=False).items()
                                   if v is None or isinstance(v, (bool, int, float, str))} for name in self._ARRAYS},
+                # an unscaled fit has no scaler arrays (None): absent from the saved stack
                 "arrays": {f"{name}.{attr}": out.array(f"{key}.{name}.{attr}", getattr(steps[name], attr))
-                           for name, attrs in self._ARRAYS.items() for attr in attrs},
+                           for name, attrs in self._ARRAYS.items() for attr in attrs
+                           if getattr(steps[name], attr) is not None},
                 "n_features_in": int(model.n_features_in_)}
 
     def load(self, saved: dict[str, Any], source: Any) -> Any:
@@ -265,14 +289,25 @@ class _LogReg(EstimatorLearner):
         steps = dict(model.steps)
         for name, params in saved["params"].items():
             steps[name].set_params(**params)
+        scaler = steps["standardscaler"]
+        required = {"logisticregression": ("coef_", "intercept_", "classes_"),
+                    "standardscaler": (("mean_",) if scaler.with_mean else ()) + (("scale_", "var_") if scaler.with_std else ())}
         for name, attrs in self._ARRAYS.items():
             for attr in attrs:
-                setattr(steps[name], attr, source.array(saved["arrays"][f"{name}.{attr}"]))
+                key = f"{name}.{attr}"
+                if key in saved["arrays"]:
+                    setattr(steps[name], attr, source.array(saved["arrays"][key]))
+                elif attr in required[name]:
+                    raise ValidationError(f"the saved logistic regression lacks its {key!r} array.")
+                else:
+                    setattr(steps[name], attr, None)
             steps[name].n_features_in_ = int(saved["n_features_in"])
         coef, classes = steps["logisticregression"].coef_, steps["logisticregression"].classes_
-        if coef.ndim != 2 or coef.shape[1] != steps["standardscaler"].mean_.shape[0] or len(classes) < 2:
+        n_features = int(saved["n_features_in"])
+        scaler_widths = {getattr(scaler, attr).shape[0] for attr in required["standardscaler"]}
+        if coef.ndim != 2 or coef.shape[1] != n_features or scaler_widths - {n_features} or len(classes) < 2:
             raise ValidationError("the saved logistic regression's arrays do not fit together.")
-        steps["standardscaler"].n_samples_seen_ = 1
+        scaler.n_samples_seen_ = 1
         return model
 
     def fit(self, r: FitRequest) -> Any:
@@ -281,17 +316,25 @@ class _LogReg(EstimatorLearner):
         for short in ("C", "max_iter", "penalty", "solver", "tol", "class_weight"):
             if short in params:
                 params[f"logisticregression__{short}"] = params.pop(short)
+        wide = not r.binary
+        params.setdefault("standardscaler__with_mean", not wide)
+        params.setdefault("standardscaler__with_std", not wide)
+        # standardised class-wise rows are well conditioned: lbfgs converges fast on their millions of rows
+        params.setdefault("logisticregression__solver",
+                          _logreg_solver(len(r.y), r.X.shape[1], r.n_classes) if wide else "lbfgs")
+        request = FitRequest(**{**r.__dict__, "params": params})
         if "logisticregression__C" not in params:
-            params["logisticregression__C"] = self._inner_cv_C(r)
-        return super().fit(FitRequest(**{**r.__dict__, "params": params}))
+            params["logisticregression__C"] = self._inner_cv_C(request)
+        return super().fit(request)
 
     @staticmethod
     def _inner_cv_C(r: FitRequest) -> float:
         """``C`` by an inner CV on the fitting rows only (log loss), so the stage's OOF stays nested.
 
-        With ``C=1`` fixed the stage was measured 0.03 test log loss behind a tuned-C LR stack on
-        the balanced 6-class bundle and 0.003 on the imbalanced one (``benchmarks/README.md``):
-        how much regularisation a stack needs depends on rows and models.
+        The search scales and solves as the fit will (``r.params``). With ``C=1`` fixed the stage
+        was measured 0.03 test log loss behind a tuned-C LR stack on the balanced 6-class bundle
+        and 0.003 on the imbalanced one (``benchmarks/README.md``): how much regularisation a
+        stack needs depends on rows and models.
         """
         from sklearn.linear_model import LogisticRegressionCV
         from sklearn.model_selection import GroupKFold, StratifiedKFold
@@ -305,8 +348,12 @@ class _LogReg(EstimatorLearner):
             splits = list(GroupKFold(folds).split(r.X, r.y, r.groups))
         else:
             splits = list(StratifiedKFold(folds, shuffle=True, random_state=r.seed).split(r.X, r.y))
-        X = StandardScaler().fit_transform(r.X)
-        search = LogisticRegressionCV(Cs=list(LOGREG_CS), cv=splits, scoring="neg_log_loss", max_iter=1000,
+        scaler = StandardScaler(with_mean=r.params.get("standardscaler__with_mean", True),
+                                with_std=r.params.get("standardscaler__with_std", True))
+        X = scaler.fit_transform(r.X)
+        search = LogisticRegressionCV(Cs=list(LOGREG_CS), cv=splits, scoring="neg_log_loss",
+                                      max_iter=r.params.get("logisticregression__max_iter", 1000),
+                                      solver=r.params.get("logisticregression__solver", "lbfgs"),
                                       refit=False, l1_ratios=(0.0,), use_legacy_attributes=False)
         search.fit(X, r.y, **({} if r.weight is None else {"sample_weight": r.weight}))
         return float(np.atleast_1d(search.C_)[0])

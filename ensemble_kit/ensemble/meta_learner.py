@@ -45,7 +45,8 @@ class MetaLearner(BaseEnsembler):
         ``predict_proba`` (cloned for every fit). Boosted backends stop early on a random 10 % of
         the fitting samples (never on the rows being predicted), so no validation rows leak into
         their own predictions. ``"logreg"`` chooses its ``C`` by an inner CV on the fitting rows
-        unless ``params`` gives one.
+        unless ``params`` gives one; it fits wide rows unscaled (every column is in nats) and
+        standardises class-wise rows.
     features : {"logprobs", "logits", "probs"}
         How each model's output enters as features.
     layout : {"wide", "classwise", "auto"}

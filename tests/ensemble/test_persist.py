@@ -131,3 +131,26 @@ def test_a_stack_saved_before_blend_temperatures_loads_with_untempered_stages(tm
     (folder / "stack.json").write_text(json.dumps(doc))
     with pytest.raises(ArtifactError, match="temperatures"):
         Stacker.load(folder)
+
+
+def test_a_scaled_logistic_stage_saved_by_an_earlier_version_still_loads(tmp_path):
+    """Wide logistic stages were standardised before 2026-12-03: their scaler arrays are saved and used."""
+    logits, y = make_logits(n=300)
+    scaled = {"standardscaler__with_mean": True, "standardscaler__with_std": True}
+    stk = Stacker([("lr", MetaLearner("logreg", params=scaled)), ("vote", SoftVoting("equal"))], n_trials=5).fit(logits, y)
+    folder = stk.save(tmp_path / "s")
+    assert any(p.name.endswith("standardscaler.mean_.npy") for p in folder.iterdir())
+    np.testing.assert_allclose(Stacker.load(folder).predict_proba(logits), stk.predict_proba(logits), atol=1e-6)
+
+
+def test_a_logistic_stage_missing_a_needed_array_is_refused_by_name(tmp_path):
+    logits, y = make_logits(n=300)
+    stk = Stacker([("lr", MetaLearner("logreg")), ("vote", SoftVoting("equal"))], n_trials=5).fit(logits, y)
+    folder = stk.save(tmp_path / "s")
+    assert not any("standardscaler" in p.name for p in folder.iterdir())  # unscaled: no scaler arrays
+    document = json.loads((folder / "stack.json").read_text())
+    text = json.dumps(document).replace('"with_mean": false', '"with_mean": true')  # claims a scaler it lacks
+    (folder / "stack.json").write_text(text)
+    with pytest.raises(ArtifactError, match=r"standardscaler\.mean_") as raised:
+        Stacker.load(folder)
+    assert str(folder) in str(raised.value)

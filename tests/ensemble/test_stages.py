@@ -99,6 +99,46 @@ def test_auto_layout_switches_to_classwise_for_many_classes():
     np.testing.assert_allclose(np.log(proba[outside]), rows.ensemble_log_probs[outside], rtol=1e-3, atol=1e-4)
 
 
+def test_logreg_fits_wide_rows_unscaled_and_classwise_rows_standardised():
+    from ensemble_kit.ensemble._features import wide_features
+
+    logits, y = make_logits(n=600)
+    wide = MetaLearner("logreg", layout="wide").fit(logits, y)
+    scaler, lr = (step for _, step in wide.model_.steps)
+    assert not scaler.with_mean and not scaler.with_std and scaler.mean_ is None
+    assert lr.solver == "newton-cholesky"        # 600 rows x 45 coefficients: far below the Newton limit
+    X = wide_features(np.stack(list(logits.values())), "logprobs")
+    z = X @ lr.coef_.T + lr.intercept_           # the coefficients act on the raw log-probabilities
+    np.testing.assert_allclose(wide.predict_proba(logits), np.exp(z - np.logaddexp.reduce(z, axis=1, keepdims=True)),
+                               atol=1e-6)
+    many, y_many = make_logits(n=900, n_classes=30)
+    classwise = MetaLearner("logreg", max_candidates=5).fit(many, y_many)
+    scaler, lr = (step for _, step in classwise.model_.steps)
+    assert classwise.layout_ == "classwise" and scaler.with_mean and scaler.mean_ is not None
+    assert lr.solver == "lbfgs"
+
+
+def test_logreg_solver_is_newton_below_the_work_limit_lbfgs_above():
+    from ensemble_kit.ensemble._learners import _NEWTON_CHOLESKY_MAX_WORK, _logreg_solver
+
+    assert _logreg_solver(5_000, 48, 10) == "newton-cholesky"      # 4 models x 10 classes (cnn_family)
+    assert _logreg_solver(40_000, 108, 10) == "lbfgs"              # 9 models x 10 classes (CIFAR-10 bundle)
+    assert _logreg_solver(1_000_000, 6, 2) == "newton-cholesky"    # two classes: one coefficient per feature
+    limit_rows = int(_NEWTON_CHOLESKY_MAX_WORK // (48 * 10) ** 2)
+    assert _logreg_solver(limit_rows, 48, 10) == "newton-cholesky" and _logreg_solver(limit_rows + 1, 48, 10) == "lbfgs"
+
+
+def test_logreg_solvers_agree_and_a_given_solver_or_scaling_is_kept():
+    logits, y = make_logits(n=600, strength=(1.0, 1.3, 1.6))
+    newton = MetaLearner("logreg", layout="wide", params={"C": 0.1}).fit(logits, y)
+    lbfgs = MetaLearner("logreg", layout="wide", params={"C": 0.1, "solver": "lbfgs"}).fit(logits, y)
+    assert newton.model_.steps[-1][1].solver == "newton-cholesky" and lbfgs.model_.steps[-1][1].solver == "lbfgs"
+    np.testing.assert_allclose(newton.oof_proba_, lbfgs.oof_proba_, atol=2e-3)  # the same optimum, reached faster
+    scaled = MetaLearner("logreg", layout="wide", params={"standardscaler__with_mean": True,
+                                                          "standardscaler__with_std": True}).fit(logits, y)
+    assert scaled.model_.steps[0][1].mean_.shape == (3 * 3 + 2 * 3,)
+
+
 def test_meta_learner_bad_params(logits_y):
     logits, y = logits_y
     with pytest.raises(ValidationError, match=r"Unknown meta-learner backend 'xgboost'.*\['catboost', 'lightgbm', 'logreg'\]"):
