@@ -290,22 +290,23 @@ class _LogReg(EstimatorLearner):
         for name, params in saved["params"].items():
             steps[name].set_params(**params)
         scaler = steps["standardscaler"]
-        required = {"logisticregression": ("coef_", "intercept_", "classes_"),
-                    "standardscaler": (("mean_",) if scaler.with_mean else ()) + (("scale_", "var_") if scaler.with_std else ())}
+        unused = {"standardscaler.mean_": not scaler.with_mean, "standardscaler.scale_": not scaler.with_std,
+                  "standardscaler.var_": not scaler.with_std}  # an unscaled fit saves no scaler arrays
         for name, attrs in self._ARRAYS.items():
             for attr in attrs:
                 key = f"{name}.{attr}"
-                if key in saved["arrays"]:
+                if key in saved["arrays"] and not unused.get(key, False):
                     setattr(steps[name], attr, source.array(saved["arrays"][key]))
-                elif attr in required[name]:
-                    raise ValidationError(f"the saved logistic regression lacks its {key!r} array.")
-                else:
+                elif unused.get(key, False):
                     setattr(steps[name], attr, None)
+                else:
+                    raise ValidationError(f"the saved logistic regression lacks its {key!r} array.")
             steps[name].n_features_in_ = int(saved["n_features_in"])
         coef, classes = steps["logisticregression"].coef_, steps["logisticregression"].classes_
         n_features = int(saved["n_features_in"])
-        scaler_widths = {getattr(scaler, attr).shape[0] for attr in required["standardscaler"]}
-        if coef.ndim != 2 or coef.shape[1] != n_features or scaler_widths - {n_features} or len(classes) < 2:
+        scaler_shapes = {getattr(scaler, attr).shape for attr in ("mean_", "scale_", "var_")
+                         if getattr(scaler, attr) is not None}
+        if coef.ndim != 2 or coef.shape[1] != n_features or scaler_shapes - {(n_features,)} or len(classes) < 2:
             raise ValidationError("the saved logistic regression's arrays do not fit together.")
         scaler.n_samples_seen_ = 1
         return model
