@@ -295,10 +295,10 @@ class _LogReg(EstimatorLearner):
         for name, attrs in self._ARRAYS.items():
             for attr in attrs:
                 key = f"{name}.{attr}"
-                if key in saved["arrays"] and not unused.get(key, False):
-                    setattr(steps[name], attr, source.array(saved["arrays"][key]))
-                elif unused.get(key, False):
+                if unused.get(key, False):
                     setattr(steps[name], attr, None)
+                elif key in saved["arrays"]:
+                    setattr(steps[name], attr, source.array(saved["arrays"][key]))
                 else:
                     raise ValidationError(f"the saved logistic regression lacks its {key!r} array.")
             steps[name].n_features_in_ = int(saved["n_features_in"])
@@ -317,12 +317,11 @@ class _LogReg(EstimatorLearner):
         for short in ("C", "max_iter", "penalty", "solver", "tol", "class_weight"):
             if short in params:
                 params[f"logisticregression__{short}"] = params.pop(short)
-        wide = not r.binary
-        params.setdefault("standardscaler__with_mean", not wide)
-        params.setdefault("standardscaler__with_std", not wide)
+        params.setdefault("standardscaler__with_mean", r.binary)  # only class-wise rows are standardised
+        params.setdefault("standardscaler__with_std", r.binary)
         # standardised class-wise rows are well conditioned: lbfgs converges fast on their millions of rows
         params.setdefault("logisticregression__solver",
-                          _logreg_solver(len(r.y), r.X.shape[1], r.n_classes) if wide else "lbfgs")
+                          "lbfgs" if r.binary else _logreg_solver(len(r.y), r.X.shape[1], r.n_classes))
         request = FitRequest(**{**r.__dict__, "params": params})
         if "logisticregression__C" not in params:
             params["logisticregression__C"] = self._inner_cv_C(request)
@@ -339,7 +338,6 @@ class _LogReg(EstimatorLearner):
         """
         from sklearn.linear_model import LogisticRegressionCV
         from sklearn.model_selection import GroupKFold, StratifiedKFold
-        from sklearn.preprocessing import StandardScaler
 
         counts = np.bincount(r.y)
         folds = min(_LOGREG_INNER_FOLDS, int(counts[counts > 0].min()))
@@ -349,12 +347,10 @@ class _LogReg(EstimatorLearner):
             splits = list(GroupKFold(folds).split(r.X, r.y, r.groups))
         else:
             splits = list(StratifiedKFold(folds, shuffle=True, random_state=r.seed).split(r.X, r.y))
-        scaler = StandardScaler(with_mean=r.params.get("standardscaler__with_mean", True),
-                                with_std=r.params.get("standardscaler__with_std", True))
+        scaler, logistic = (step for _, step in _logreg().set_params(**r.params).steps)  # as the fit will be
         X = scaler.fit_transform(r.X)
         search = LogisticRegressionCV(Cs=list(LOGREG_CS), cv=splits, scoring="neg_log_loss",
-                                      max_iter=r.params.get("logisticregression__max_iter", 1000),
-                                      solver=r.params.get("logisticregression__solver", "lbfgs"),
+                                      max_iter=logistic.max_iter, solver=logistic.solver,
                                       refit=False, l1_ratios=(0.0,), use_legacy_attributes=False)
         search.fit(X, r.y, **({} if r.weight is None else {"sample_weight": r.weight}))
         return float(np.atleast_1d(search.C_)[0])
