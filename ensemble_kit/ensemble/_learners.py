@@ -10,7 +10,10 @@ Backends are registered by name in :data:`LEARNERS` (``"lightgbm"``, ``"catboost
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -260,6 +263,22 @@ def _logreg_solver(n_rows: int, n_features: int, n_classes: int) -> str:
     return "newton-cholesky" if n_rows * coefficients ** 2 <= _NEWTON_CHOLESKY_MAX_WORK else "lbfgs"
 
 
+@contextmanager
+def _newton_fallback_is_expected() -> Iterator[None]:
+    """Silence scikit-learn's note that ``newton-cholesky`` handed an ill-conditioned fit to ``lbfgs``.
+
+    Near-separable stacks (very good base models) at the grid's weakest penalties make the
+    Hessian singular; scikit-learn then finishes that fit with ``lbfgs`` from where Newton
+    stopped, which reaches the same optimum. The warning would reach users from inside the
+    inner CV, about a step they did not choose.
+    """
+    from scipy.linalg import LinAlgWarning
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*NewtonCholeskySolver.*", category=LinAlgWarning)
+        yield
+
+
 class _LogReg(EstimatorLearner):
     """Logistic regression, ``C`` by inner CV (``params`` like ``{"C": 0.1}`` or ``{"logisticregression__C": 0.1}``).
 
@@ -323,9 +342,10 @@ class _LogReg(EstimatorLearner):
         params.setdefault("logisticregression__solver",
                           "lbfgs" if r.binary else _logreg_solver(len(r.y), r.X.shape[1], r.n_classes))
         request = FitRequest(**{**r.__dict__, "params": params})
-        if "logisticregression__C" not in params:
-            params["logisticregression__C"] = self._inner_cv_C(request)
-        return super().fit(request)
+        with _newton_fallback_is_expected():
+            if "logisticregression__C" not in params:
+                params["logisticregression__C"] = self._inner_cv_C(request)
+            return super().fit(request)
 
     @staticmethod
     def _inner_cv_C(r: FitRequest) -> float:

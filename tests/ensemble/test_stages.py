@@ -238,3 +238,22 @@ def test_blender_tempers_a_well_ranked_but_overconfident_stage():
     np.testing.assert_allclose(blend._predict_prepared(stacked), expected, atol=1e-5)
     fixed = Blender([("sharp", SoftVoting([1, 0])), ("soft", SoftVoting([0, 1]))], weights={"sharp": 1, "soft": 1})
     assert fixed.fit(logits, y).temperatures_ == {"sharp": 1.0, "soft": 1.0}  # fixed blends mix stages as they are
+
+
+def test_newton_handing_a_near_separable_stack_to_lbfgs_raises_no_warning():
+    import warnings
+
+    from scipy.linalg import LinAlgWarning
+    from sklearn.linear_model import LogisticRegression
+
+    from ensemble_kit.ensemble._features import wide_features
+
+    logits, y = make_logits(n=300, n_classes=10, strength=(4.0, 5.0, 6.0))  # near-separable: good models
+    features = wide_features(np.stack(list(logits.values())).astype(np.float32), "logprobs")
+    with pytest.warns(LinAlgWarning, match="NewtonCholeskySolver"):  # the control: the data hits the fallback
+        LogisticRegression(C=10.0, solver="newton-cholesky", max_iter=100).fit(features, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LinAlgWarning)
+        meta = MetaLearner("logreg").fit(logits, y)
+    assert meta.model_.steps[-1][1].solver == "newton-cholesky"
+    assert log_loss(y, meta.oof_proba_, kind="probs") < min(log_loss(y, v, kind="logits") for v in logits.values())
