@@ -15,7 +15,7 @@ from ensemble_kit.ensemble._inputs import LogitStack
 from ensemble_kit.ensemble._learners import FitRequest, LearnerBackend, resolve_learner
 from ensemble_kit.ensemble._registry import register_ensembler
 from ensemble_kit.errors import ValidationError
-from ensemble_kit.metrics import PROB_EPS, log_softmax
+from ensemble_kit.metrics import PROB_EPS, log_softmax, safe_log
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,13 @@ class MetaLearner(BaseEnsembler):
     params : dict, optional
         Overrides of the learner's parameters (e.g. ``{"depth": 4}`` for CatBoost).
     seed : int
+        Bag ``b`` is fitted with seed ``seed + b``.
+    n_bags : int
+        Fits averaged (mean of probabilities), each with its own seed: for boosted backends the
+        seed moves the row subsampling and the samples held out for early stopping, so a bag
+        also learns from every fitting row. 3 improved the CatBoost and LightGBM stages' nested
+        OOF log loss by 0.004-0.013 on 1,800-5,000 rows, at three times their fit time
+        (``docs/stacking.md``). A deterministic learner (``"logreg"``) gains nothing from more.
     n_jobs : int, optional
         Threads for the learner (default: one below 20,000 rows, else all cores).
 
@@ -68,10 +75,10 @@ class MetaLearner(BaseEnsembler):
     ----------
     layout_ : str
         The layout used (resolved when fitting).
-    model_ : object
-        The fitted learner.
-    n_iterations_ : int or None
-        Boosting rounds kept after early stopping.
+    models_ : list
+        The fitted learners, one per bag.
+    n_iterations_ : list of int or None
+        Boosting rounds each bag kept after early stopping.
 
     Examples
     --------
@@ -88,13 +95,15 @@ class MetaLearner(BaseEnsembler):
 
     def __init__(self, learner: str | Any = "lightgbm", *, features: Literal["logprobs", "logits", "probs"] = "logprobs",
                  layout: Literal["wide", "classwise", "auto"] = "auto", max_candidates: int = 20,
-                 params: dict[str, Any] | None = None, seed: int = 0, n_jobs: int | None = None) -> None:
+                 params: dict[str, Any] | None = None, seed: int = 0, n_bags: int = 1,
+                 n_jobs: int | None = None) -> None:
         self.learner = learner
         self.features = features
         self.layout = layout
         self.max_candidates = max_candidates
         self.params = params
         self.seed = seed
+        self.n_bags = n_bags
         self.n_jobs = n_jobs
 
     # ------------------------------------------------------------------ template hooks
@@ -107,6 +116,8 @@ class MetaLearner(BaseEnsembler):
         resolve_learner(self.learner)  # an unknown name fails before any work
         self.layout_ = self.layout if self.layout != "auto" else (
             "classwise" if stack.n_classes > AUTO_CLASSWISE_ABOVE else "wide")
+        if isinstance(self.n_bags, bool) or not isinstance(self.n_bags, (int, np.integer)) or self.n_bags < 1:
+            raise ValidationError(f"n_bags must be a positive integer; got {self.n_bags!r}.")
         _warn_absent_classes(y, folds, stack.n_classes, owner=f"MetaLearner({self._learner_name()})")
 
     def _prepare(self, logits: NDArray) -> WideRows | ClasswiseRows:
@@ -127,33 +138,54 @@ class MetaLearner(BaseEnsembler):
             groups = np.repeat(np.arange(len(y)), rows.candidates.shape[1])
             keep, weight = self._negative_subsample(target, backend)
             X, target, groups, categorical = rows.features[keep], target[keep], groups[keep], rows.class_column
-        fit_rows, stop_rows = self._split(len(target), groups) if backend.early_stopping else (
-            np.arange(len(target)), np.arange(0))
-        self.model_ = backend.fit(FitRequest(
-            X=X, y=target, binary=groups is not None, n_classes=self.n_classes_, categorical=categorical,
-            weight=weight, fit_rows=fit_rows, stop_rows=stop_rows, seed=self.seed, threads=self._threads(len(target)),
-            params=dict(self.params or {}), groups=groups))
-        self.n_iterations_ = backend.n_iterations(self.model_)
+        self.models_, self.n_iterations_ = [], []
+        for bag in range(int(self.n_bags)):
+            seed = self.seed + bag
+            fit_rows, stop_rows = self._split(len(target), groups, seed) if backend.early_stopping else (
+                np.arange(len(target)), np.arange(0))
+            model = backend.fit(FitRequest(
+                X=X, y=target, binary=groups is not None, n_classes=self.n_classes_, categorical=categorical,
+                weight=weight, fit_rows=fit_rows, stop_rows=stop_rows, seed=seed, threads=self._threads(len(target)),
+                params=dict(self.params or {}), groups=groups))
+            self.models_.append(model)
+            self.n_iterations_.append(backend.n_iterations(model))
 
     def _predict_prepared(self, rows: WideRows | ClasswiseRows) -> NDArray:
         backend = resolve_learner(self.learner)
-        if isinstance(rows, WideRows):
-            return self._all_classes(backend.scores(self.model_, rows.features, binary=False, categorical=None),
-                                     backend.classes(self.model_))
-        margins = backend.scores(self.model_, rows.features, binary=True, categorical=rows.class_column)
-        return assemble_classwise(rows, margins)
+        bags = []
+        for model in self.models_:
+            if isinstance(rows, WideRows):
+                bags.append(self._all_classes(backend.scores(model, rows.features, binary=False, categorical=None),
+                                              backend.classes(model)))
+            else:
+                margins = backend.scores(model, rows.features, binary=True, categorical=rows.class_column)
+                bags.append(assemble_classwise(rows, margins))
+        if len(bags) == 1:
+            return bags[0]
+        return safe_log(np.mean(np.exp(bags), axis=0))  # the mean of the bags' probabilities
 
     def _fitted_state(self, out: Any, key: str) -> dict[str, Any]:
         backend = resolve_learner(self.learner)
         return {"layout": self.layout_, "n_iterations": self.n_iterations_,
-                "model": backend.save(self.model_, out, f"{key}.model", n_iterations=self.n_iterations_)}
+                "models": [backend.save(model, out, f"{key}.model{bag}" if bag else f"{key}.model", n_iterations=n)
+                           for bag, (model, n) in enumerate(zip(self.models_, self.n_iterations_))]}
 
     def _restore_fitted(self, state: dict[str, Any], source: Any) -> None:
         if state["layout"] not in ("wide", "classwise"):
             raise ValidationError(f"saved layout must be 'wide' or 'classwise'; got {state['layout']!r}.")
         self.layout_ = state["layout"]
-        self.n_iterations_ = state["n_iterations"]
-        self.model_ = resolve_learner(self.learner).load(state["model"], source)
+        if "model" in state:  # saved before bagging: one model, one round count
+            models, n_iterations = [state["model"]], [state["n_iterations"]]
+        else:
+            models, n_iterations = state["models"], state["n_iterations"]
+        n_models = len(models) if isinstance(models, list) else None
+        if not n_models or not isinstance(n_iterations, list) or len(n_iterations) != n_models:
+            got = n_models if n_models is not None else f"a {type(models).__name__} of"
+            raise ValidationError(f"a saved meta-learner needs a non-empty list of models and one round count per "
+                                  f"model; got {got} models and n_iterations={n_iterations!r}.")
+        backend = resolve_learner(self.learner)
+        self.models_ = [backend.load(saved, source) for saved in models]
+        self.n_iterations_ = list(n_iterations)
 
     # ------------------------------------------------------------------ helpers
     def _learner_name(self) -> str:
@@ -183,9 +215,10 @@ class MetaLearner(BaseEnsembler):
             return self.n_jobs
         return 1 if n_rows < _SINGLE_THREAD_BELOW_ROWS else (os.cpu_count() or 1)
 
-    def _split(self, n_rows: int, groups: NDArray | None) -> tuple[NDArray, NDArray]:
+    @staticmethod
+    def _split(n_rows: int, groups: NDArray | None, seed: int) -> tuple[NDArray, NDArray]:
         """Early-stopping holdout: a random 10 % of samples (all rows of a sample together)."""
-        rng = np.random.default_rng(self.seed)
+        rng = np.random.default_rng(seed)
         units = groups if groups is not None else np.arange(n_rows)
         n_units = int(units.max()) + 1
         held = rng.random(n_units) < _EARLY_STOPPING_FRACTION

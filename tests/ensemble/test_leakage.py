@@ -5,6 +5,7 @@ beat chance on new data (accuracy 1/3, log loss ~log 3 or worse).
 """
 
 import numpy as np
+import pytest
 
 from helpers import FAST_GBM
 from ensemble_kit import MetaLearner, SoftVoting, Stacker
@@ -16,10 +17,12 @@ def _noise(n, seed):
     return {f"noise{i}": rng.normal(size=(n, 3)) * 2 for i in range(12)}, rng.integers(0, 3, n)
 
 
-def test_leaky_estimate_is_optimistic_ours_is_not():
+@pytest.mark.parametrize("n_bags", [1, 3])  # bags see every fitting row, never the fold they predict
+def test_leaky_estimate_is_optimistic_ours_is_not(n_bags):
     train, y = _noise(600, 0)
     fresh, y_fresh = _noise(600, 1)
-    meta = MetaLearner("lightgbm", layout="wide", params={**FAST_GBM, "num_boost_round": 200}).fit(train, y)
+    meta = MetaLearner("lightgbm", layout="wide", params={**FAST_GBM, "num_boost_round": 200},
+                       n_bags=n_bags).fit(train, y)
     leaky = accuracy(y, meta.predict_proba(train), kind="probs")     # fitted and scored on the same rows
     honest = accuracy(y, meta.oof_proba_, kind="probs")
     truth = accuracy(y_fresh, meta.predict_proba(fresh), kind="probs")
@@ -76,9 +79,9 @@ def test_logreg_inner_cv_prefers_weak_regularisation_on_signal():
     y = rng.integers(0, 3, 600)
     strong = {f"m{i}": np.eye(3)[y] * 4 + rng.normal(size=(600, 3)) for i in range(3)}
     meta = MetaLearner("logreg", layout="wide").fit(strong, y)
-    assert meta.model_.steps[-1][1].C >= 0.1
+    assert meta.models_[0].steps[-1][1].C >= 0.1
     fixed = MetaLearner("logreg", layout="wide", params={"C": 0.002}).fit(strong, y)
-    assert fixed.model_.steps[-1][1].C == 0.002      # a given C is used as is, no search
+    assert fixed.models_[0].steps[-1][1].C == 0.002      # a given C is used as is, no search
 
 
 def test_blend_stage_temperatures_are_fitted_on_the_fitting_rows_only(monkeypatch):

@@ -154,3 +154,46 @@ def test_a_logistic_stage_missing_a_needed_array_is_refused_by_name(tmp_path):
     with pytest.raises(ArtifactError, match=r"standardscaler\.mean_") as raised:
         Stacker.load(folder)
     assert str(folder) in str(raised.value)
+
+
+def test_a_bagged_stage_saves_every_bag_and_a_single_model_stage_saved_before_bagging_loads(tmp_path):
+    logits, y = make_logits(n=300)
+    stk = Stacker([("gbm", MetaLearner("lightgbm", params=FAST_GBM, n_bags=3)), ("vote", SoftVoting("equal"))],
+                  n_trials=5)
+    stk.fit(logits, y)
+    folder = stk.save(tmp_path / "bagged")
+    assert len([p for p in folder.iterdir() if p.suffix == ".txt"]) == 3  # one booster per bag
+    again = Stacker.load(folder)
+    assert len(again.ensemble_.stages_["gbm"].models_) == 3
+    np.testing.assert_allclose(again.predict_proba(logits), stk.predict_proba(logits), atol=1e-6)
+
+    single = Stacker([("gbm", MetaLearner("lightgbm", params=FAST_GBM)), ("vote", SoftVoting("equal"))],
+                     n_trials=5).fit(logits, y)
+    folder = single.save(tmp_path / "single")
+    manifest = folder / "stack.json"
+    state = json.loads(manifest.read_text())
+    found = []
+
+    def old_format(node):  # what a meta-learner's fitted state looked like before bagging
+        if isinstance(node, dict):
+            if "models" in node and "layout" in node:
+                node["model"], node["n_iterations"] = node.pop("models")[0], node["n_iterations"][0]
+                found.append(node)
+            for value in node.values():
+                old_format(value)
+        elif isinstance(node, list):
+            for value in node:
+                old_format(value)
+
+    old_format(state)
+    assert len(found) == 1
+    manifest.write_text(json.dumps(state))
+    old = Stacker.load(folder)
+    assert len(old.ensemble_.stages_["gbm"].models_) == 1
+    np.testing.assert_allclose(old.predict_proba(logits), single.predict_proba(logits), atol=1e-6)
+
+    found[0]["models"], found[0]["n_iterations"] = [found[0].pop("model")] * 2, [3]  # edited: counts disagree
+    manifest.write_text(json.dumps(state))
+    with pytest.raises(ArtifactError, match="one round count per model") as raised:
+        Stacker.load(folder)
+    assert str(folder) in str(raised.value)

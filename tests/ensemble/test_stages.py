@@ -104,7 +104,7 @@ def test_logreg_fits_wide_rows_unscaled_and_classwise_rows_standardised():
 
     logits, y = make_logits(n=600)
     wide = MetaLearner("logreg", layout="wide").fit(logits, y)
-    scaler, lr = (step for _, step in wide.model_.steps)
+    scaler, lr = (step for _, step in wide.models_[0].steps)
     assert not scaler.with_mean and not scaler.with_std and scaler.mean_ is None
     assert lr.solver == "newton-cholesky"        # 600 rows x 45 coefficients: far below the Newton limit
     X = wide_features(np.stack(list(logits.values())), "logprobs")
@@ -113,7 +113,7 @@ def test_logreg_fits_wide_rows_unscaled_and_classwise_rows_standardised():
                                atol=1e-6)
     many, y_many = make_logits(n=900, n_classes=30)
     classwise = MetaLearner("logreg", max_candidates=5).fit(many, y_many)
-    scaler, lr = (step for _, step in classwise.model_.steps)
+    scaler, lr = (step for _, step in classwise.models_[0].steps)
     assert classwise.layout_ == "classwise" and scaler.with_mean and scaler.mean_ is not None
     assert lr.solver == "lbfgs"
 
@@ -132,11 +132,11 @@ def test_logreg_solvers_agree_and_a_given_solver_or_scaling_is_kept():
     logits, y = make_logits(n=600, strength=(1.0, 1.3, 1.6))
     newton = MetaLearner("logreg", layout="wide", params={"C": 0.1}).fit(logits, y)
     lbfgs = MetaLearner("logreg", layout="wide", params={"C": 0.1, "solver": "lbfgs"}).fit(logits, y)
-    assert newton.model_.steps[-1][1].solver == "newton-cholesky" and lbfgs.model_.steps[-1][1].solver == "lbfgs"
+    assert newton.models_[0].steps[-1][1].solver == "newton-cholesky" and lbfgs.models_[0].steps[-1][1].solver == "lbfgs"
     np.testing.assert_allclose(newton.oof_proba_, lbfgs.oof_proba_, atol=2e-3)  # the same optimum, reached faster
     scaled = MetaLearner("logreg", layout="wide", params={"standardscaler__with_mean": True,
                                                           "standardscaler__with_std": True}).fit(logits, y)
-    assert scaled.model_.steps[0][1].mean_.shape == (3 * 3 + 2 * 3,)
+    assert scaled.models_[0].steps[0][1].mean_.shape == (3 * 3 + 2 * 3,)
 
 
 def test_meta_learner_bad_params(logits_y):
@@ -240,6 +240,41 @@ def test_blender_tempers_a_well_ranked_but_overconfident_stage():
     assert fixed.fit(logits, y).temperatures_ == {"sharp": 1.0, "soft": 1.0}  # fixed blends mix stages as they are
 
 
+def test_bagged_boosted_stages_average_seeded_fits_and_beat_one_fit():
+    logits, y = make_logits(n=400)
+    bagged = MetaLearner("lightgbm", params=FAST_GBM, n_bags=3).fit(logits, y)
+    single = MetaLearner("lightgbm", params=FAST_GBM).fit(logits, y)
+    assert len(bagged.models_) == 3 and len(bagged.n_iterations_) == 3 and len(single.models_) == 1
+    # bag b is the single fit with seed + b: bag 0 is exactly the unbagged model
+    one = MetaLearner("lightgbm", params=FAST_GBM)
+    per_bag = []
+    for b in range(3):
+        one.set_params(seed=b).fit(logits, y)
+        per_bag.append(one.predict_proba(logits))
+    np.testing.assert_allclose(per_bag[0], single.predict_proba(logits), atol=1e-9)
+    np.testing.assert_allclose(bagged.predict_proba(logits), np.mean(per_bag, axis=0), atol=1e-9)
+    assert np.abs(per_bag[1] - per_bag[0]).max() > 1e-3  # the seeds differ (subsampling, early-stopping rows)
+    assert log_loss(y, bagged.oof_proba_, kind="probs") < log_loss(y, single.oof_proba_, kind="probs")
+
+
+def test_every_fold_fit_bags_like_the_final_fit(monkeypatch):
+    from ensemble_kit.ensemble import _learners
+
+    logits, y = make_logits(n=400)
+    seeds = []
+    real_fit = _learners._LightGBM.fit
+    monkeypatch.setattr(_learners._LightGBM, "fit", lambda self, r: seeds.append(r.seed) or real_fit(self, r))
+    MetaLearner("lightgbm", params=FAST_GBM, seed=7, n_bags=3).fit(logits, y)
+    assert seeds == [7, 8, 9] * 6  # 5 fold fits (the honest OOF) and the final one
+
+
+@pytest.mark.parametrize("n_bags", [0, -1, 2.5, True, "auto"])
+def test_a_bad_bag_count_is_refused(n_bags):
+    logits, y = make_logits()
+    with pytest.raises(ValidationError, match="n_bags must be a positive integer"):
+        MetaLearner("lightgbm", params=FAST_GBM, n_bags=n_bags).fit(logits, y)
+
+
 def test_newton_handing_a_near_separable_stack_to_lbfgs_raises_no_warning():
     import warnings
 
@@ -255,5 +290,5 @@ def test_newton_handing_a_near_separable_stack_to_lbfgs_raises_no_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error", LinAlgWarning)
         meta = MetaLearner("logreg").fit(logits, y)
-    assert meta.model_.steps[-1][1].solver == "newton-cholesky"
+    assert meta.models_[0].steps[-1][1].solver == "newton-cholesky"
     assert log_loss(y, meta.oof_proba_, kind="probs") < min(log_loss(y, v, kind="logits") for v in logits.values())
