@@ -152,17 +152,17 @@ class MetaLearner(BaseEnsembler):
 
     def _predict_prepared(self, rows: WideRows | ClasswiseRows) -> NDArray:
         backend = resolve_learner(self.learner)
-        bags = []
-        for model in self.models_:
-            if isinstance(rows, WideRows):
-                bags.append(self._all_classes(backend.scores(model, rows.features, binary=False, categorical=None),
-                                              backend.classes(model)))
-            else:
-                margins = backend.scores(model, rows.features, binary=True, categorical=rows.class_column)
-                bags.append(assemble_classwise(rows, margins))
+        bags = [self._log_proba(backend, model, rows) for model in self.models_]
         if len(bags) == 1:
             return bags[0]
         return safe_log(np.mean(np.exp(bags), axis=0))  # the mean of the bags' probabilities
+
+    def _log_proba(self, backend: LearnerBackend, model: Any, rows: WideRows | ClasswiseRows) -> NDArray:
+        """One fitted learner's log-probabilities over all classes."""
+        if isinstance(rows, WideRows):
+            return self._all_classes(backend.scores(model, rows.features, binary=False, categorical=None),
+                                     backend.classes(model))
+        return assemble_classwise(rows, backend.scores(model, rows.features, binary=True, categorical=rows.class_column))
 
     def _fitted_state(self, out: Any, key: str) -> dict[str, Any]:
         backend = resolve_learner(self.learner)
