@@ -35,11 +35,19 @@ def accuracy_of_labels(y: ArrayLike, labels: ArrayLike, n_classes: int) -> float
 
 
 def f1_macro_of_labels(y: ArrayLike, labels: ArrayLike, n_classes: int) -> float:
-    """Macro F1 of decided labels over all ``n_classes`` classes (absent classes count as 0)."""
-    from sklearn.metrics import f1_score  # imported on use: metric names load without scikit-learn
+    """Macro F1 of decided labels over all ``n_classes`` classes (absent classes count as 0).
 
+    The same number as scikit-learn's ``f1_score(..., average="macro", zero_division=0)``, from
+    one ``bincount``: tuning loops (hill climbing, class offsets, Optuna on macro F1) call it
+    thousands of times, and scikit-learn's input checks cost ~6 ms a call on a few hundred rows.
+    """
     yy, decided = _check_labels(y, labels, n_classes)
-    return float(f1_score(yy, decided, labels=np.arange(n_classes), average="macro", zero_division=0))
+    cells = yy.astype(np.int64) * n_classes + decided.astype(np.int64)
+    confusion = np.bincount(cells, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    true_positives = np.diag(confusion).astype(np.float64)
+    denominator = confusion.sum(axis=0) + confusion.sum(axis=1)  # 2 TP + FP + FN
+    per_class = np.divide(2 * true_positives, denominator, out=np.zeros(n_classes), where=denominator > 0)
+    return float(per_class.mean())
 
 
 def _check_labels(y: ArrayLike, labels: ArrayLike, n_classes: int) -> tuple[np.ndarray, np.ndarray]:

@@ -15,6 +15,7 @@ from ensemble_kit.metrics import (
     softmax,
     to_log_probs,
 )
+from ensemble_kit.metrics._classification import f1_macro_of_labels
 
 
 @pytest.fixture
@@ -48,6 +49,17 @@ def test_absent_class_counts_in_macro_f1():
     assert f1_macro(y, scores, kind="probs") == pytest.approx(2 / 3)
     report = per_class_report(y, scores, kind="probs", classes=["a", "b", "c"])
     assert report.index.tolist() == ["a", "b", "c"] and report.loc["c", "support"] == 0
+
+
+@pytest.mark.parametrize("n, n_classes, seed", [(1, 2, 0), (7, 5, 1), (200, 4, 2), (500, 25, 3), (60, 396, 4)])
+def test_macro_f1_of_labels_is_sklearns_with_absent_and_never_predicted_classes(n, n_classes, seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, max(1, n_classes - 2), n)  # the last classes never occur...
+    decided = np.where(rng.random(n) < 0.6, y, rng.integers(0, n_classes, n))  # ...some are predicted anyway
+    decided[decided == 1] = 0  # and class 1 occurs but is never predicted
+    expected = skm.f1_score(y, decided, labels=np.arange(n_classes), average="macro", zero_division=0)
+    assert f1_macro_of_labels(y, decided, n_classes) == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    assert f1_macro_of_labels(y.astype(np.int16), decided.astype(np.uint16), n_classes) == pytest.approx(expected)
 
 
 def test_logits_never_overflow():
