@@ -254,8 +254,12 @@ class _FoldRun:
         else:
             sampler = RandomSampler(data.train, generator=generator)
         mixing = cfg.regularization.mixup_alpha > 0 or cfg.regularization.cutmix_alpha > 0
-        return DataLoader(data.train, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                          pin_memory=self.device.type == "cuda", drop_last=mixing and len(data.train) >= cfg.batch_size,
+        n, size = len(data.train), cfg.batch_size
+        # mixing pairs images within a batch; and a last batch of one image cannot train BatchNorm
+        # where maps are 1x1 (one value per channel), e.g. 449 training images in batches of 64
+        drop_last = (mixing and n >= size) or (n > size and n % size == 1)
+        return DataLoader(data.train, batch_size=size, sampler=sampler, num_workers=cfg.num_workers,
+                          pin_memory=self.device.type == "cuda", drop_last=drop_last,
                           worker_init_fn=_seed_worker, persistent_workers=False,
                           generator=torch.Generator().manual_seed(cfg.seed + epoch))
 
