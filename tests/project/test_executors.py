@@ -19,7 +19,7 @@ from ensemble_kit.project.executors import EXECUTORS, Executor, LocalExecutor, T
 from helpers import write_images
 
 # cpu_threads fixes torch's thread count, so a fold's logits are bit-identical in any process
-TINY = {"model": "resnet10t", "img_size": 16, "epochs": 4, "batch_size": 8, "device": "cpu", "cpu_threads": 1}
+TINY = {"model": "resnet10t", "img_size": 16, "epochs": 2, "batch_size": 8, "device": "cpu", "cpu_threads": 1}
 CLASSES = ["cat", "dog", "emu"]
 
 

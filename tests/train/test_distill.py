@@ -14,10 +14,10 @@ from ensemble_kit.project import distill_targets_by_fold
 from ensemble_kit.train import DistillationLoss, SoftTargets, TrainConfig, train_cv
 
 # no augmentation: an unlabelled copy of a training image is that image, pixel for pixel
-MEMORISE = {"model": "plain_cnn", "img_size": 16, "epochs": 30, "batch_size": 16, "seed": 0, "device": "cpu",
-            "optimizer": {"lr": 0.003, "weight_decay": 0.0},
+MEMORISE = {"model": "plain_cnn", "img_size": 8, "epochs": 15, "batch_size": 32, "seed": 0, "device": "cpu",
+            "optimizer": {"lr": 0.01, "weight_decay": 0.0},
             "augment": {"random_resized_crop": False, "hflip": 0.0}}
-STUDENT = {**MEMORISE, "epochs": 20, "distill": {"alpha": 0.5, "temperature": 1.0}}
+STUDENT = {**MEMORISE, "epochs": 10, "distill": {"alpha": 0.5, "temperature": 1.0}}
 
 
 def test_distillation_loss_values() -> None:
@@ -42,7 +42,7 @@ def _noise_experiment(tmp_path):
     an unlabelled set that is a copy of every training image (near-duplicates, as in AOI data)."""
     rng = np.random.default_rng(0)
     n = 90
-    images = rng.integers(0, 256, size=(n, 16, 16, 3), dtype=np.uint8)
+    images = rng.integers(0, 256, size=(n, 8, 8, 3), dtype=np.uint8)
     y = rng.integers(0, 3, n)
     train = ArrayImageSource(images, y, ids=[f"r{i}" for i in range(n)], classes=[0, 1, 2])
     copies = ArrayImageSource(images.copy(), ids=[f"u{i}" for i in range(n)], classes=[0, 1, 2])

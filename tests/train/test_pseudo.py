@@ -15,8 +15,8 @@ from ensemble_kit.train.fold import fold_data
 from helpers import tiny_image_data
 
 # no augmentation: an unlabelled copy of a training image is that image, pixel for pixel
-MEMORISE = {"model": "plain_cnn", "img_size": 16, "epochs": 30, "batch_size": 16, "seed": 0, "device": "cpu",
-            "optimizer": {"lr": 0.003, "weight_decay": 0.0},
+MEMORISE = {"model": "plain_cnn", "img_size": 8, "epochs": 15, "batch_size": 32, "seed": 0, "device": "cpu",
+            "optimizer": {"lr": 0.01, "weight_decay": 0.0},
             "augment": {"random_resized_crop": False, "hflip": 0.0}}
 
 
@@ -26,7 +26,7 @@ def _noise_experiment(tmp_path):
     label of every row it trained on and guesses on the rest."""
     rng = np.random.default_rng(0)
     n, n_folds = 90, 3
-    images = rng.integers(0, 256, size=(n, 16, 16, 3), dtype=np.uint8)
+    images = rng.integers(0, 256, size=(n, 8, 8, 3), dtype=np.uint8)
     y = rng.integers(0, 3, n)
     train = ArrayImageSource(images, y, ids=[f"r{i}" for i in range(n)], classes=[0, 1, 2])
     copies = ArrayImageSource(images.copy(), ids=[f"u{i}" for i in range(n)], classes=[0, 1, 2])
