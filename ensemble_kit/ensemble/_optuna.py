@@ -32,7 +32,7 @@ def input_hash(*arrays: np.ndarray, extra: str = "") -> str:
 MIN_WEIGHT = 1e-3
 # Part of every study name: bump it whenever a search space or objective changes, so studies
 # stored by an older version are never reused for a different search.
-SEARCH_SPACE_VERSION = "s3"
+SEARCH_SPACE_VERSION = "s4"
 
 
 def suggest_weights(trial: optuna.Trial, keys: list[str]) -> dict[str, float]:
@@ -46,6 +46,13 @@ def starting_points(keys: list[str], n_trials: int) -> list[dict[str, float]]:
     or the best single member."""
     points = [{k: 1.0 for k in keys}] + [{k: (1.0 if k == chosen else MIN_WEIGHT) for k in keys} for chosen in keys]
     return points[:n_trials]
+
+
+def as_trial_weights(keys: list[str], weights: np.ndarray) -> dict[str, float]:
+    """Weights on the simplex as a point of :func:`suggest_weights`'s space (largest 1, none
+    below ``MIN_WEIGHT``), to enqueue as a trial."""
+    scaled = np.asarray(weights, dtype=np.float64) / np.max(weights)
+    return {k: float(np.clip(w, MIN_WEIGHT, 1.0)) for k, w in zip(keys, scaled)}
 
 
 @contextmanager

@@ -17,9 +17,10 @@ from ensemble_kit._progress import progress
 from ensemble_kit.decision.calibration import fit_temperature
 from ensemble_kit.ensemble._base import BaseEnsembler, cross_fit
 from ensemble_kit.ensemble._inputs import LogitInput
-from ensemble_kit.ensemble._optuna import SEARCH_SPACE_VERSION, input_hash, run_study, starting_points, suggest_weights
+from ensemble_kit.ensemble._optuna import (SEARCH_SPACE_VERSION, as_trial_weights, input_hash, run_study, starting_points,
+                                           suggest_weights)
 from ensemble_kit.ensemble._registry import register_ensembler
-from ensemble_kit.ensemble.voting import mixture_log_loss
+from ensemble_kit.ensemble.voting import mixture_log_loss, mixture_optimum
 from ensemble_kit.errors import ValidationError
 from ensemble_kit.metrics import get_metric, log_softmax, safe_log
 
@@ -190,8 +191,11 @@ class Blender(BaseEnsembler):
         names = list(stage_probs)
         temperatures = self._stage_temperatures(stage_probs, y)
         stage_probs = temper(stage_probs, temperatures)
+        enqueue = starting_points(names, self.n_trials)
         if metric.name == "log_loss":
-            mixture_loss = mixture_log_loss(np.stack([stage_probs[n][np.arange(len(y)), y] for n in names]))
+            true_probs = np.stack([stage_probs[n][np.arange(len(y)), y] for n in names])
+            mixture_loss = mixture_log_loss(true_probs)
+            enqueue = [as_trial_weights(names, mixture_optimum(true_probs)), *enqueue][:self.n_trials]
 
             def objective(trial: optuna.Trial) -> float:
                 weights = suggest_weights(trial, names)
@@ -206,7 +210,7 @@ class Blender(BaseEnsembler):
         name = f"blend-{metric.name}-{digest}-{tag}"
         self._record_studies([name])
         study = run_study(name, objective, n_trials=self.n_trials, seed=self.seed,
-                          storage=self.storage, enqueue=starting_points(names, self.n_trials),
+                          storage=self.storage, enqueue=enqueue,
                           attrs={"stage": "blend", "stages": names, "models": list(self.model_names_),
                                  "metric": metric.name, "fold": tag})
         total = sum(study.best_params.values())

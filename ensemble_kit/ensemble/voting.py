@@ -11,7 +11,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from ensemble_kit.decision.calibration import fit_temperature
 from ensemble_kit.ensemble._base import BaseEnsembler
-from ensemble_kit.ensemble._optuna import run_study, starting_points, suggest_weights
+from ensemble_kit.ensemble._optuna import as_trial_weights, run_study, starting_points, suggest_weights
 from ensemble_kit.ensemble._registry import register_ensembler
 from ensemble_kit.errors import ValidationError
 from ensemble_kit.metrics import get_metric, log_softmax, safe_log
@@ -60,6 +60,31 @@ def mixture_log_loss(probs_of_true_class: NDArray) -> Callable[[NDArray], float]
         return true_class_log_loss((w / w.sum()) @ true_probs)
 
     return loss
+
+
+def mixture_optimum(probs_of_true_class: NDArray, *, max_iter: int = 2000, tol: float = 1e-9) -> NDArray:
+    """The mixture weights (summing to 1) with the lowest log loss, from each member's ``(M, n)``
+    probabilities of the true class.
+
+    The log loss of a mixture is convex in its weights, so the EM fixed point
+    ``w_k <- mean_i(w_k p_ik / sum_j w_j p_ij)`` started from equal weights reaches its minimum;
+    each step costs one ``(M, n)`` product. A weight study enqueues it as its first trial, so
+    its best trial is the optimum whatever its budget, and the sampler searches around it.
+
+    >>> import numpy as np
+    >>> w = mixture_optimum(np.array([[0.9, 0.8, 0.1], [0.1, 0.2, 0.9]]))
+    >>> bool(abs(w.sum() - 1) < 1e-9 and w[0] > w[1])
+    True
+    """
+    true_probs = np.maximum(np.asarray(probs_of_true_class, dtype=np.float64), 1e-15)
+    weights = np.full(true_probs.shape[0], 1.0 / true_probs.shape[0])
+    for _ in range(max_iter):
+        updated = weights * (true_probs / (weights @ true_probs)).mean(axis=1)
+        updated /= updated.sum()
+        if np.abs(updated - weights).max() < tol:
+            return updated
+        weights = updated
+    return weights
 
 
 def true_class_log_loss(mixed_probs_of_true_class: NDArray) -> float:
@@ -163,8 +188,11 @@ class SoftVoting(BaseEnsembler):
             w = np.array([params[k] for k in keys])
             return w / w.sum() if w.sum() > 0 else np.full(n_models, 1.0 / n_models)
 
+        enqueue = starting_points(keys, self.n_trials)
         if metric.name == "log_loss" and self.space == "probs":
-            loss = mixture_log_loss(np.exp(log_probs[:, np.arange(len(y)), y]))
+            true_probs = np.exp(log_probs[:, np.arange(len(y)), y])
+            loss = mixture_log_loss(true_probs)
+            enqueue = [as_trial_weights(keys, mixture_optimum(true_probs)), *enqueue][:self.n_trials]
         else:
             def loss(w: NDArray) -> float:
                 return metric.loss(y, combine(log_probs, w, self.space), kind="logits")
@@ -175,7 +203,7 @@ class SoftVoting(BaseEnsembler):
         name = self._study_name(self.study_name or f"soft_vote-{self.space}-{metric.name}", log_probs, y,
                                 extra=f"temperature={self.temperature}")
         study = run_study(name, objective, n_trials=self.n_trials, seed=self.seed, storage=self.storage,
-                          enqueue=starting_points(keys, self.n_trials),
+                          enqueue=enqueue,
                           attrs={"stage": "soft_vote", "models": list(self.model_names_), "metric": metric.name,
                                  "fold": getattr(self, "_fold_tag", "final"), "space": self.space,
                                  "temperature": bool(self.temperature)})
@@ -200,4 +228,5 @@ def _vector(values: NDArray, n: int, what: str) -> NDArray:
     return values
 
 
-__all__: Sequence[str] = ["SPACES", "SoftVoting", "combine", "mixture_log_loss", "true_class_log_loss"]
+__all__: Sequence[str] = ["SPACES", "SoftVoting", "combine", "mixture_log_loss", "mixture_optimum",
+                          "true_class_log_loss"]

@@ -183,6 +183,53 @@ def test_mixture_log_loss_equals_the_log_loss_of_the_mixed_probabilities():
         assert loss(np.array(weights)) == pytest.approx(expected, abs=1e-9)
 
 
+def test_mixture_optimum_is_the_minimum_of_the_mixture_log_loss():
+    from scipy.optimize import minimize
+
+    from ensemble_kit.ensemble.voting import mixture_log_loss, mixture_optimum
+
+    rng = np.random.default_rng(1)
+    true_probs = rng.beta(2.0, 1.0 + 3.0 * rng.random((5, 1)), size=(5, 3000))
+    true_probs[4] = true_probs[0]  # a duplicate member: the optimum is not unique, its loss is
+    loss = mixture_log_loss(true_probs)
+    weights = mixture_optimum(true_probs)
+    assert weights.shape == (5,) and weights.min() >= 0 and weights.sum() == pytest.approx(1.0)
+    reference = minimize(lambda z: loss(np.exp(z)), np.zeros(5), method="Nelder-Mead",
+                         options={"maxiter": 20000, "xatol": 1e-10, "fatol": 1e-12})
+    assert loss(weights) <= reference.fun + 1e-8
+    for corner in np.eye(5):
+        assert loss(weights) < loss(corner)
+
+
+def test_mixture_optimum_gives_a_useless_member_no_weight():
+    from ensemble_kit.ensemble.voting import mixture_optimum
+
+    rng = np.random.default_rng(2)
+    good = rng.uniform(0.6, 1.0, 2000)
+    useless = np.full(2000, 0.1)  # never more likely than the good member on any row
+    weights = mixture_optimum(np.stack([good, useless]))
+    assert weights[1] < 1e-3
+
+
+def test_log_loss_weight_studies_start_from_the_exact_optimum(logits_y):
+    """The soft vote and the blend enqueue the mixture's optimum: with a budget of one trial they
+    reach it, and with more they never end above it."""
+    from ensemble_kit.ensemble.voting import mixture_log_loss, mixture_optimum
+    from ensemble_kit.metrics import log_softmax
+
+    logits, y = logits_y
+    true_probs = np.stack([np.exp(log_softmax(np.asarray(v, dtype=np.float64)))[np.arange(len(y)), y]
+                           for v in logits.values()])
+    optimum = mixture_log_loss(true_probs)(mixture_optimum(true_probs))
+    for n_trials in (1, 12):
+        vote = SoftVoting(n_trials=n_trials).fit(logits, y)
+        got = mixture_log_loss(true_probs)(vote.weights_)
+        assert got == pytest.approx(optimum, abs=2e-3) and got >= optimum - 1e-9
+    stages = [("good", SoftVoting([0, 0, 1])), ("bad", SoftVoting([1, 0, 0]))]
+    one_trial = Blender(stages, n_trials=1).fit(logits, y)
+    assert one_trial.weights_["good"] > 0.5
+
+
 def test_blender_fits_as_a_fold_clone(logits_y):
     from sklearn.base import clone
 
