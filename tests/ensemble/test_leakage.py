@@ -99,3 +99,18 @@ def test_blend_stage_temperatures_are_fitted_on_the_fitting_rows_only(monkeypatc
     fold_sizes = sorted(int((blend.folds_ != k).sum()) for k in np.unique(blend.folds_))
     assert sorted(seen) == sorted([*(size for size in fold_sizes for _ in range(2)), 300, 300])
     assert log_loss(y, blend.oof_proba_, kind="probs") > np.log(3) - 0.02
+
+
+def test_enqueued_mixture_optimum_sees_only_the_fitting_rows(monkeypatch):
+    """The exact mixture optimum (the soft vote's first trial) is computed per fit on that fit's
+    rows only; with one trial the vote is that optimum, and on random labels its OOF stays at chance."""
+    from ensemble_kit.ensemble import voting
+
+    seen = []
+    original = voting.mixture_optimum
+    monkeypatch.setattr(voting, "mixture_optimum", lambda p, **kw: seen.append(p.shape[1]) or original(p, **kw))
+    train, y = _noise(300, 5)
+    vote = SoftVoting(n_trials=1, space="probs").fit(train, y)
+    fold_sizes = sorted(int((vote.folds_ != k).sum()) for k in np.unique(vote.folds_))
+    assert sorted(seen) == sorted([*fold_sizes, 300])
+    assert log_loss(y, vote.oof_proba_, kind="probs") > np.log(3) - 0.02
