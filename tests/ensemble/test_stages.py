@@ -128,6 +128,21 @@ def test_logreg_solver_is_newton_below_the_work_limit_lbfgs_above():
     assert _logreg_solver(limit_rows, 48, 10) == "newton-cholesky" and _logreg_solver(limit_rows + 1, 48, 10) == "lbfgs"
 
 
+def test_a_wide_stack_too_large_for_newton_is_standardised_for_lbfgs(monkeypatch):
+    import ensemble_kit.ensemble._learners as learners
+
+    logits, y = make_logits(n=600, strength=(1.0, 1.3, 1.6))
+    monkeypatch.setattr(learners, "_NEWTON_CHOLESKY_MAX_WORK", 1.0)  # every stack is "too large" for Newton
+    auto = MetaLearner("logreg", layout="wide", params={"C": 0.1}).fit(logits, y)
+    scaler, lr = (step for _, step in auto.models_[0].steps)
+    assert lr.solver == "lbfgs" and scaler.with_mean and scaler.with_std
+    assert scaler.mean_.shape == (3 * 3 + 2 * 3,)
+    given = MetaLearner("logreg", layout="wide", params={"C": 0.1, "solver": "lbfgs"}).fit(logits, y)
+    scaler, lr = (step for _, step in given.models_[0].steps)
+    assert lr.solver == "lbfgs" and not scaler.with_mean and scaler.mean_ is None  # a given solver: as before
+    assert not np.allclose(auto.oof_proba_, given.oof_proba_, atol=1e-4)  # standardising changes the penalty
+
+
 def test_logreg_solvers_agree_and_a_given_solver_or_scaling_is_kept():
     logits, y = make_logits(n=600, strength=(1.0, 1.3, 1.6))
     newton = MetaLearner("logreg", layout="wide", params={"C": 0.1}).fit(logits, y)
