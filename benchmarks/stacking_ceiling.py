@@ -97,7 +97,7 @@ def analyse(path: Path, quality: Path | None) -> dict:
         table = pd.read_csv(quality / f"{path.name}.csv")
         best = table[table["baseline"]]["test_log_loss"].min()
         row = {**row, "best baseline": best, "target (0.97 x best)": TARGET * best,
-               "default": table.iloc[-1]["test_log_loss"]}
+               "default": table.loc[table["method"] == "**default recipe (Stacker())**", "test_log_loss"].iloc[0]}
         for key in ("linear floor", "linear floor + calibration features", "test-fitted LR stack (5-fold over test)",
                     "test-fitted CatBoost (5-fold over test)", "default"):
             row[f"{key} / best"] = row[key] / best
