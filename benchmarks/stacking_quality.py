@@ -6,7 +6,9 @@ replacement from an empty ensemble for 25 iterations (AutoGluon's default), a pl
 logistic-regression stack on log-probabilities (scikit-learn ``StackingClassifier`` style, no
 scaling, its ``C`` chosen by an inner 5-fold CV as ``LogisticRegressionCV`` does), wide
 LightGBM, wide CatBoost and the naive fixed 0.4 CatBoost + 0.3 LightGBM + 0.3 greedy blend);
-then the default Stacker: its stages, its blend, and the final model. OOF columns are honest
+then the default Stacker: its stages, its blend, and the final model (and, as an analysis row
+that is no method, the same fitted Stacker on ``test_shift.py``'s rescaled fold-mean test
+logits, where the store keeps per-fold test logits). OOF columns are honest
 (nested on the store's folds); test columns are the held-out test split, whose labels are
 never used for fitting.
 
