@@ -37,7 +37,7 @@ from ensemble_kit import LogitStore
 from ensemble_kit.ensemble._features import wide_features
 from ensemble_kit.metrics import scores
 
-from stacking_quality import LR_CS, _lr_stack_features
+from stacking_quality import DEFAULT_ROW, LR_CS, _lr_stack_features
 
 TARGET = 0.97
 BUNDLES = ("imbalanced4", "balanced6", "cnn_family")
@@ -97,7 +97,7 @@ def analyse(path: Path, quality: Path | None) -> dict:
         table = pd.read_csv(quality / f"{path.name}.csv")
         best = table[table["baseline"]]["test_log_loss"].min()
         row = {**row, "best baseline": best, "target (0.97 x best)": TARGET * best,
-               "default": table.loc[table["method"] == "**default recipe (Stacker())**", "test_log_loss"].iloc[0]}
+               "default": table.loc[table["method"] == DEFAULT_ROW, "test_log_loss"].iloc[0]}
         for key in ("linear floor", "linear floor + calibration features", "test-fitted LR stack (5-fold over test)",
                     "test-fitted CatBoost (5-fold over test)", "default"):
             row[f"{key} / best"] = row[key] / best

@@ -42,6 +42,7 @@ from test_shift import correct
 
 LR_CS = np.logspace(-3, 1, 9)  # the inner-CV grid of the LR stack baseline
 BUNDLES = ("cifar10", "imbalanced4", "balanced6", "cnn_family", "many_classes")
+DEFAULT_ROW = "**default recipe (Stacker())**"  # the method row every summary reads
 
 
 def _scores(y, probs):
@@ -147,7 +148,7 @@ def evaluate(store: LogitStore, y_test: np.ndarray, models: list[str], *, n_tria
         weights = ", ".join(f"{n} {w:.3f}" for n, w in ensemble.weights_.items())
         add(f"default blend ({weights})", ensemble.oof_proba_, np.exp(ensemble._predict_log_proba(test)),
             ensemble.fit_seconds_)
-    add("**default recipe (Stacker())**", stk.oof_proba_, stk.predict_proba(store), seconds)
+    add(DEFAULT_ROW, stk.oof_proba_, stk.predict_proba(store), seconds)
     folds_test = store.test(models, reduce=None)
     if folds_test.shape[1] > 1:  # a direction under measurement (test_shift.py), not the default
         rescaled = {name: correct(f, matrix=True) for name, f in zip(models, folds_test)}
@@ -158,7 +159,7 @@ def evaluate(store: LogitStore, y_test: np.ndarray, models: list[str], *, n_tria
     with pd.option_context("display.width", 250, "display.max_columns", 20, "display.max_colwidth", 70):
         print(table.drop(columns="baseline").to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     baselines = table[table["baseline"]]
-    final = table[table["method"] == "**default recipe (Stacker())**"].iloc[0]
+    final = table[table["method"] == DEFAULT_ROW].iloc[0]
     best_row = baselines.loc[baselines["test_log_loss"].idxmin()]
     summary = {
         "bundle": label, "rows": len(y), "models": len(models), "classes": store.n_classes,

@@ -40,6 +40,21 @@ def _centred(z: np.ndarray) -> np.ndarray:
     return z - z.mean(axis=-1, keepdims=True)
 
 
+def _deviations(folds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row-centred logits of ``(F, n, C)`` fold models: the fold mean's per-class mean, its
+    deviations from it ``(n, C)``, and each fold model's deviations from its own ``(F, n, C)``."""
+    single = _centred(folds.astype(np.float64))
+    mean = single.mean(axis=0)
+    mu = mean.mean(axis=0)
+    return mu, mean - mu, single - single.mean(axis=1, keepdims=True)
+
+
+def variance_ratio(folds: np.ndarray) -> float:
+    """``var(one fold model) / var(fold mean)`` of one model's test logits ``(F, n, C)``."""
+    _, d_mean, d_single = _deviations(folds)
+    return float(np.mean(d_single ** 2) / np.mean(d_mean ** 2))
+
+
 def correct(folds: np.ndarray, *, matrix: bool) -> np.ndarray:
     """Fold-averaged logits ``(n, C)`` of one model, rescaled to the spread of a single fold model.
 
@@ -47,13 +62,9 @@ def correct(folds: np.ndarray, *, matrix: bool) -> np.ndarray:
     ``var(single) / var(mean)``; matrix: by ``pinv(cov(mean)) @ cov(single)`` in the row-centred
     space (rank C - 1).
     """
-    single = _centred(folds.astype(np.float64))
-    mean = single.mean(axis=0)
-    mu = mean.mean(axis=0)
-    d_mean = mean - mu
-    d_single = single - single.mean(axis=1, keepdims=True)
+    mu, d_mean, d_single = _deviations(folds)
     if not matrix:
-        return mu + d_mean * (np.mean(d_single ** 2) / np.mean(d_mean ** 2))
+        return mu + d_mean * variance_ratio(folds)
     cov_mean = d_mean.T @ d_mean / len(d_mean)
     cov_single = np.mean([d.T @ d / len(d) for d in d_single], axis=0)
     return mu + d_mean @ (np.linalg.pinv(cov_mean, rcond=1e-8, hermitian=True) @ cov_single)
@@ -80,12 +91,11 @@ def analyse(path: Path, *, stacker: bool, n_trials: int) -> tuple[pd.DataFrame, 
     base = []
     for m, name in enumerate(models):
         t_oof = _temperature(store.y, oof[m])
-        ratio = np.mean(_centred(folds[m]).var(axis=1)) / _centred(mean[m]).var(axis=0).mean()
         base.append({"model": name, "OOF LL": _ll(store.y, oof[m]), "test LL (fold mean)": _ll(y_test, mean[m]),
                      "scalar": _ll(y_test, scalar[m]), "matrix": _ll(y_test, full[m]),
                      "T on OOF": t_oof, "fold mean / T_oof": _ll(y_test, mean[m] / t_oof),
                      "scalar / T_oof": _ll(y_test, scalar[m] / t_oof), "matrix / T_oof": _ll(y_test, full[m] / t_oof),
-                     "var ratio": ratio, "test-optimal T (analysis)": _temperature(y_test, mean[m])})
+                     "var ratio": variance_ratio(folds[m]), "test-optimal T (analysis)": _temperature(y_test, mean[m])})
     base = pd.DataFrame(base)
 
     rows = []
