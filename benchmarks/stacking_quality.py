@@ -8,7 +8,10 @@ scaling, its ``C`` chosen by an inner 5-fold CV as ``LogisticRegressionCV`` does
 LightGBM, wide CatBoost and the naive fixed 0.4 CatBoost + 0.3 LightGBM + 0.3 greedy blend);
 then the default Stacker: its stages, its blend, and the final model (and, as an analysis row
 that is no method, the same fitted Stacker on ``test_shift.py``'s rescaled fold-mean test
-logits, where the store keeps per-fold test logits). OOF columns are honest
+logits, where the store keeps per-fold test logits). The summary gives the ratio of the
+default's test log loss to the best baseline's, and 95 % paired bootstrap intervals over the
+test rows of that ratio and of the accuracy and macro F1 differences to the best baselines (how
+much of a difference the test split can resolve). OOF columns are honest
 (nested on the store's folds); test columns are the held-out test split, whose labels are
 never used for fitting.
 
@@ -36,7 +39,7 @@ import pandas as pd
 from ensemble_kit import HillClimbing, LogitStore, MetaLearner, Stacker
 from ensemble_kit.ensemble import cross_fit
 from ensemble_kit.ensemble.blending import mix
-from ensemble_kit.metrics import log_softmax, scores
+from ensemble_kit.metrics import log_softmax, safe_log, scores
 
 from test_shift import correct
 
@@ -50,6 +53,36 @@ def _scores(y, probs):
         return dict.fromkeys(scores(y, np.full((len(y), int(y.max()) + 1), 1.0 / (int(y.max()) + 1)), kind="probs"),
                              np.nan)
     return scores(y, probs, kind="probs")
+
+
+def _macro_f1(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
+    """Macro F1 over all classes (a class neither true nor predicted counts 0, as in ``scores``)."""
+    confusion = np.bincount(y * n_classes + pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    denominator = confusion.sum(axis=0) + confusion.sum(axis=1)
+    return float(np.mean(np.where(denominator > 0, 2 * np.diag(confusion) / np.maximum(denominator, 1), 0.0)))
+
+
+def paired_intervals(y: np.ndarray, p_default: np.ndarray, p_log_loss: np.ndarray, p_accuracy: np.ndarray,
+                     p_f1: np.ndarray, *, n_boot: int = 2000, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """95 % paired bootstrap intervals over test rows: the default's test log loss / the best
+    baseline's, and its accuracy and macro F1 minus the best baselines' (``p_*``: the test
+    probabilities of the baseline best on that metric).
+
+    Every method is scored on the same resampled rows: how far each comparison moves with which
+    rows the test split happened to draw.
+    """
+    rows, n_classes = np.arange(len(y)), p_default.shape[1]
+    draws = np.random.default_rng(seed).integers(0, len(y), size=(n_boot, len(y)))
+
+    def row_loss(p: np.ndarray) -> np.ndarray:
+        return -safe_log(p / p.sum(axis=1, keepdims=True))[rows, y]
+
+    ratio = row_loss(p_default)[draws].mean(axis=1) / row_loss(p_log_loss)[draws].mean(axis=1)
+    decided, by_accuracy, by_f1 = p_default.argmax(axis=1), p_accuracy.argmax(axis=1), p_f1.argmax(axis=1)
+    accuracy = (decided == y)[draws].mean(axis=1) - (by_accuracy == y)[draws].mean(axis=1)
+    f1 = np.array([_macro_f1(y[d], decided[d], n_classes) - _macro_f1(y[d], by_f1[d], n_classes) for d in draws])
+    return {name: tuple(float(v) for v in np.quantile(values, [0.025, 0.975]))
+            for name, values in (("log loss ratio", ratio), ("accuracy", accuracy), ("f1_macro", f1))}
 
 
 def _lr_stack_features(logits: np.ndarray) -> np.ndarray:
@@ -161,13 +194,20 @@ def evaluate(store: LogitStore, y_test: np.ndarray, models: list[str], *, n_tria
     baselines = table[table["baseline"]]
     final = table[table["method"] == DEFAULT_ROW].iloc[0]
     best_row = baselines.loc[baselines["test_log_loss"].idxmin()]
+    best_by = {metric: baselines.loc[baselines[f"test_{metric}"].idxmax() if metric != "log_loss"
+                                     else baselines[f"test_{metric}"].idxmin(), "method"]
+               for metric in ("log_loss", "accuracy", "f1_macro")}
+    intervals = paired_intervals(y_test, probs[DEFAULT_ROW][1], *(probs[best_by[m]][1] for m in best_by))
     summary = {
         "bundle": label, "rows": len(y), "models": len(models), "classes": store.n_classes,
         "default test log loss": final["test_log_loss"], "best baseline": best_row["method"],
         "best baseline test log loss": best_row["test_log_loss"],
         "ratio": final["test_log_loss"] / best_row["test_log_loss"],
+        "ratio 95% CI": "{:.3f} to {:.3f}".format(*intervals["log loss ratio"]),
         "acc (default / best baseline)": f"{final['test_accuracy']:.4f} / {baselines['test_accuracy'].max():.4f}",
         "macro F1 (default / best baseline)": f"{final['test_f1_macro']:.4f} / {baselines['test_f1_macro'].max():.4f}",
+        "acc difference 95% CI": "{:+.4f} to {:+.4f}".format(*intervals["accuracy"]),
+        "macro F1 difference 95% CI": "{:+.4f} to {:+.4f}".format(*intervals["f1_macro"]),
         "default fit s": seconds, "LR stack fit s": lr_seconds, "time ratio": seconds / lr_seconds,
         "peak RSS GB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
     }
@@ -215,7 +255,9 @@ def main() -> None:
             args.out.mkdir(parents=True, exist_ok=True)
             result["table"].to_csv(args.out / f"{label}.csv", index=False)
     summary = pd.DataFrame([r["summary"] for r in results])
-    print("\n## summary (ratio: default / best baseline test log loss; time ratio: default / LR stack fit seconds)")
+    print("\n## summary (ratio: default / best baseline test log loss; 95 % paired bootstrap intervals over test "
+          "rows of that ratio and of the default's accuracy and macro F1 minus the best baselines'; time ratio: "
+          "default / LR stack fit seconds)")
     with pd.option_context("display.width", 250, "display.max_columns", 20):
         print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if args.out:
