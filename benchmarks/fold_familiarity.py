@@ -10,7 +10,8 @@ nested OOF, under-weights it. This script measures, per bundle (test labels only
 1. **the familiarity gap** of a wide logistic stage (every model's log-probabilities, entropy
    and top log-probability, unscaled; fixed ``C``): stage ``s`` (fitted on the OOF rows of
    folds != s) applied to the test logits of fold model ``k``, paired by ``k``: never seen
-   (``s = k``) against seen (``s != k``);
+   (``s = k``) against seen (``s != k``); with ``--centre`` also after removing every fold
+   model's class bias;
 2. **the default Stacker with two meta-fold schemes**: the base folds themselves (what the
    library does) and meta folds that cut across them (each holds a class-stratified fifth of
    every base fold, so every stage fit has seen every fold model; no row is ever scored by a
@@ -41,7 +42,7 @@ from sklearn.preprocessing import StandardScaler
 from ensemble_kit import LogitStore, Stacker
 from ensemble_kit.ensemble._features import wide_features
 from ensemble_kit.ensemble._learners import LOGREG_CS, _logreg_solver
-from ensemble_kit.metrics import scores
+from ensemble_kit.metrics import log_softmax, scores
 
 
 def cross_cutting_folds(base: np.ndarray, y: np.ndarray, *, seed: int = 0) -> np.ndarray:
@@ -71,14 +72,26 @@ def _log_loss(y: np.ndarray, proba: np.ndarray) -> float:
     return scores(y, proba, kind="probs")["log_loss"]
 
 
-def familiarity(store: LogitStore, y_test: np.ndarray, C: float) -> dict[str, float]:
-    """Stage s on fold model k's test logits, paired by k: never seen (s = k) vs seen (s != k)."""
+def familiarity(store: LogitStore, y_test: np.ndarray, C: float, *, centre: bool = False) -> dict[str, float]:
+    """Stage s on fold model k's test logits, paired by k: never seen (s = k) vs seen (s != k).
+
+    ``centre``: first shift every fold model's log-probabilities by its own per-class mean over
+    its OOF rows (relative to the mean over fold models; no labels), which removes a fold
+    model's class bias.
+    """
     models = store.models()
-    X = wide_features(store.oof(models), "logprobs")
-    fold_test = store.test(models, reduce=None)  # (M, F, n_test, C)
-    n_folds = fold_test.shape[1]
-    X_test = [wide_features(fold_test[:, k], "logprobs") for k in range(n_folds)]
     y, folds = store.y, store.folds
+    oof = log_softmax(store.oof(models).astype(np.float64))   # (M, n, C)
+    fold_test = log_softmax(store.test(models, reduce=None).astype(np.float64))  # (M, F, n_test, C)
+    n_folds = fold_test.shape[1]
+    if centre:
+        bias = np.stack([oof[:, folds == k].mean(axis=1) for k in range(n_folds)], axis=1)  # (M, F, C)
+        bias -= bias.mean(axis=1, keepdims=True)
+        for k in range(n_folds):
+            oof[:, folds == k] -= bias[:, k, None, :]
+            fold_test[:, k] -= bias[:, k, None, :]
+    X = wide_features(oof, "logprobs")
+    X_test = [wide_features(fold_test[:, k], "logprobs") for k in range(n_folds)]
     loss = np.empty((n_folds, n_folds))  # loss[s, k]: stage s on fold model k
     nested = []
     for s in range(n_folds):
@@ -88,7 +101,7 @@ def familiarity(store: LogitStore, y_test: np.ndarray, C: float) -> dict[str, fl
         loss[s] = [_log_loss(y_test, stage.predict_proba(x)) for x in X_test]
     unseen = np.diag(loss)
     seen = (loss.sum(axis=0) - unseen) / (n_folds - 1)
-    return {"C": C, "nested OOF": float(np.sum(nested) / len(y)), "test, unseen fold model": float(unseen.mean()),
+    return {"C": C, "centred": centre, "nested OOF": float(np.sum(nested) / len(y)), "test, unseen fold model": float(unseen.mean()),
             "test, seen fold models": float(seen.mean()), "gap": float((unseen - seen).mean()),
             "gap min": float((unseen - seen).min()), "gap max": float((unseen - seen).max())}
 
@@ -136,6 +149,8 @@ def main() -> None:
     parser.add_argument("--bundles", default="imbalanced4,balanced6,cnn_family")
     parser.add_argument("--C", type=float, default=0.0316, help="the logistic stage's C for the familiarity gap")
     parser.add_argument("--n-trials", type=int, default=200)
+    parser.add_argument("--centre", action="store_true",
+                        help="also the gap with every fold model's class bias removed (label-free)")
     parser.add_argument("--no-stacker", action="store_true", help="only the familiarity gap (fast)")
     parser.add_argument("--c-curve", action="store_true", help="also the test log loss over the C grid (analysis)")
     args = parser.parse_args()
@@ -152,8 +167,9 @@ def main() -> None:
             # near-collinear log-probabilities of one family: newton-cholesky hands such fits to lbfgs
             warnings.simplefilter("ignore", ConvergenceWarning)
             warnings.simplefilter("ignore", LinAlgWarning)
-            gaps.append({"bundle": path.name, **familiarity(store, y_test, args.C)})
-            print(f"  familiarity: {gaps[-1]}", flush=True)
+            for centre in (False, True) if args.centre else (False,):
+                gaps.append({"bundle": path.name, **familiarity(store, y_test, args.C, centre=centre)})
+                print(f"  familiarity: {gaps[-1]}", flush=True)
             if args.c_curve:
                 print(c_curve(store, y_test).to_string(index=False, float_format=fmt), flush=True)
         if not args.no_stacker:
