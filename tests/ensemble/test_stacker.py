@@ -249,3 +249,16 @@ def test_a_temperature_that_worsens_nested_log_loss_is_rejected():
     else:  # kept only because it did not make nested log loss worse
         vote = stk.report_.set_index("step").loc["vote", "log_loss"]
         assert row["kept"] and row["log_loss"] <= vote
+
+
+def test_meta_folds_are_the_base_models_folds():
+    """docs/stacking.md: every stage, the blend and the nested steps use the folds passed in (the
+    base models' own), never folds of their own that would cut across them."""
+    logits, y = make_logits(n=200)
+    folds = np.arange(200) % 4
+    stk = Stacker(stages=[("vote", SoftVoting("equal")), ("hc", HillClimbing(n_iter=5))], n_trials=5).fit(
+        logits, y, folds=folds)
+    np.testing.assert_array_equal(stk.folds_, folds)
+    np.testing.assert_array_equal(stk.ensemble_.folds_, folds)
+    for stage in stk.ensemble_.stages_.values():
+        np.testing.assert_array_equal(stage.folds_, folds)
