@@ -33,16 +33,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.linalg import LinAlgWarning
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from ensemble_kit import LogitStore, Stacker
 from ensemble_kit.ensemble._features import wide_features
-from ensemble_kit.ensemble._learners import LOGREG_CS, _logreg_solver
-from ensemble_kit.metrics import log_softmax, scores
+from ensemble_kit.ensemble._learners import LEARNERS, LOGREG_CS, FitRequest
+from ensemble_kit.metrics import log_loss, log_softmax, scores
 
 
 def cross_cutting_folds(base: np.ndarray, y: np.ndarray, *, seed: int = 0) -> np.ndarray:
@@ -60,16 +56,14 @@ def cross_cutting_folds(base: np.ndarray, y: np.ndarray, *, seed: int = 0) -> np
     return out
 
 
-def _logistic(C: float, n_rows: int, n_features: int, n_classes: int):
-    """The wide logistic stage's model at a fixed C, scaled and solved as the library would."""
-    solver = _logreg_solver(n_rows, n_features, n_classes)
-    scale = solver == "lbfgs"
-    return make_pipeline(StandardScaler(with_mean=scale, with_std=scale),
-                         LogisticRegression(C=C, solver=solver, max_iter=1000))
-
-
-def _log_loss(y: np.ndarray, proba: np.ndarray) -> float:
-    return scores(y, proba, kind="probs")["log_loss"]
+def _logistic_stage(C: float, X: np.ndarray, y: np.ndarray, n_classes: int):
+    """The library's wide logistic backend fitted at a fixed C (scaled and solved as the stage is);
+    returns a function of features -> probabilities."""
+    backend = LEARNERS.get("logreg")
+    rows = np.arange(len(y))
+    model = backend.fit(FitRequest(X=X, y=y, binary=False, n_classes=n_classes, categorical=None, weight=None,
+                                   fit_rows=rows, stop_rows=rows[:0], seed=0, threads=1, params={"C": C}))
+    return lambda features: np.exp(backend.scores(model, features, binary=False, categorical=None))
 
 
 def familiarity(store: LogitStore, y_test: np.ndarray, C: float, *, centre: bool = False) -> dict[str, float]:
@@ -93,15 +87,16 @@ def familiarity(store: LogitStore, y_test: np.ndarray, C: float, *, centre: bool
     X = wide_features(oof, "logprobs")
     X_test = [wide_features(fold_test[:, k], "logprobs") for k in range(n_folds)]
     loss = np.empty((n_folds, n_folds))  # loss[s, k]: stage s on fold model k
-    nested = []
+    nested = np.empty((len(y), store.n_classes))
     for s in range(n_folds):
-        fit = folds != s
-        stage = _logistic(C, int(fit.sum()), X.shape[1], store.n_classes).fit(X[fit], y[fit])
-        nested.append(_log_loss(y[~fit], stage.predict_proba(X[~fit])) * (~fit).sum())
-        loss[s] = [_log_loss(y_test, stage.predict_proba(x)) for x in X_test]
+        held = folds == s
+        predict = _logistic_stage(C, X[~held], y[~held], store.n_classes)
+        nested[held] = predict(X[held])
+        loss[s] = [log_loss(y_test, predict(x), kind="probs") for x in X_test]
     unseen = np.diag(loss)
     seen = (loss.sum(axis=0) - unseen) / (n_folds - 1)
-    return {"C": C, "centred": centre, "nested OOF": float(np.sum(nested) / len(y)), "test, unseen fold model": float(unseen.mean()),
+    return {"C": C, "centred": centre, "nested OOF": log_loss(y, nested, kind="probs"),
+            "test, unseen fold model": float(unseen.mean()),
             "test, seen fold models": float(seen.mean()), "gap": float((unseen - seen).mean()),
             "gap min": float((unseen - seen).min()), "gap max": float((unseen - seen).max())}
 
@@ -123,7 +118,7 @@ def stacker_runs(store: LogitStore, y_test: np.ndarray, n_trials: int) -> list[d
         report = stk.report_.set_index("step")
         stage_oof = {name: report.loc[name, "log_loss"] for name in stk.stage_names_}
         test_scores = scores(y_test, proba, kind="probs")
-        rows.append({"meta folds": scheme, "nested OOF": float(scores(store.y, stk.oof_proba_, kind="probs")["log_loss"]),
+        rows.append({"meta folds": scheme, "nested OOF": log_loss(store.y, stk.oof_proba_, kind="probs"),
                      "test LL": test_scores["log_loss"], "test acc": test_scores["accuracy"],
                      "test macro F1": test_scores["f1_macro"], "fit s": seconds,
                      "weights": " ".join(f"{n} {w:.3f}" for n, w in stk.ensemble_.weights_.items()),
@@ -137,9 +132,8 @@ def c_curve(store: LogitStore, y_test: np.ndarray) -> pd.DataFrame:
     models = store.models()
     X = wide_features(store.oof(models), "logprobs")
     X_test = wide_features(store.test(models), "logprobs")
-    return pd.DataFrame([{"C": C, "test LL": _log_loss(
-        y_test, _logistic(C, len(X), X.shape[1], store.n_classes).fit(X, store.y).predict_proba(X_test))}
-        for C in LOGREG_CS])
+    return pd.DataFrame([{"C": C, "test LL": log_loss(
+        y_test, _logistic_stage(C, X, store.y, store.n_classes)(X_test), kind="probs")} for C in LOGREG_CS])
 
 
 def main() -> None:
@@ -164,9 +158,7 @@ def main() -> None:
         y_test = np.load(path.parent / f"{path.name}-test-labels.npy")
         print(f"## {path.name}", flush=True)
         with warnings.catch_warnings():
-            # near-collinear log-probabilities of one family: newton-cholesky hands such fits to lbfgs
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            warnings.simplefilter("ignore", LinAlgWarning)
+            warnings.simplefilter("ignore", ConvergenceWarning)  # lbfgs at the grid's weakest penalties
             for centre in (False, True) if args.centre else (False,):
                 gaps.append({"bundle": path.name, **familiarity(store, y_test, args.C, centre=centre)})
                 print(f"  familiarity: {gaps[-1]}", flush=True)

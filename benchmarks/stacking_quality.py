@@ -40,6 +40,7 @@ from ensemble_kit import HillClimbing, LogitStore, MetaLearner, Stacker
 from ensemble_kit.ensemble import cross_fit
 from ensemble_kit.ensemble.blending import mix
 from ensemble_kit.metrics import log_softmax, safe_log, scores
+from ensemble_kit.metrics._classification import f1_macro_of_labels
 
 from test_shift import correct
 
@@ -53,13 +54,6 @@ def _scores(y, probs):
         return dict.fromkeys(scores(y, np.full((len(y), int(y.max()) + 1), 1.0 / (int(y.max()) + 1)), kind="probs"),
                              np.nan)
     return scores(y, probs, kind="probs")
-
-
-def _macro_f1(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
-    """Macro F1 over all classes (a class neither true nor predicted counts 0, as in ``scores``)."""
-    confusion = np.bincount(y * n_classes + pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
-    denominator = confusion.sum(axis=0) + confusion.sum(axis=1)
-    return float(np.mean(np.where(denominator > 0, 2 * np.diag(confusion) / np.maximum(denominator, 1), 0.0)))
 
 
 def paired_intervals(y: np.ndarray, p_default: np.ndarray, p_log_loss: np.ndarray, p_accuracy: np.ndarray,
@@ -80,7 +74,8 @@ def paired_intervals(y: np.ndarray, p_default: np.ndarray, p_log_loss: np.ndarra
     ratio = row_loss(p_default)[draws].mean(axis=1) / row_loss(p_log_loss)[draws].mean(axis=1)
     decided, by_accuracy, by_f1 = p_default.argmax(axis=1), p_accuracy.argmax(axis=1), p_f1.argmax(axis=1)
     accuracy = (decided == y)[draws].mean(axis=1) - (by_accuracy == y)[draws].mean(axis=1)
-    f1 = np.array([_macro_f1(y[d], decided[d], n_classes) - _macro_f1(y[d], by_f1[d], n_classes) for d in draws])
+    f1 = np.array([f1_macro_of_labels(y[d], decided[d], n_classes) - f1_macro_of_labels(y[d], by_f1[d], n_classes)
+                   for d in draws])
     return {name: tuple(float(v) for v in np.quantile(values, [0.025, 0.975]))
             for name, values in (("log loss ratio", ratio), ("accuracy", accuracy), ("f1_macro", f1))}
 
@@ -194,10 +189,9 @@ def evaluate(store: LogitStore, y_test: np.ndarray, models: list[str], *, n_tria
     baselines = table[table["baseline"]]
     final = table[table["method"] == DEFAULT_ROW].iloc[0]
     best_row = baselines.loc[baselines["test_log_loss"].idxmin()]
-    best_by = {metric: baselines.loc[baselines[f"test_{metric}"].idxmax() if metric != "log_loss"
-                                     else baselines[f"test_{metric}"].idxmin(), "method"]
-               for metric in ("log_loss", "accuracy", "f1_macro")}
-    intervals = paired_intervals(y_test, probs[DEFAULT_ROW][1], *(probs[best_by[m]][1] for m in best_by))
+    best_methods = (best_row["method"], *(baselines.loc[baselines[f"test_{m}"].idxmax(), "method"]
+                                          for m in ("accuracy", "f1_macro")))
+    intervals = paired_intervals(y_test, probs[DEFAULT_ROW][1], *(probs[m][1] for m in best_methods))
     summary = {
         "bundle": label, "rows": len(y), "models": len(models), "classes": store.n_classes,
         "default test log loss": final["test_log_loss"], "best baseline": best_row["method"],
