@@ -3,15 +3,19 @@
 For each bundle: features (every model's log-probabilities; the default's wide features with
 each model's entropy and top log-probability; those plus each model's margin, its top
 log-probability minus its second, and ``+rank``, each class's rank within each model's row),
-standardised or not, 3- or 5-fold inner CV for ``C`` over ``logspace(-3, 1, 9)``, ``C`` as the
-grid's best point or as the vertex of a parabola through the best point and its neighbours (in
-log C; ``--c-choice``), and the solver (``lbfgs``, ``newton-cholesky``). The OOF column is
-nested over the store's folds (the inner CV sees only the fitting rows); test labels are only
-scored.
+standardised or not, 3- or 5-fold inner CV for ``C`` over ``logspace(-3, 1, 9)``, the rule that
+turns the inner CV's scores into ``C`` (``--c-choice``), and the solver (``lbfgs``,
+``newton-cholesky``). The rules: ``fold-mean``, the mean of each inner fold's best ``C`` (the
+library's); ``best-mean``, the grid point with the best mean score; ``vertex``, the vertex of
+the parabola (in log C) through that point and its two neighbours. The OOF column is nested
+over the store's folds (the inner CV sees only the fitting rows); test labels are only scored.
+``--stacker`` fits the whole default Stacker once per rule instead, its logistic stage choosing
+``C`` by that rule.
 
     python benchmarks/logreg_stage_variants.py --suite /tmp/suite --bundles imbalanced4,balanced6
-    python benchmarks/logreg_stage_variants.py --suite /tmp/suite --features wide,wide+margin,wide+margin+rank \
-        --scales unscaled --inner 3 --solvers newton-cholesky --c-choice grid,vertex
+    python benchmarks/logreg_stage_variants.py --suite /tmp/suite --features wide,wide+margin,wide+margin+rank \\
+        --scales unscaled --inner 3 --solvers newton-cholesky --c-choice fold-mean,vertex
+    python benchmarks/logreg_stage_variants.py --suite /tmp/suite --stacker --c-choice fold-mean,vertex
 """
 import argparse
 import time
@@ -22,12 +26,13 @@ from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
-from ensemble_kit import LogitStore
+from ensemble_kit import LogitStore, Stacker
 from ensemble_kit.ensemble import cross_fit
+from ensemble_kit.ensemble._learners import LOGREG_CS, _LogReg
 from ensemble_kit.ensemble._features import wide_features
 from ensemble_kit.metrics import log_softmax, scores
 
-from stacking_quality import LR_CS, _lr_stack_features
+from stacking_quality import _lr_stack_features
 
 
 FEATURES = ("logprobs", "wide", "wide+margin", "wide+margin+rank")
@@ -48,14 +53,23 @@ def _features(logits: np.ndarray, kind: str) -> np.ndarray:
     return np.concatenate(columns, axis=1)
 
 
-def _vertex_c(mean_scores: np.ndarray) -> float:
-    """The C at the vertex of the parabola (in log C) through the best grid point and its neighbours."""
-    log_cs = np.log10(LR_CS)
+def _best_mean_c(fold_scores: np.ndarray) -> float:
+    """The grid point with the best mean score over the inner folds (``LogisticRegressionCV(refit=True)``)."""
+    return float(LOGREG_CS[int(np.argmax(fold_scores.mean(axis=0)))])
+
+
+def _vertex_c(fold_scores: np.ndarray) -> float:
+    """The C at the vertex of the parabola (in log C) through the best mean score's grid point and its neighbours."""
+    mean_scores, log_cs = fold_scores.mean(axis=0), np.log10(LOGREG_CS)
     best = int(np.argmax(mean_scores))
-    if best in (0, len(LR_CS) - 1):
-        return float(LR_CS[best])
+    if best in (0, len(LOGREG_CS) - 1):
+        return float(LOGREG_CS[best])
     a, b, _ = np.polyfit(log_cs[best - 1:best + 2], mean_scores[best - 1:best + 2], 2)
-    return float(10 ** np.clip(-b / (2 * a), log_cs[best - 1], log_cs[best + 1])) if a < 0 else float(LR_CS[best])
+    return float(10 ** np.clip(-b / (2 * a), log_cs[best - 1], log_cs[best + 1])) if a < 0 else float(LOGREG_CS[best])
+
+
+#: How the inner CV's scores (folds x ``LOGREG_CS``) become one C; ``fold-mean`` is the library's rule.
+C_RULES = {"fold-mean": _LogReg._choose_C, "best-mean": _best_mean_c, "vertex": _vertex_c}
 
 
 def _fit(x: np.ndarray, y: np.ndarray, *, scale: bool, inner: int, solver: str, c_choice: str, seed: int):
@@ -64,23 +78,27 @@ def _fit(x: np.ndarray, y: np.ndarray, *, scale: bool, inner: int, solver: str, 
     xs = scaler.transform(x) if scaler else x
     max_iter = 1000 if solver == "lbfgs" else 100
     splits = list(StratifiedKFold(inner, shuffle=True, random_state=seed).split(xs, y))
-    search = LogisticRegressionCV(Cs=LR_CS, cv=splits, scoring="neg_log_loss", max_iter=max_iter, solver=solver,
+    search = LogisticRegressionCV(Cs=list(LOGREG_CS), cv=splits, scoring="neg_log_loss", max_iter=max_iter, solver=solver,
                                   refit=False, l1_ratios=(0.0,), use_legacy_attributes=False).fit(xs, y)
-    if c_choice == "vertex":
-        c = _vertex_c(np.asarray(search.scores_).reshape(inner, -1).mean(axis=0))
-    else:
-        c = float(np.atleast_1d(search.C_)[0])
+    c = C_RULES[c_choice](np.asarray(search.scores_).reshape(inner, len(LOGREG_CS)))
     model = LogisticRegression(C=c, max_iter=max_iter, solver=solver).fit(xs, y)
     return (lambda z: model.predict_proba(scaler.transform(z) if scaler else z)), c
 
 
-def variant(x, x_test, y, folds, *, scale: bool, inner: int, solver: str, c_choice: str = "grid", seed: int = 0):
+def variant(x, x_test, y, folds, *, scale: bool, inner: int, solver: str, c_choice: str = "fold-mean",
+            seed: int = 0):
     """Nested OOF and test probabilities of one variant, its final C and its seconds."""
     start = time.perf_counter()
     settings = dict(scale=scale, inner=inner, solver=solver, c_choice=c_choice, seed=seed)
     oof = cross_fit(folds, lambda fit, held, _k: _fit(x[fit], y[fit], **settings)[0](x[held]))
     predict, c = _fit(x, y, **settings)
     return oof, predict(x_test), c, time.perf_counter() - start
+
+
+def stacker_with_c_rule(c_choice: str, seed: int = 0) -> Stacker:
+    """The default Stacker whose logistic stage turns its inner CV's scores into C by ``C_RULES[c_choice]``."""
+    backend = type(f"LogReg_{c_choice}", (_LogReg,), {"_choose_C": staticmethod(C_RULES[c_choice])})()
+    return Stacker.from_recipe("full", seed=seed).set_params(logreg__learner=backend)
 
 
 def main() -> None:
@@ -91,28 +109,43 @@ def main() -> None:
     parser.add_argument("--features", default="logprobs,wide", help=f"comma-separated, of {FEATURES}")
     parser.add_argument("--scales", default="unscaled,scaled")
     parser.add_argument("--inner", default="3,5", help="inner-CV fold counts")
-    parser.add_argument("--c-choice", default="grid", help="grid (the best grid point) and/or vertex")
+    parser.add_argument("--c-choice", default="fold-mean", help=f"comma-separated, of {tuple(C_RULES)}")
+    parser.add_argument("--stacker", action="store_true",
+                        help="fit the whole default Stacker per --c-choice rule (the other variant flags are unused)")
     args = parser.parse_args()
     suite, bundles, solvers = args.suite, args.bundles.split(","), args.solvers.split(",")
-    kinds = args.features.split(",")
+    kinds, rules = args.features.split(","), args.c_choice.split(",")
     if set(kinds) - set(FEATURES):
         parser.error(f"--features takes {FEATURES}; got {args.features!r}")
+    if set(rules) - set(C_RULES):
+        parser.error(f"--c-choice takes {tuple(C_RULES)}; got {args.c_choice!r}")
     for name in bundles:
         store = LogitStore(suite / name)
         y_test = np.load(suite / f"{name}-test-labels.npy")
         models = store.models()
         oof, test, y, folds = store.oof(models), store.test(models), store.y, store.folds
+        if args.stacker:
+            for rule in rules:
+                start = time.perf_counter()
+                stack = stacker_with_c_rule(rule).fit(dict(zip(models, oof)), y, folds=folds)
+                seconds = time.perf_counter() - start
+                so = scores(y, stack.oof_proba_, kind="probs")
+                st = scores(y_test, stack.predict_proba(dict(zip(models, test))), kind="probs")
+                weights = " ".join(f"{k} {v:.3f}" for k, v in getattr(stack.ensemble_, "weights_", {}).items())
+                print(f"{name:12s} Stacker {rule:9s} OOF {so['log_loss']:.4f} test {st['log_loss']:.4f} "
+                      f"acc {st['accuracy']:.4f} f1 {st['f1_macro']:.4f} {seconds:6.1f}s blend: {weights}", flush=True)
+            continue
         for kind in kinds:
             x, x_test = _features(oof, kind), _features(test, kind)
             for scale in (s == "scaled" for s in args.scales.split(",")):
                 for inner in (int(k) for k in args.inner.split(",")):
                     for solver in solvers:
-                        for c_choice in args.c_choice.split(","):
+                        for c_choice in rules:
                             o, t, c, s = variant(x, x_test, y, folds, scale=scale, inner=inner, solver=solver,
                                                  c_choice=c_choice)
                             so, st = scores(y, o, kind="probs"), scores(y_test, t, kind="probs")
                             print(f"{name:12s} {kind:16s} scale={scale!s:5s} inner={inner} {solver:15s} "
-                                  f"{c_choice:6s} C={c:<7.3g} OOF {so['log_loss']:.4f} test {st['log_loss']:.4f} "
+                                  f"{c_choice:9s} C={c:<7.3g} OOF {so['log_loss']:.4f} test {st['log_loss']:.4f} "
                                   f"acc {st['accuracy']:.4f} f1 {st['f1_macro']:.4f} {s:6.1f}s", flush=True)
 
 

@@ -154,6 +154,28 @@ def test_logreg_solvers_agree_and_a_given_solver_or_scaling_is_kept():
     assert scaled.models_[0].steps[0][1].mean_.shape == (3 * 3 + 2 * 3,)
 
 
+def test_logreg_C_is_the_mean_of_the_inner_folds_best_values():
+    """The documented rule (docs/stacking.md): each inner fold's best grid C, averaged, as
+    LogisticRegressionCV(refit=False) gives it, so C can fall between grid points."""
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
+
+    from ensemble_kit.ensemble._features import wide_features
+    from ensemble_kit.ensemble._learners import LOGREG_CS, _LogReg
+
+    grid = np.asarray(LOGREG_CS)
+    fold_scores = np.full((3, len(grid)), -1.0)
+    fold_scores[[0, 1, 2], [2, 2, 4]] = -0.5             # best values: C = grid[2], grid[2], grid[4]
+    assert _LogReg._choose_C(fold_scores) == pytest.approx((2 * grid[2] + grid[4]) / 3)
+    logits, y = make_logits(n=600, strength=(1.0, 1.3, 1.6))
+    meta = MetaLearner("logreg", layout="wide", seed=3).fit(logits, y)
+    X = wide_features(np.stack(list(logits.values())), "logprobs")
+    splits = list(StratifiedKFold(3, shuffle=True, random_state=3).split(X, y))
+    search = LogisticRegressionCV(Cs=list(grid), cv=splits, scoring="neg_log_loss", solver="newton-cholesky",
+                                  refit=False, l1_ratios=(0.0,), use_legacy_attributes=False).fit(X, y)
+    assert meta.models_[0].steps[-1][1].C == pytest.approx(float(np.atleast_1d(search.C_)[0]))
+
+
 def test_meta_learner_bad_params(logits_y):
     logits, y = logits_y
     with pytest.raises(ValidationError, match=r"Unknown meta-learner backend 'xgboost'.*\['catboost', 'lightgbm', 'logreg'\]"):
