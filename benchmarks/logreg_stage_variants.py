@@ -18,6 +18,7 @@ over the store's folds (the inner CV sees only the fitting rows); test labels ar
     python benchmarks/logreg_stage_variants.py --suite /tmp/suite --stacker --c-choice fold-mean,vertex
 """
 import argparse
+import itertools
 import time
 from pathlib import Path
 
@@ -53,19 +54,23 @@ def _features(logits: np.ndarray, kind: str) -> np.ndarray:
     return np.concatenate(columns, axis=1)
 
 
+def _best_mean_index(fold_scores: np.ndarray) -> int:
+    return int(np.argmax(fold_scores.mean(axis=0)))
+
+
 def _best_mean_c(fold_scores: np.ndarray) -> float:
     """The grid point with the best mean score over the inner folds (``LogisticRegressionCV(refit=True)``)."""
-    return float(LOGREG_CS[int(np.argmax(fold_scores.mean(axis=0)))])
+    return float(LOGREG_CS[_best_mean_index(fold_scores)])
 
 
 def _vertex_c(fold_scores: np.ndarray) -> float:
     """The C at the vertex of the parabola (in log C) through the best mean score's grid point and its neighbours."""
-    mean_scores, log_cs = fold_scores.mean(axis=0), np.log10(LOGREG_CS)
-    best = int(np.argmax(mean_scores))
+    best = _best_mean_index(fold_scores)
     if best in (0, len(LOGREG_CS) - 1):
         return float(LOGREG_CS[best])
-    a, b, _ = np.polyfit(log_cs[best - 1:best + 2], mean_scores[best - 1:best + 2], 2)
-    return float(10 ** np.clip(-b / (2 * a), log_cs[best - 1], log_cs[best + 1])) if a < 0 else float(LOGREG_CS[best])
+    log_cs, around = np.log10(LOGREG_CS)[best - 1:best + 2], fold_scores.mean(axis=0)[best - 1:best + 2]
+    a, b, _ = np.polyfit(log_cs, around, 2)
+    return float(10 ** np.clip(-b / (2 * a), log_cs[0], log_cs[2])) if a < 0 else float(LOGREG_CS[best])
 
 
 #: How the inner CV's scores (folds x ``LOGREG_CS``) become one C; ``fold-mean`` is the library's rule.
@@ -101,6 +106,29 @@ def stacker_with_c_rule(c_choice: str, seed: int = 0) -> Stacker:
     return Stacker.from_recipe("full", seed=seed).set_params(logreg__learner=backend)
 
 
+def _print_stackers(name: str, models, oof, test, y, folds, y_test, rules) -> None:
+    for rule in rules:
+        start = time.perf_counter()
+        stack = stacker_with_c_rule(rule).fit(dict(zip(models, oof)), y, folds=folds)
+        seconds = time.perf_counter() - start
+        so = scores(y, stack.oof_proba_, kind="probs")
+        st = scores(y_test, stack.predict_proba(dict(zip(models, test))), kind="probs")
+        weights = " ".join(f"{k} {v:.3f}" for k, v in getattr(stack.ensemble_, "weights_", {}).items())
+        print(f"{name:12s} Stacker {rule:9s} OOF {so['log_loss']:.4f} test {st['log_loss']:.4f} "
+              f"acc {st['accuracy']:.4f} f1 {st['f1_macro']:.4f} {seconds:6.1f}s blend: {weights}", flush=True)
+
+
+def _print_variants(name: str, oof, test, y, folds, y_test, kinds, scales, inners, solvers, rules) -> None:
+    for kind in kinds:
+        x, x_test = _features(oof, kind), _features(test, kind)
+        for scale, inner, solver, c_choice in itertools.product(scales, inners, solvers, rules):
+            o, t, c, s = variant(x, x_test, y, folds, scale=scale, inner=inner, solver=solver, c_choice=c_choice)
+            so, st = scores(y, o, kind="probs"), scores(y_test, t, kind="probs")
+            print(f"{name:12s} {kind:16s} scale={scale!s:5s} inner={inner} {solver:15s} "
+                  f"{c_choice:9s} C={c:<7.3g} OOF {so['log_loss']:.4f} test {st['log_loss']:.4f} "
+                  f"acc {st['accuracy']:.4f} f1 {st['f1_macro']:.4f} {s:6.1f}s", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", type=Path, required=True, help="folder of build_suite_bundles.py's bundles")
@@ -113,40 +141,22 @@ def main() -> None:
     parser.add_argument("--stacker", action="store_true",
                         help="fit the whole default Stacker per --c-choice rule (the other variant flags are unused)")
     args = parser.parse_args()
-    suite, bundles, solvers = args.suite, args.bundles.split(","), args.solvers.split(",")
     kinds, rules = args.features.split(","), args.c_choice.split(",")
     if set(kinds) - set(FEATURES):
         parser.error(f"--features takes {FEATURES}; got {args.features!r}")
     if set(rules) - set(C_RULES):
         parser.error(f"--c-choice takes {tuple(C_RULES)}; got {args.c_choice!r}")
-    for name in bundles:
-        store = LogitStore(suite / name)
-        y_test = np.load(suite / f"{name}-test-labels.npy")
+    scales = [s == "scaled" for s in args.scales.split(",")]
+    inners = [int(k) for k in args.inner.split(",")]
+    for name in args.bundles.split(","):
+        store = LogitStore(args.suite / name)
+        y_test = np.load(args.suite / f"{name}-test-labels.npy")
         models = store.models()
         oof, test, y, folds = store.oof(models), store.test(models), store.y, store.folds
         if args.stacker:
-            for rule in rules:
-                start = time.perf_counter()
-                stack = stacker_with_c_rule(rule).fit(dict(zip(models, oof)), y, folds=folds)
-                seconds = time.perf_counter() - start
-                so = scores(y, stack.oof_proba_, kind="probs")
-                st = scores(y_test, stack.predict_proba(dict(zip(models, test))), kind="probs")
-                weights = " ".join(f"{k} {v:.3f}" for k, v in getattr(stack.ensemble_, "weights_", {}).items())
-                print(f"{name:12s} Stacker {rule:9s} OOF {so['log_loss']:.4f} test {st['log_loss']:.4f} "
-                      f"acc {st['accuracy']:.4f} f1 {st['f1_macro']:.4f} {seconds:6.1f}s blend: {weights}", flush=True)
-            continue
-        for kind in kinds:
-            x, x_test = _features(oof, kind), _features(test, kind)
-            for scale in (s == "scaled" for s in args.scales.split(",")):
-                for inner in (int(k) for k in args.inner.split(",")):
-                    for solver in solvers:
-                        for c_choice in rules:
-                            o, t, c, s = variant(x, x_test, y, folds, scale=scale, inner=inner, solver=solver,
-                                                 c_choice=c_choice)
-                            so, st = scores(y, o, kind="probs"), scores(y_test, t, kind="probs")
-                            print(f"{name:12s} {kind:16s} scale={scale!s:5s} inner={inner} {solver:15s} "
-                                  f"{c_choice:9s} C={c:<7.3g} OOF {so['log_loss']:.4f} test {st['log_loss']:.4f} "
-                                  f"acc {st['accuracy']:.4f} f1 {st['f1_macro']:.4f} {s:6.1f}s", flush=True)
+            _print_stackers(name, models, oof, test, y, folds, y_test, rules)
+        else:
+            _print_variants(name, oof, test, y, folds, y_test, kinds, scales, inners, args.solvers.split(","), rules)
 
 
 if __name__ == "__main__":
