@@ -22,11 +22,18 @@ N_TRIALS = 25
 # A stack with several studies (a soft vote's final study and one per fold, a hill-climbing stage and
 # a tuned blend of both): what two processes split between them.
 _JOB = textwrap.dedent("""
-    import sys
+    import os, sys, time
+    from pathlib import Path
     import numpy as np
     from ensemble_kit import Blender, HillClimbing, SoftVoting, Stacker
 
-    storage, out = sys.argv[1], sys.argv[2]
+    storage, out, barrier, n_processes = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
+    # start tuning together: under load one process can finish its imports after the other has
+    # claimed every study, and the split this job is run for would not happen
+    (barrier / str(os.getpid())).touch()
+    deadline = time.monotonic() + 120
+    while len(list(barrier.iterdir())) < n_processes and time.monotonic() < deadline:
+        time.sleep(0.05)
     rng = np.random.default_rng(0)
     y = np.arange(240) % 4
     logits = {f"m{i}": np.eye(4)[y] * (0.5 + i / 2) + rng.normal(size=(240, 4)) for i in range(3)}
@@ -42,8 +49,10 @@ def _run_jobs(tmp_path, storage: str, n_processes: int, tag: str) -> list[dict]:
     script = tmp_path / "job.py"
     script.write_text(_JOB)
     outs = [tmp_path / f"{tag}{i}.npz" for i in range(n_processes)]
-    runs = [subprocess.Popen([sys.executable, str(script), storage, str(out)], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE) for out in outs]
+    barrier = tmp_path / f"{tag}-ready"
+    barrier.mkdir()
+    runs = [subprocess.Popen([sys.executable, str(script), storage, str(out), str(barrier), str(n_processes)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE) for out in outs]
     errors = [run.communicate(timeout=300)[1] for run in runs]
     assert [run.returncode for run in runs] == [0] * n_processes, [e.decode()[-3000:] for e in errors]
     return [dict(np.load(out)) for out in outs]
