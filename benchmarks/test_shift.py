@@ -49,10 +49,14 @@ def _deviations(folds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return mu, mean - mu, single - single.mean(axis=1, keepdims=True)
 
 
+def _ratio(d_mean: np.ndarray, d_single: np.ndarray) -> float:
+    return float(np.mean(d_single ** 2) / np.mean(d_mean ** 2))
+
+
 def variance_ratio(folds: np.ndarray) -> float:
     """``var(one fold model) / var(fold mean)`` of one model's test logits ``(F, n, C)``."""
     _, d_mean, d_single = _deviations(folds)
-    return float(np.mean(d_single ** 2) / np.mean(d_mean ** 2))
+    return _ratio(d_mean, d_single)
 
 
 def correct(folds: np.ndarray, *, matrix: bool) -> np.ndarray:
@@ -64,7 +68,7 @@ def correct(folds: np.ndarray, *, matrix: bool) -> np.ndarray:
     """
     mu, d_mean, d_single = _deviations(folds)
     if not matrix:
-        return mu + d_mean * variance_ratio(folds)
+        return mu + d_mean * _ratio(d_mean, d_single)
     cov_mean = d_mean.T @ d_mean / len(d_mean)
     cov_single = np.mean([d.T @ d / len(d) for d in d_single], axis=0)
     return mu + d_mean @ (np.linalg.pinv(cov_mean, rcond=1e-8, hermitian=True) @ cov_single)
