@@ -29,6 +29,7 @@ __all__ = [
     "CheckpointError",
     "ImageDecodeError",
     "ArtifactError",
+    "DestinationError",
     "StudyStorageError",
     "FoldTaskError",
 ]
@@ -134,6 +135,12 @@ class ArtifactError(EnsembleKitError):
     """A saved stack, exported fold model or inference bundle is damaged, incomplete, of an
     unknown format or version, or does not match what it is loaded into. Nothing in one is ever
     unpickled; the message names the file and what is wrong."""
+
+
+class DestinationError(ArtifactError, FileExistsError):
+    """A save would replace something that is not an artifact of the same kind written by
+    ensemble_kit: another non-empty folder, a file, a logit store, the current folder or one of
+    its parents. Raised before anything is written or deleted."""
 
 
 class StudyStorageError(EnsembleKitError):

@@ -1,19 +1,22 @@
 """Folders of checksummed files that leave the store: saved stacks, exported fold models, bundles.
 
 An artifact is a folder with one JSON manifest (``format``, ``version``, the content's own
-description, and a record ``{"file", "checksum"}`` for every other file) and plain files:
-``.npy`` arrays and opaque blobs in a library's native format (LightGBM model text, CatBoost
-``.cbm``, safetensors). It is written to a staging folder and published with one rename, and
-read back the way the store reads itself: no link followed, no pickle, every file hashed
-against its record before use, every fault an :class:`~ensemble_kit.errors.ArtifactError`
-naming the file.
+description, a record ``{"file", "checksum"}`` for every other file, and ``manifest_checksum``,
+the digest of the manifest itself) and plain files: ``.npy`` arrays and opaque blobs in a
+library's native format (LightGBM model text, CatBoost JSON, safetensors). It is written to a
+staging folder and published with one rename (:func:`publish`, the library's one way to put a
+folder in place), and read back the way the store reads itself: no link followed, no pickle,
+every file hashed against its record before use, every fault an
+:class:`~ensemble_kit.errors.ArtifactError` naming the file.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import stat
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,11 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from ensemble_kit.errors import ArtifactError, StoreCorruptedError
+from ensemble_kit.errors import ArtifactError, DestinationError, StoreCorruptedError
 from ensemble_kit.store._files import (
     CHECKSUM_ALGORITHM,
     _HASHERS,
     check_checksum_tag,
+    file_matches,
     load_array,
     open_regular,
     read_json,
@@ -34,11 +38,27 @@ from ensemble_kit.store._files import (
     write_json,
     write_npy,
 )
+from ensemble_kit.store._manifest import STORE_MANIFEST
 from ensemble_kit.store._paths import safe_dir
+from ensemble_kit.store._workspace import remove_tree
 
-__all__ = ["ArtifactReader", "ArtifactWriter", "publish"]
+__all__ = ["MANIFEST_CHECKSUM", "ArtifactReader", "ArtifactWriter", "is_artifact", "manifest_checksum", "publish",
+           "verify_artifact"]
 
 _FILE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+=,-]{0,200}")
+#: The manifest field holding the digest of the manifest itself (every other field, canonical JSON).
+MANIFEST_CHECKSUM = "manifest_checksum"
+
+
+def manifest_checksum(document: dict[str, Any]) -> str:
+    """The tagged digest of ``document`` without its :data:`MANIFEST_CHECKSUM` field.
+
+    Computed over canonical JSON (sorted keys, no spaces), which a JSON round trip reproduces
+    exactly, so the digest survives being written and read back, and any edited value changes it.
+    """
+    body = {k: v for k, v in document.items() if k != MANIFEST_CHECKSUM}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    return f"{CHECKSUM_ALGORITHM}:{_HASHERS[CHECKSUM_ALGORITHM](text.encode('utf-8')).hexdigest()}"
 
 
 class ArtifactWriter:
@@ -67,7 +87,9 @@ class ArtifactWriter:
         return {"__blob__": key}
 
     def manifest(self, name: str, document: dict[str, Any]) -> None:
-        write_json(self.folder / name, {**document, "files": self.records})
+        """Write the manifest ``name``: ``document``, the file records and the manifest's own checksum."""
+        full = {**document, "files": self.records}
+        write_json(self.folder / name, {**full, MANIFEST_CHECKSUM: manifest_checksum(full)})
 
     def _new_file(self, key: str, suffix: str) -> str:
         if key in self.records:
@@ -81,7 +103,10 @@ class ArtifactWriter:
 class ArtifactReader:
     """Reads an artifact's manifest and files, checking format, version and every checksum."""
 
-    def __init__(self, folder: Path, manifest: str, *, format_name: str, versions: tuple[int, ...]) -> None:
+    def __init__(self, folder: Path, manifest: str, *, format_name: str, versions: tuple[int, ...],
+                 sealed_versions: tuple[int, ...] = ()) -> None:
+        """``sealed_versions``: versions whose manifest must carry :data:`MANIFEST_CHECKSUM`
+        (older ones were written without it); wherever it is present it must match."""
         self.folder = Path(folder)
         where = self.folder / manifest
         try:
@@ -98,6 +123,14 @@ class ArtifactReader:
         if version not in versions:
             raise ArtifactError(f"{str(where)!r} has format version {version!r}; this ensemble_kit reads versions "
                                 f"{list(versions)}. Upgrade ensemble_kit, or re-save it with this one.")
+        sealed = self.document.get(MANIFEST_CHECKSUM)
+        if sealed is None and version in sealed_versions:
+            raise ArtifactError(f"{str(where)!r} has no {MANIFEST_CHECKSUM!r}: a version-{version} manifest is always "
+                                "written with one, so this one was edited or damaged.")
+        if sealed is not None and sealed != manifest_checksum(self.document):
+            raise ArtifactError(f"{str(where)!r} does not match its {MANIFEST_CHECKSUM!r}: the manifest was modified "
+                                "or corrupted after it was written.")
+        self.version: int = version
         files = self.document.get("files")
         if not isinstance(files, dict):
             raise ArtifactError(f"{str(where)!r}: field 'files' must map keys to file records.")
@@ -132,6 +165,10 @@ class ArtifactReader:
         path, record = self._record(key)
         try:
             with open_regular(path) as fh:
+                size = os.fstat(fh.fileno()).st_size
+                if "bytes" in record and size != record["bytes"]:
+                    raise ArtifactError(f"Artifact file {str(path)!r} is {size} bytes; its record says "
+                                        f"{record['bytes']!r} (truncated, appended to or replaced).")
                 data = fh.read()
         except FileNotFoundError as exc:
             raise ArtifactError(f"Artifact file {str(path)!r} is missing.") from exc
@@ -142,30 +179,130 @@ class ArtifactReader:
             raise ArtifactError(f"Artifact file {str(path)!r} does not match its checksum (modified or corrupted).")
         return data
 
+    def verify_files(self) -> list[str]:
+        """What is wrong with the artifact's files: each missing, unsafe or mismatching one, named."""
+        problems = []
+        for key in sorted(self.files):
+            try:
+                path, record = self._record(key)
+                if not file_matches(path, record["checksum"]):
+                    problems.append(f"{str(path)!r} does not match its checksum (modified or corrupted)")
+            except FileNotFoundError:
+                problems.append(f"{str(self.folder / str(self.files[key].get('file')))!r} is missing")
+            except (ArtifactError, StoreCorruptedError) as exc:
+                problems.append(str(exc))
+        return problems
+
     def path_of(self, key: str) -> Path:
         """The verified path of a blob (for libraries that read files, not bytes)."""
         self.blob({"__blob__": key})
         return self._record(key)[0]
 
 
-@contextmanager
-def publish(final: Path) -> Iterator[Path]:
-    """A staging folder next to ``final``; on success it replaces ``final`` with one rename."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
+def is_artifact(folder: Path, manifest: str, format_name: str) -> bool:
+    """Whether ``folder`` holds a ``manifest`` (a plain file, reached through real folders; a
+    relative path such as ``stacker/stack.json``) whose ``format`` is ``format_name``."""
+    *parents, name = manifest.split("/")
+    try:
+        return read_json(safe_dir(Path(folder), *parents) / name).get("format") == format_name
+    except (OSError, StoreCorruptedError):
+        return False
+
+
+def verify_artifact(folder: Path, manifest: str) -> list[str]:
+    """Every problem of the artifact at ``folder``, whatever its format: its manifest (readable, and
+    matching its own checksum where it carries one), then each recorded file's checksum. ``[]`` when sound."""
+    try:
+        document = read_json(safe_dir(Path(folder).parent, Path(folder).name) / manifest)
+    except FileNotFoundError:
+        return [f"{str(Path(folder) / manifest)!r} is missing"]
+    except (OSError, StoreCorruptedError) as exc:
+        return [str(exc)]
+    sealed = document.get(MANIFEST_CHECKSUM)
+    if sealed is not None and sealed != manifest_checksum(document):
+        return [f"{str(Path(folder) / manifest)!r} does not match its {MANIFEST_CHECKSUM!r} (modified or corrupted)"]
+    try:
+        reader = ArtifactReader(folder, manifest, format_name=str(document.get("format")),
+                                versions=(document.get("version"),))
+    except (ArtifactError, StoreCorruptedError) as exc:
+        return [str(exc)]
+    return reader.verify_files()
+
+
+def _is_empty(folder: Path) -> bool:
+    with os.scandir(folder) as entries:
+        return next(entries, None) is None
+
+
+def check_destination(final: Path, *, manifest: str | tuple[str, ...] | None = None,
+                      format_name: str | None = None) -> Path:
+    """``final`` as an absolute path, if a folder may be published there; else :class:`DestinationError`.
+
+    A save may only replace an empty folder or an artifact of its own kind: a folder whose
+    ``manifest`` names ``format_name``; several manifests: any of them, e.g. the layout an older
+    version wrote). With ``manifest=None`` nothing is replaced. It refuses, before anything is written or deleted: a link, a file, any other
+    non-empty folder, a logit store, and the current folder or one of its parents.
+    """
+    final = Path(os.path.abspath(final))
+    cwd = Path.cwd().resolve()
     if os.path.islink(final):
-        raise ArtifactError(f"{str(final)!r} is a symbolic link; refusing to replace it.")
+        raise DestinationError(f"{str(final)!r} is a symbolic link; refusing to replace it. Write to a real folder.")
+    resolved = final.resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise DestinationError(f"{str(final)!r} is the current folder or one of its parents; refusing to replace "
+                               "it. Name a new folder to write to, e.g. ./bundle.")
+    try:
+        info = os.lstat(final)
+    except FileNotFoundError:
+        return final
+    if not stat.S_ISDIR(info.st_mode):
+        raise DestinationError(f"{str(final)!r} exists and is not a folder; nothing was written. Remove it or "
+                               "choose another path.")
+    if _is_empty(final):
+        return final
+    if os.path.lexists(final / STORE_MANIFEST):
+        raise DestinationError(f"{str(final)!r} is a logit store; refusing to replace it (nothing was deleted). "
+                               "Choose another folder.")
+    if manifest is None:
+        raise DestinationError(f"{str(final)!r} is not empty; refusing to write over it (nothing was deleted). "
+                               "Choose a new or empty folder.")
+    manifests = (manifest,) if isinstance(manifest, str) else manifest
+    if not any(is_artifact(final, m, str(format_name)) for m in manifests):
+        raise DestinationError(f"{str(final)!r} is a non-empty folder but not a {format_name} artifact written by "
+                               "ensemble_kit; refusing to replace it (nothing was deleted). Choose a new folder, or "
+                               "delete this one yourself.")
+    return final
+
+
+@contextmanager
+def publish(final: Path, *, manifest: str | tuple[str, ...] | None = None,
+            format_name: str | None = None) -> Iterator[Path]:
+    """A staging folder next to ``final``; on success it is renamed to ``final``.
+
+    The one way the library puts a folder in place. ``final`` must be new, an empty folder, or
+    an earlier artifact of the same kind (its ``manifest`` names ``format_name``), which is then
+    replaced: renamed aside, the new folder renamed in, the old one deleted without following
+    links. Anything else is refused by :func:`check_destination` before the staging folder is
+    made. On any error the staging folder is removed and ``final`` is left as it was.
+    """
+    final = check_destination(final, manifest=manifest, format_name=format_name)
+    final.parent.mkdir(parents=True, exist_ok=True)
     staging = final.with_name(f".{final.name}.writing-{uuid.uuid4().hex[:8]}")
     staging.mkdir()
     try:
         yield staging
+        # checked again: the folder may have changed while the artifact was being written
+        check_destination(final, manifest=manifest, format_name=format_name)
         retired = None
         if os.path.lexists(final):
-            retired = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-            os.rename(final, retired)
+            if _is_empty(final):
+                final.rmdir()
+            else:
+                retired = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+                os.rename(final, retired)
         os.rename(staging, final)
         if retired is not None:
-            shutil.rmtree(retired, ignore_errors=True)
+            remove_tree(retired, trash_root=final.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -36,6 +35,7 @@ from ensemble_kit.errors import (
     ValidationError,
 )
 from ensemble_kit.metrics import get_metric, list_metrics
+from ensemble_kit.store._artifacts import publish
 from ensemble_kit.store._files import load_array, npy_shape, read_json, to_json_safe, write_json, write_npy
 from ensemble_kit.store._folds import check_folds, fold_labels, make_folds
 from ensemble_kit.store._manifest import (
@@ -308,10 +308,7 @@ class LogitStore:
             raise ValidationError("test_ids is empty; pass test_ids=None for a store without a test set.")
         arrays = {"train_ids": train, "y": y_index, "folds": fold_array, "test_ids": test}
 
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = target.parent / f".{target.name}.creating-{uuid.uuid4().hex[:8]}"
-        staging.mkdir()
-        try:
+        with publish(target) as staging:
             records = {}
             for key, array in arrays.items():
                 if array is None:
@@ -325,12 +322,6 @@ class LogitStore:
                 n_folds=int(fold_array.max()) + 1, fold_seed=fold_seed, dtype=dtype, arrays=records,
                 fold_labels=None if given_labels == list(range(int(fold_array.max()) + 1)) else given_labels)
             write_json(staging / STORE_MANIFEST, manifest.to_json())
-            if target.exists():
-                target.rmdir()  # empty, checked above
-            os.rename(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         logger.info("Created logit store %s (%d train, %d folds)", target, len(train), fold_array.max() + 1)
         return cls(target)
 

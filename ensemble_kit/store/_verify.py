@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ensemble_kit.errors import StoreCorruptedError, ValidationError
-from ensemble_kit.store._files import file_matches, load_array
+from ensemble_kit.store._artifacts import verify_artifact
+from ensemble_kit.store._files import CHECKSUM_ALGORITHM, _HASHERS, file_matches, load_array, open_regular, read_json
 from ensemble_kit.store._manifest import ENTRIES_DIR, ENTRY_MANIFEST, ArrayRecord, EntryManifest
 from ensemble_kit.store._paths import check_name, safe_dir
+from ensemble_kit.store._workspace import RUNS_DIR, STACKS_DIR
 
 if TYPE_CHECKING:
     from ensemble_kit.store._store import LogitStore
@@ -52,6 +55,7 @@ def verify_store(store: LogitStore) -> None:
         if manifest is not None:
             problems.extend(_verify_entry(store, manifest))
         n_checked += 1
+    problems.extend(_verify_workspace(store))
     if problems:
         raise StoreCorruptedError(
             f"Store {str(store.path)!r} failed verification with {len(problems)} problem(s):\n  - "
@@ -101,3 +105,63 @@ def _all_finite(array: np.ndarray, chunk_rows: int = 1 << 16) -> bool:
         return True
     flat = array.reshape(-1, array.shape[-1])
     return all(np.isfinite(flat[i : i + chunk_rows]).all() for i in range(0, len(flat), chunk_rows))
+
+
+# The manifests of what the layers above the store publish inside it (their formats are theirs;
+# verification only needs each file's record and checksum).
+_STACK_MANIFEST = "stack.json"
+_LEGACY_STACK_SUMMARY = "summary.json"
+_FOLD_MODEL_MANIFEST = "model.json"
+_CHECKPOINT_STATE = "state.json"
+_CHECKPOINT_TENSORS = "tensors.safetensors"
+
+
+def _verify_workspace(store: LogitStore) -> list[str]:
+    """Problems of the saved stacks (``stacks/``) and training runs (``runs/``): every file of every
+    stack, exported fold model and checkpoint against its recorded checksum."""
+    problems: list[str] = []
+    stacks = store.path / STACKS_DIR
+    if os.path.isdir(stacks) and not os.path.islink(stacks):
+        for folder in sorted(p for p in stacks.iterdir() if not p.name.startswith(".")):
+            problems.extend(f"stack {folder.name!r}: {p}" for p in _verify_stack(folder))
+    runs = store.path / RUNS_DIR
+    if os.path.isdir(runs) and not os.path.islink(runs):
+        for fold_dir in sorted(runs.glob("*/fold*")):
+            if os.path.islink(fold_dir) or not fold_dir.is_dir():
+                problems.append(f"{str(fold_dir)!r} is a symbolic link or not a folder")
+                continue
+            if os.path.lexists(fold_dir / "model"):
+                problems.extend(f"run {fold_dir.parent.name}/{fold_dir.name}: {p}"
+                                for p in verify_artifact(fold_dir / "model", _FOLD_MODEL_MANIFEST))
+            for checkpoint in sorted(fold_dir.glob("epoch_*")):
+                problems.extend(f"run {fold_dir.parent.name}/{fold_dir.name}: {p}" for p in _verify_checkpoint(checkpoint))
+    return problems
+
+
+def _verify_stack(folder: Path) -> list[str]:
+    if os.path.lexists(folder / _STACK_MANIFEST):
+        return verify_artifact(folder, _STACK_MANIFEST)
+    if os.path.lexists(folder / _LEGACY_STACK_SUMMARY):
+        # saved before stack format 2: the Stacker is checksummed, its predictions were not
+        logger.warning("stack %r was saved before stack format 2: its predictions have no checksums and cannot be "
+                       "verified (fit it again with `ensemble-kit stack` to save it with them)", folder.name)
+        return verify_artifact(folder / "stacker", _STACK_MANIFEST)
+    return [f"{str(folder)!r} is not a saved stack (no {_STACK_MANIFEST})"]
+
+
+def _verify_checkpoint(folder: Path) -> list[str]:
+    try:
+        state = read_json(safe_dir(folder.parent, folder.name) / _CHECKPOINT_STATE)
+        checksum = state.get("tensors_checksum")
+        if checksum is None:
+            return []  # written before checkpoints recorded one
+        algorithm, _, expected = str(checksum).partition(":")
+        with open_regular(folder / _CHECKPOINT_TENSORS) as fh:
+            digest = _HASHERS.get(algorithm, _HASHERS[CHECKSUM_ALGORITHM])(fh.read()).hexdigest()
+    except FileNotFoundError as exc:
+        return [f"checkpoint {folder.name}: {exc.filename} is missing"]
+    except (OSError, StoreCorruptedError) as exc:
+        return [f"checkpoint {folder.name}: {exc}"]
+    if algorithm not in _HASHERS or digest != expected:
+        return [f"checkpoint {folder.name}: {_CHECKPOINT_TENSORS} does not match its checksum"]
+    return []

@@ -3,8 +3,8 @@
 A checkpoint is a folder ``epoch_NNNN/`` holding ``tensors.safetensors`` (every tensor and
 array: weights, optimizer moments, RNG states) and ``state.json`` (everything else: epoch,
 scheduler and optimizer hyper-parameters, Python/numpy RNG counters), where each tensor is
-referenced by key. It is written to a staging folder and published with one rename, so a
-killed writer leaves the previous checkpoint intact. Reading one parses JSON and a safetensors
+referenced by key, and the tensors file's checksum. It is written to a staging folder and
+published with one rename, so a killed writer leaves the previous checkpoint intact. Reading one parses JSON and a safetensors
 header (a bounds-checked format with no code in it); any fault is a :class:`CheckpointError`
 naming the file.
 """
@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import stat
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,16 @@ import numpy as np
 import torch
 
 from ensemble_kit.errors import CheckpointError, StoreCorruptedError, UnsafePathError
-from ensemble_kit.store._files import open_regular, read_json
+from ensemble_kit.store._artifacts import publish
+from ensemble_kit.store._files import (
+    CHECKSUM_ALGORITHM,
+    _HASHERS,
+    check_checksum_tag,
+    open_regular,
+    read_json,
+    write_bytes,
+    write_text,
+)
 from ensemble_kit.store._paths import safe_dir
 
 __all__ = ["CHECKPOINT_FORMAT", "list_checkpoints", "load_checkpoint_state", "prune_checkpoints",
@@ -101,24 +109,16 @@ def _hashable(key: Any) -> Any:
 
 
 def save_checkpoint_state(folder: Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` as the checkpoint folder ``folder`` (replacing an older one of that name)."""
-    from safetensors.torch import save_file
+    """Write ``state`` as the checkpoint folder ``folder`` (replacing an older checkpoint of that name)."""
+    from safetensors.torch import save
 
     tensors: dict[str, torch.Tensor] = {}
     document = {"format": CHECKPOINT_FORMAT, "state": _encode(state, tensors)}
-    staging = folder.with_name(f".{folder.name}.writing-{uuid.uuid4().hex[:8]}")
-    staging.mkdir()
-    try:
-        save_file(tensors, str(staging / TENSORS_FILE))
-        (staging / STATE_FILE).write_text(json.dumps(document, allow_nan=False), encoding="utf-8")
-        if os.path.lexists(folder):
-            retired = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
-            os.rename(folder, retired)
-            _remove(retired)
-        os.rename(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    payload = save(tensors)
+    document["tensors_checksum"] = f"{CHECKSUM_ALGORITHM}:{_HASHERS[CHECKSUM_ALGORITHM](payload).hexdigest()}"
+    with publish(folder, manifest=STATE_FILE, format_name=CHECKPOINT_FORMAT) as staging:
+        write_bytes(staging / TENSORS_FILE, payload)
+        write_text(staging / STATE_FILE, json.dumps(document, allow_nan=False))
     return folder
 
 
@@ -133,6 +133,7 @@ def load_checkpoint_state(folder: Path, *, map_location: str | torch.device = "c
         document = read_json(folder / STATE_FILE)
         with open_regular(folder / TENSORS_FILE) as fh:
             payload = fh.read()
+        _check_tensors(payload, document.get("tensors_checksum"), where)
         tensors = load(payload)
     except UnsafePathError as exc:
         raise CheckpointError(f"Checkpoint {where!r} is not a plain folder of plain files: {exc}") from exc
@@ -149,6 +150,20 @@ def load_checkpoint_state(folder: Path, *, map_location: str | torch.device = "c
     if not isinstance(state, dict):
         raise CheckpointError(f"Checkpoint {where!r} is damaged: its state is not a mapping.")
     return state
+
+
+def _check_tensors(payload: bytes, checksum: Any, where: str) -> None:
+    """The tensors file must match the checksum ``state.json`` records (checkpoints written before
+    checksums were recorded have none and are read as they are)."""
+    if checksum is None:
+        return
+    try:
+        algorithm, _, expected = check_checksum_tag(checksum, field="tensors_checksum").partition(":")
+    except StoreCorruptedError as exc:
+        raise CheckpointError(f"Checkpoint {where!r}: {exc}") from exc
+    if _HASHERS[algorithm](payload).hexdigest() != expected:
+        raise CheckpointError(f"Checkpoint {where!r}: {TENSORS_FILE} does not match its checksum in {STATE_FILE} "
+                              "(modified or corrupted). Delete the checkpoint to train the fold from the one before.")
 
 
 def list_checkpoints(fold_dir: Path) -> list[Path]:

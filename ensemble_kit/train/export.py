@@ -56,16 +56,24 @@ def export_fold_model(folder: Path, model: nn.Module, *, config: TrainConfig, cl
     from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    with publish(folder) as staging:
+    with publish(folder, manifest=MANIFEST, format_name=FOLD_MODEL_FORMAT) as staging:
         out = ArtifactWriter(staging)
         document = {
             "format": FOLD_MODEL_FORMAT, "version": FOLD_MODEL_VERSION, "library_version": __version__,
-            "torch_version": torch.__version__, "config": config.to_dict(), "classes": list(classes), "fold": int(fold),
+            "torch_version": torch.__version__, "config": _portable(config.to_dict()), "classes": list(classes), "fold": int(fold),
             "mean": [float(m) for m in mean], "std": [float(s) for s in std],
             "weights": out.blob("weights", save(state), suffix=".safetensors"),
         }
         out.manifest(MANIFEST, document)
     return folder
+
+
+def _portable(config: dict[str, Any]) -> dict[str, Any]:
+    """The config without paths of this machine: an exported model travels in bundles, and its
+    weights already hold what ``pretrained_path`` loaded, so only the file's name is kept."""
+    if config.get("pretrained_path"):
+        config = {**config, "pretrained_path": Path(config["pretrained_path"]).name}
+    return config
 
 
 def read_fold_model_info(folder: Path) -> tuple[FoldModelInfo, ArtifactReader]:
