@@ -23,6 +23,7 @@ from sklearn.base import clone
 
 from ensemble_kit._optional import import_optional
 from ensemble_kit._registry import Registry
+from ensemble_kit.ensemble._gbm_models import catboost_model_json, legacy_cbm_to_json, lightgbm_model_text
 from ensemble_kit.errors import ValidationError
 from ensemble_kit.metrics import safe_log
 
@@ -130,15 +131,22 @@ class _LightGBM(LearnerBackend):
 
     def save(self, model: Any, out: Any, key: str, *, n_iterations: int | None) -> dict[str, Any]:
         # only the kept rounds: the trees grown after the best iteration never predict
-        text = model.model_to_string(num_iteration=n_iterations)
-        return {"booster": out.blob(key, text.encode("utf-8"), suffix=".lgb.txt")}
+        text = model.model_to_string(num_iteration=n_iterations).encode("utf-8")
+        # what load() would refuse is refused now, not when the stack is next read
+        lightgbm_model_text(text, where=f"the fitted LightGBM model {key!r}")
+        return {"booster": out.blob(key, text, suffix=".lgb.txt")}
 
     def load(self, saved: dict[str, Any], source: Any) -> Any:
         lgb = import_optional("lightgbm", feature="The LightGBM meta-learner")
+        reference = _saved_reference(saved, "booster", "LightGBM")
+        where = f"the saved LightGBM model {_blob_key(reference)!r}"
+        # LightGBM's reader trusts its input (a cycle among a tree's children makes prediction
+        # loop forever): it sees only text that parsed as a well-formed model here first
+        text = lightgbm_model_text(source.blob(reference), where=where)
         try:
-            return lgb.Booster(model_str=source.blob(saved["booster"]).decode("utf-8"))
-        except (lgb.basic.LightGBMError, UnicodeDecodeError) as exc:
-            raise ValidationError(f"the saved LightGBM model cannot be read ({exc}).") from exc
+            return lgb.Booster(model_str=text)
+        except lgb.basic.LightGBMError as exc:
+            raise ValidationError(f"{where} cannot be read ({exc}).") from exc
 
 
 class _CatBoost(LearnerBackend):
@@ -191,17 +199,39 @@ class _CatBoost(LearnerBackend):
         import tempfile
         from pathlib import Path
 
+        # CatBoost's JSON, not its binary .cbm: JSON can be checked before CatBoost reads it
         with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / "model.cbm"
-            model.save_model(str(path), format="cbm")
-            return {"model": out.blob(key, path.read_bytes(), suffix=".cbm")}
+            path = Path(folder) / "model.json"
+            model.save_model(str(path), format="json")
+            written = path.read_bytes()
+        # saved in the checked, canonical form that load() hands to CatBoost; a model load()
+        # would refuse (e.g. grow_policy="Lossguide") is refused now
+        canonical = catboost_model_json(written, where=f"the fitted CatBoost model {key!r}")
+        return {"model_json": out.blob(key, canonical, suffix=".cb.json")}
 
     def load(self, saved: dict[str, Any], source: Any) -> Any:
+        import tempfile
+        from pathlib import Path
+
         catboost = import_optional("catboost", feature="The CatBoost meta-learner")
-        try:
-            return catboost.CatBoostClassifier().load_model(blob=source.blob(saved["model"]))
-        except catboost.CatBoostError as exc:
-            raise ValidationError(f"the saved CatBoost model cannot be read ({exc}).") from exc
+        if isinstance(saved, dict) and "model" in saved and "model_json" not in saved:
+            # stacks saved before the JSON format hold a .cbm, which only CatBoost's native
+            # reader parses: it is converted in a child process, then checked like JSON
+            reference = saved["model"]
+            where = f"the saved CatBoost model {_blob_key(reference)!r} (legacy .cbm)"
+            document = legacy_cbm_to_json(source.blob(reference), where=where)
+        else:
+            reference = _saved_reference(saved, "model_json", "CatBoost")
+            where = f"the saved CatBoost model {_blob_key(reference)!r}"
+            document = source.blob(reference)
+        canonical = catboost_model_json(document, where=where)
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "model.json"
+            path.write_bytes(canonical)
+            try:
+                return catboost.CatBoostClassifier().load_model(str(path), format="json")
+            except catboost.CatBoostError as exc:
+                raise ValidationError(f"{where} cannot be read ({exc}).") from exc
 
 
 class EstimatorLearner(LearnerBackend):
@@ -234,6 +264,24 @@ class EstimatorLearner(LearnerBackend):
 
     def classes(self, model: Any) -> NDArray[np.int64] | None:
         return np.asarray(model.classes_, dtype=np.int64)
+
+
+def _saved_reference(saved: Any, key: str, library: str) -> Any:
+    """The file reference ``saved[key]`` of a saved model description, or a message saying it lacks one."""
+    if not isinstance(saved, dict) or key not in saved:
+        raise ValidationError(f"a saved {library} model must be a JSON object with a {key!r} file reference; "
+                              f"got {_clip(repr(saved))}.")
+    return saved[key]
+
+
+def _blob_key(reference: Any) -> str:
+    """The artifact key a ``{"__blob__": key}`` reference names, for messages."""
+    key = reference.get("__blob__") if isinstance(reference, dict) else None
+    return key if isinstance(key, str) else _clip(repr(reference))
+
+
+def _clip(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _weight_argument(model: Any) -> str:
