@@ -20,6 +20,7 @@ from ensemble_kit.ensemble._inputs import LogitInput
 from ensemble_kit.ensemble._optuna import (SEARCH_SPACE_VERSION, as_trial_weights, input_hash, run_study, starting_points,
                                            suggest_weights)
 from ensemble_kit.ensemble._registry import register_ensembler
+from ensemble_kit.ensemble._restore_checks import TEMPERATURE_RANGE, check_number_map, describe, fault, field, restoring
 from ensemble_kit.ensemble.voting import mixture_log_loss, mixture_optimum
 from ensemble_kit.errors import ValidationError
 from ensemble_kit.metrics import get_metric, log_softmax, safe_log
@@ -233,14 +234,52 @@ class Blender(BaseEnsembler):
                 "stages": {name: dump_estimator(stage, out, f"{key}.{name}") for name, stage in self.stages_.items()}}
 
     def _restore_fitted(self, state: dict[str, Any], source: Any) -> None:
+        """Stages, weights and temperatures from a saved stack, each checked (the stack is untrusted).
+
+        Every stage must have been fitted on the blend's own models and classes (it predicts from
+        the blend's logits), its name must be one of the blend's ``stages``, and the weights and
+        temperatures must name exactly those stages.
+        """
         from ensemble_kit.ensemble._persist import load_estimator
 
-        self.stages_ = {name: load_estimator(doc, source, f"stage {name!r}") for name, doc in state["stages"].items()}
-        self.weights_ = {str(k): float(v) for k, v in state["weights"].items()}
-        # stacks saved before stage temperatures existed mixed their stages untempered
-        self.temperatures_ = {str(k): float(v) for k, v in state.get("temperatures", {}).items()}
-        self.temperatures_ = {name: self.temperatures_.get(name, 1.0) for name in self.stages_}
-        if not all(np.isfinite(t) and t > 0 for t in self.temperatures_.values()):
-            raise ValidationError(f"saved blend temperatures must be positive numbers; got {self.temperatures_}.")
-        if set(self.weights_) != set(self.stages_):
-            raise ValidationError(f"saved blend weights {sorted(self.weights_)} do not match its stages {sorted(self.stages_)}.")
+        with restoring("Blender"):
+            saved = field(state, "stages", "fitted.stages")
+            if not isinstance(saved, dict) or not saved:
+                raise fault("fitted.stages", "a non-empty JSON object of stage name -> fitted stage", describe(saved))
+            names = self._saved_stage_names(list(saved))
+            self.stages_ = {name: self._restore_stage(name, saved[name], source, load_estimator) for name in names}
+            # mix() divides by the weights' sum: negative weights or a zero sum give negative or NaN probabilities
+            self.weights_ = check_number_map(field(state, "weights", "fitted.weights"), "fitted.weights", names,
+                                             minimum=0.0, positive_sum=True)
+            # stacks saved before stage temperatures existed mixed their stages untempered
+            temperatures = state.get("temperatures", {name: 1.0 for name in names})
+            self.temperatures_ = check_number_map(temperatures, "fitted.temperatures", names,
+                                                  minimum=TEMPERATURE_RANGE[0], maximum=TEMPERATURE_RANGE[1])
+
+    def _saved_stage_names(self, saved: list[str]) -> list[str]:
+        """The saved stages' names in the order of the ``stages`` parameter (the order they were fitted in).
+
+        JSON objects are written with sorted keys, so the saved order is not the fitted one.
+        """
+        if self.stages is None:
+            return saved
+        declared = [name for name, _ in check_stages(self.stages, owner="Blender")]
+        if set(declared) != set(saved):
+            raise fault("fitted.stages", f"the stages of params.stages {declared}", describe(saved))
+        return declared
+
+    def _restore_stage(self, name: str, document: Any, source: Any, load: Any) -> BaseEnsembler:
+        """One stage, loaded and checked against the blend: it predicts from the blend's own logits."""
+        with restoring(f"stage {name!r}"):
+            stage = load(document, source, f"stage {name!r}")
+            if tuple(stage.model_names_) != tuple(self.model_names_):
+                raise fault("fitted.model_names", f"the blend's models {list(self.model_names_)}",
+                            describe(list(stage.model_names_)))
+            if stage.n_classes_ != self.n_classes_:
+                raise fault("fitted.n_classes", f"the blend's number of classes, {self.n_classes_}",
+                            describe(stage.n_classes_))
+            declared = dict(self.stages or [])
+            if name in declared and type(stage) is not type(declared[name]):
+                raise fault("type", f"the type of stage {name!r} in params.stages ({type(declared[name]).__name__})",
+                            type(stage).__name__)
+        return stage

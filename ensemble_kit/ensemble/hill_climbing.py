@@ -9,7 +9,8 @@ from numpy.typing import NDArray
 
 from ensemble_kit.ensemble._base import BaseEnsembler
 from ensemble_kit.ensemble._registry import register_ensembler
-from ensemble_kit.ensemble.voting import _vector, check_space, combine, true_class_log_loss
+from ensemble_kit.ensemble._restore_checks import check_choice, check_vector, field, restoring
+from ensemble_kit.ensemble.voting import SPACES, check_space, combine, true_class_log_loss
 from ensemble_kit.errors import ValidationError
 from ensemble_kit.metrics import get_metric, log_softmax, safe_log
 
@@ -132,4 +133,13 @@ class HillClimbing(BaseEnsembler):
         return {"weights": out.array(f"{key}.weights", self.weights_)}
 
     def _restore_fitted(self, state: dict[str, Any], source: Any) -> None:
-        self.weights_ = _vector(source.array(state["weights"]), self.n_models_, "weights")
+        """The selection weights from a saved stack, checked (the stack is untrusted).
+
+        A fit's weights are selection counts over their total: non-negative, summing to 1.
+        Prediction divides them by their sum, so negative or all-zero weights would mix to
+        negative or NaN probabilities.
+        """
+        with restoring("HillClimbing"):
+            check_choice(self.space, "params.space", SPACES)
+            self.weights_ = check_vector(source.array(field(state, "weights", "fitted.weights")), "fitted.weights",
+                                         self.n_models_, nonnegative=True, positive_sum=True)

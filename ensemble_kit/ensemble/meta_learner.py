@@ -10,10 +10,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ensemble_kit.ensemble._base import BaseEnsembler
-from ensemble_kit.ensemble._features import ClasswiseRows, WideRows, assemble_classwise, classwise_rows, wide_features
+from ensemble_kit.ensemble._features import (FEATURE_KINDS, ClasswiseRows, WideRows, assemble_classwise, classwise_rows,
+                                             wide_features)
 from ensemble_kit.ensemble._inputs import LogitStack
-from ensemble_kit.ensemble._learners import FitRequest, LearnerBackend, resolve_learner
+from ensemble_kit.ensemble._learners import LEARNERS, FitRequest, LearnerBackend, resolve_learner
 from ensemble_kit.ensemble._registry import register_ensembler
+from ensemble_kit.ensemble._restore_checks import check_choice, check_int, describe, fault, field, restoring
 from ensemble_kit.errors import ValidationError
 from ensemble_kit.metrics import PROB_EPS, log_softmax, safe_log
 
@@ -171,21 +173,81 @@ class MetaLearner(BaseEnsembler):
                            for bag, (model, n) in enumerate(zip(self.models_, self.n_iterations_))]}
 
     def _restore_fitted(self, state: dict[str, Any], source: Any) -> None:
-        if state["layout"] not in ("wide", "classwise"):
-            raise ValidationError(f"saved layout must be 'wide' or 'classwise'; got {state['layout']!r}.")
-        self.layout_ = state["layout"]
+        """Layout, bags and round counts from a saved stack, each checked (the stack is untrusted).
+
+        The fitted models themselves are read by the backend's ``load``; what they know is then
+        checked against the stack: a wide model's classes must be classes of the stack, and every
+        model must turn the stack's ``n_models_`` x ``n_classes_`` logits into finite
+        probabilities of every class (one two-row prediction, which also catches a model fitted
+        on another number of features).
+        """
+        with restoring(f"MetaLearner({self._learner_name()})"):
+            # the parameters prediction reads (the learner's name is looked up in the registry)
+            backend = resolve_learner(check_choice(self.learner, "params.learner", LEARNERS.names()))
+            check_choice(self.features, "params.features", FEATURE_KINDS)
+            check_choice(self.layout, "params.layout", LAYOUTS)
+            check_int(self.max_candidates, "params.max_candidates", minimum=1)
+            layout = check_choice(field(state, "layout", "fitted.layout"), "fitted.layout", ("wide", "classwise"))
+            if self.layout != "auto" and layout != self.layout:
+                raise fault("fitted.layout", f"params.layout {self.layout!r} (the layout the fit was asked for)",
+                            describe(layout))
+            self.layout_ = layout
+            models, n_iterations = self._saved_bags(state)
+            self.models_ = [backend.load(saved, source) for saved in models]
+            self.n_iterations_ = n_iterations
+            for bag, model in enumerate(self.models_):
+                self._check_restored_model(backend, model, f"fitted.models[{bag}]")
+
+    def _saved_bags(self, state: dict[str, Any]) -> tuple[list[dict[str, Any]], list[int | None]]:
+        """The saved models (one JSON object per bag) and their kept boosting rounds (one per bag)."""
         if "model" in state:  # saved before bagging: one model, one round count
-            models, n_iterations = [state["model"]], [state["n_iterations"]]
+            if "models" in state:
+                raise fault("fitted.model", "absent when fitted.models is given (one format or the other)",
+                            "both fields")
+            models = [field(state, "model", "fitted.model")]
+            n_iterations = [check_int(field(state, "n_iterations", "fitted.n_iterations"), "fitted.n_iterations",
+                                      minimum=1, allow_none=True)]
         else:
-            models, n_iterations = state["models"], state["n_iterations"]
-        n_models = len(models) if isinstance(models, list) else None
-        if not n_models or not isinstance(n_iterations, list) or len(n_iterations) != n_models:
-            got = n_models if n_models is not None else f"a {type(models).__name__} of"
-            raise ValidationError(f"a saved meta-learner needs a non-empty list of models and one round count per "
-                                  f"model; got {got} models and n_iterations={n_iterations!r}.")
-        backend = resolve_learner(self.learner)
-        self.models_ = [backend.load(saved, source) for saved in models]
-        self.n_iterations_ = list(n_iterations)
+            models = field(state, "models", "fitted.models")
+            if not isinstance(models, list) or not models:
+                raise fault("fitted.models", "a non-empty list of saved models, one per bag", describe(models))
+            rounds = field(state, "n_iterations", "fitted.n_iterations")
+            if not isinstance(rounds, list) or len(rounds) != len(models):
+                raise fault("fitted.n_iterations", f"one round count per model: a list of {len(models)}",
+                            describe(rounds))
+            n_iterations = [check_int(n, f"fitted.n_iterations[{bag}]", minimum=1, allow_none=True)
+                            for bag, n in enumerate(rounds)]
+        for bag, saved in enumerate(models):
+            if not isinstance(saved, dict):
+                raise fault(f"fitted.models[{bag}]", "a JSON object describing the model's files", describe(saved))
+        return models, n_iterations
+
+    def _check_restored_model(self, backend: LearnerBackend, model: Any, name: str) -> None:
+        """A loaded model knows only the stack's classes and predicts finite probabilities of all of them."""
+        if self.layout_ == "wide":
+            seen = backend.classes(model)
+            # _all_classes() indexes the class columns with these: a negative class would silently
+            # fill another column, one beyond n_classes_ would be a raw IndexError
+            if seen is not None and (len(seen) == 0 or len(np.unique(seen)) != len(seen)
+                                     or seen.min() < 0 or seen.max() >= self.n_classes_):
+                raise fault(f"{name} classes", f"distinct class indices in [0, {self.n_classes_})",
+                            describe(np.asarray(seen).tolist()))
+        n_features = (self.n_models_ * (self.n_classes_ + 2) if self.layout_ == "wide"
+                      else 3 * self.n_models_ + 7)
+        probe = _probe_logits(self.n_models_, self.n_classes_)
+        rows = self._prepare(probe)
+        try:
+            log_probs = self._log_proba(backend, model, rows)
+        # any error: each library (scikit-learn, LightGBM, CatBoost, a registered backend) raises
+        # its own type for a model that does not fit these features
+        except Exception as exc:
+            raise fault(name, f"a model of the stack's {self.n_models_} models x {self.n_classes_} classes "
+                              f"({n_features} {self.layout_} features)",
+                        f"one that cannot predict from them ({type(exc).__name__}: {exc})") from exc
+        expected = (probe.shape[1], self.n_classes_)
+        if np.shape(log_probs) != expected or not np.isfinite(log_probs).all():
+            raise fault(name, f"a model predicting finite log-probabilities of shape {expected}",
+                        f"shape {np.shape(log_probs)}, finite: {bool(np.isfinite(log_probs).all())}")
 
     # ------------------------------------------------------------------ helpers
     def _learner_name(self) -> str:
@@ -224,6 +286,14 @@ class MetaLearner(BaseEnsembler):
         held = rng.random(n_units) < _EARLY_STOPPING_FRACTION
         mask = held[units]
         return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
+def _probe_logits(n_models: int, n_classes: int) -> NDArray:
+    """Two rows of logits for checking a loaded model: every model undecided, then every model
+    confident in a different class (so the class-wise candidates and ranks vary)."""
+    probe = np.zeros((n_models, 2, n_classes), dtype=np.float32)
+    probe[np.arange(n_models), 1, np.arange(n_models) % n_classes] = 4.0
+    return probe
 
 
 def _warn_absent_classes(y: NDArray[np.int64], folds: NDArray[np.int64], n_classes: int, *, owner: str) -> None:

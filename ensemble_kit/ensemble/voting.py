@@ -13,6 +13,8 @@ from ensemble_kit.decision.calibration import fit_temperature
 from ensemble_kit.ensemble._base import BaseEnsembler
 from ensemble_kit.ensemble._optuna import as_trial_weights, run_study, starting_points, suggest_weights
 from ensemble_kit.ensemble._registry import register_ensembler
+from ensemble_kit.ensemble._restore_checks import (TEMPERATURE_RANGE, check_bool, check_choice, check_vector, field,
+                                                   restoring)
 from ensemble_kit.errors import ValidationError
 from ensemble_kit.metrics import get_metric, log_softmax, safe_log
 
@@ -218,14 +220,22 @@ class SoftVoting(BaseEnsembler):
                 "temperatures": out.array(f"{key}.temperatures", self.temperatures_)}
 
     def _restore_fitted(self, state: dict[str, Any], source: Any) -> None:
-        self.weights_ = _vector(source.array(state["weights"]), self.n_models_, "weights")
-        self.temperatures_ = _vector(source.array(state["temperatures"]), self.n_models_, "temperatures")
+        """Weights and temperatures from a saved stack, each checked (the stack is untrusted).
 
-
-def _vector(values: NDArray, n: int, what: str) -> NDArray:
-    if values.shape != (n,) or not np.issubdtype(values.dtype, np.floating) or not np.isfinite(values).all():
-        raise ValidationError(f"saved {what} must be {n} finite numbers; got shape {values.shape}.")
-    return values
+        ``n_models_`` is set by the loader from the saved model names before this runs.
+        """
+        with restoring("SoftVoting"):
+            # the parameters prediction reads: an unknown space fails in combine(), and a string
+            # "temperature" would be read by its truthiness
+            check_choice(self.space, "params.space", SPACES)
+            check_bool(self.temperature, "params.temperature")
+            # combine() divides the weights by their sum: negative or all-zero weights would mix
+            # to negative or NaN probabilities
+            self.weights_ = check_vector(source.array(field(state, "weights", "fitted.weights")), "fitted.weights",
+                                         self.n_models_, nonnegative=True, positive_sum=True)
+            self.temperatures_ = check_vector(source.array(field(state, "temperatures", "fitted.temperatures")),
+                                              "fitted.temperatures", self.n_models_, minimum=TEMPERATURE_RANGE[0],
+                                              maximum=TEMPERATURE_RANGE[1])
 
 
 __all__: Sequence[str] = ["SPACES", "SoftVoting", "combine", "mixture_log_loss", "mixture_optimum",
