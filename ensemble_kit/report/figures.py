@@ -2,12 +2,21 @@
 
 matplotlib is optional (``pip install "ensemble_kit[report]"``) and imported lazily, with the
 non-interactive Agg backend so reports render on headless machines.
+
+Class, model, stack and step names are data, shown as written: matplotlib would read a name
+such as ``$x^$`` as mathtext (and fail on it), or hand ``_``/``%`` to LaTeX under
+``text.usetex``. Every figure is built with math parsing and LaTeX off (:func:`_literal_text`),
+each of its Text artists keeps them off wherever it is drawn later, and :func:`png_bytes`
+renders under the same settings, so a tick label made only at drawing time is literal too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+import functools
+import io
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -17,6 +26,11 @@ from ensemble_kit._optional import import_optional
 
 
 _CORRELATION_SAMPLE = 1_000_000
+# text is shown as written: no mathtext ($...$), no LaTeX, and numbers formatted as plain text (so
+# none relies on mathtext), whatever the user's matplotlibrc says
+_LITERAL_RC = {"text.parse_math": False, "text.usetex": False, "axes.formatter.use_mathtext": False}
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _pyplot() -> Any:
@@ -25,6 +39,40 @@ def _pyplot() -> Any:
     return import_optional("matplotlib.pyplot", feature="The HTML report")
 
 
+@contextmanager
+def literal_text() -> Iterator[None]:
+    """matplotlib settings under which every Text artist made shows its string as written."""
+    matplotlib = import_optional("matplotlib", feature="The HTML report")
+    with matplotlib.rc_context(_LITERAL_RC):
+        yield
+
+
+def _literal_text(build: F) -> F:
+    """Build the figure under :func:`literal_text`, then pin every Text artist of it to literal
+    rendering, so that drawing it later (outside those settings) shows the names as written too."""
+    @functools.wraps(build)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with literal_text():
+            fig = build(*args, **kwargs)
+        from matplotlib.text import Text
+
+        for text in fig.findobj(Text):
+            text.set_parse_math(False)
+            text.set_usetex(False)
+        return fig
+
+    return wrapper  # type: ignore[return-value]
+
+
+def png_bytes(fig: Any, *, dpi: int) -> bytes:
+    """``fig`` as PNG, rendered with literal text (tick labels made while drawing included)."""
+    buffer = io.BytesIO()
+    with literal_text():
+        fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+@_literal_text
 def leaderboard_figure(table: pd.DataFrame, metric: str) -> Any:
     """Horizontal bars of ``metric`` and log loss (honest OOF) for every base model, reference and step.
 
@@ -61,6 +109,7 @@ def step_labels(table: pd.DataFrame) -> list[str]:
     return [f"{step} ({kind})" if counts[step] > 1 else str(step) for step, kind in zip(table["step"], table["kind"])]
 
 
+@_literal_text
 def correlation_figure(names: Sequence[str], oof_log_probs: NDArray) -> Any:
     """Pearson correlation between the models' OOF log-probabilities (all samples and classes)."""
     plt = _pyplot()
@@ -82,13 +131,17 @@ def correlation_figure(names: Sequence[str], oof_log_probs: NDArray) -> Any:
     return fig
 
 
+@_literal_text
 def weights_figure(weights: Mapping[str, Mapping[str, float]]) -> Any:
     """One bar panel per weighting: model weights of each stage, and the blend's stage weights."""
     plt = _pyplot()
     panels = [(title, values) for title, values in weights.items() if values]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
     for ax, (title, values) in zip(axes[0], panels):
-        ax.bar(list(values), list(values.values()), color="#2e86de")
+        # bars by position with fixed tick labels: a categorical axis would make its labels only
+        # while drawing, and read a model named "1" or "1e3" as a number
+        ax.bar(np.arange(len(values)), list(values.values()), color="#2e86de")
+        ax.set_xticks(np.arange(len(values)), [str(name) for name in values])
         ax.set_title(title, fontsize=10)
         ax.set_ylim(0, max(1.0, max(values.values()) * 1.1))
         ax.tick_params(axis="x", rotation=45)
@@ -98,6 +151,7 @@ def weights_figure(weights: Mapping[str, Mapping[str, float]]) -> Any:
     return fig
 
 
+@_literal_text
 def confusion_figure(y: NDArray, labels: NDArray, classes: Sequence[Any]) -> Any:
     """Row-normalised confusion matrix (true class rows, predicted class columns)."""
     plt = _pyplot()
@@ -124,6 +178,7 @@ def confusion_figure(y: NDArray, labels: NDArray, classes: Sequence[Any]) -> Any
     return fig
 
 
+@_literal_text
 def threshold_figure(classes: Sequence[Any], before: pd.DataFrame, after: pd.DataFrame, setting: Sequence[str]) -> Any:
     """Per-class precision / recall / F1 with plain argmax vs with the stack's class decisions."""
     plt = _pyplot()
@@ -151,6 +206,7 @@ def threshold_figure(classes: Sequence[Any], before: pd.DataFrame, after: pd.Dat
     return fig
 
 
+@_literal_text
 def reliability_figure(curves: Mapping[str, tuple[NDArray, NDArray, NDArray]]) -> Any:
     """Top-label reliability: mean confidence vs accuracy per confidence bin, one line per predictor."""
     plt = _pyplot()
@@ -186,6 +242,7 @@ def _integer_locator() -> Any:
     return MaxNLocator(integer=True)
 
 
+@_literal_text
 def training_curves_figure(histories: Mapping[str, Mapping[int, pd.DataFrame]]) -> Any:
     """Train and validation loss per epoch; one panel per model, one line per fold."""
     plt = _pyplot()

@@ -104,3 +104,65 @@ def test_stack_names_differing_only_in_case_are_refused(small_store, capsys):
     assert main(["stack", str(small_store.path), "--recipe", "hill_climb", "--name", "full"]) == 2
     assert "differs only in case" in capsys.readouterr().err
     assert sorted(p.name for p in (small_store.path / "stacks").iterdir()) == ["Full"]
+
+
+@pytest.fixture
+def studied_store(small_store, monkeypatch):
+    """A store with one study in its optuna.db, and optuna-dashboard replaced by a recorder."""
+    import optuna
+
+    from wsgiref.simple_server import WSGIServer
+
+    optuna.create_study(study_name="s", storage=small_store.workspace.study_storage())
+    monkeypatch.setattr(WSGIServer, "serve_forever", lambda server: None)  # a test never serves for real
+    served: list[str] = []
+    monkeypatch.setitem(sys.modules, "optuna_dashboard",
+                        types.SimpleNamespace(wsgi=lambda storage: served.append(storage) or (lambda e, r: [b""])))
+    return small_store, served
+
+
+def test_dashboard_on_a_port_in_use_is_a_named_error(studied_store, capsys):
+    import socket
+
+    from ensemble_kit.errors import ValidationError
+
+    store, _ = studied_store
+    with socket.socket() as taken:  # loopback only: nothing outside this machine is contacted
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["dashboard", str(store.path), "--port", str(port)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("ensemble-kit dashboard: error: ") and len(err.splitlines()) == 1
+        assert f"port {port} on 127.0.0.1 is already in use" in err and "--port" in err and "Traceback" not in err
+        with pytest.raises(ValidationError, match=f"port {port} on 127.0.0.1 is already in use"):
+            launch_dashboard(store, port=port)
+
+
+@pytest.mark.parametrize("port", [-1, 65536, True, "8080"])
+def test_dashboard_port_out_of_range_is_refused(studied_store, port):
+    from ensemble_kit.errors import ValidationError
+
+    store, served = studied_store
+    with pytest.raises(ValidationError, match="port must be an integer from 0 to 65535"):
+        launch_dashboard(store, port=port)
+    assert served == []
+
+
+def test_ctrl_c_stops_the_dashboard_without_a_traceback(studied_store, monkeypatch, capsys):
+    from wsgiref.simple_server import WSGIServer
+
+    store, served = studied_store
+    closed = []
+
+    def interrupted(server):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(WSGIServer, "serve_forever", interrupted)
+    close = WSGIServer.server_close
+    monkeypatch.setattr(WSGIServer, "server_close", lambda server: closed.append(server.server_port) or close(server))
+    try:
+        assert main(["dashboard", str(store.path), "--port", "0"]) == 0
+    except KeyboardInterrupt:  # would otherwise stop the whole test session
+        pytest.fail("Ctrl-C escaped from the dashboard (a traceback on the command line)")
+    assert "Traceback" not in capsys.readouterr().err and len(served) == 1 and len(closed) == 1
