@@ -3,11 +3,22 @@
 A source exposes ``ids`` (unique), ``labels`` (each one of ``classes``, or ``None`` when
 unlabelled), ``targets`` (the same as class indices), ``classes`` and ``load(i)`` returning an ``(H, W, 3)`` uint8 RGB array; grayscale and RGBA
 inputs are converted. Bad input is refused at construction with the offending entries listed.
+
+Folder sources (:class:`ImageFolderSource`, :class:`ImageDirSource`) read every entry whose name
+has an image extension (:data:`IMAGE_EXTENSIONS`) or refuse the folder: none is skipped
+silently. A regular file is read; a symbolic link to a regular file is read through the link when
+its target lies inside the source's root (links that dedupe or rearrange a dataset keep working);
+a dangling link, a link leaving the root, a FIFO, a socket, a device or a folder named like an
+image is a :class:`~ensemble_kit.errors.ImageDecodeError` listing the offending paths, raised at
+construction, before any image is decoded or any model loaded. So a folder received from
+elsewhere cannot make ensemble_kit read a file outside it, block on a pipe, or lose images.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +28,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
-from ensemble_kit.data.decode import check_image_header, decode_image, to_rgb
+from ensemble_kit.data.decode import check_image_header, decode_image, file_kind, to_rgb
 from ensemble_kit.errors import ImageDecodeError, ValidationError
 from ensemble_kit.store._tables import load_table
 
@@ -118,10 +129,13 @@ class _FileImageSource(ImageSource):
         super().__init__(ids, labels, classes, cache=cache)
         self.paths = paths
         self._checked = False
-        missing = [str(p) for p in paths if not p.is_file()]
-        if missing:
+        unusable = [(p, problem) for p in paths if (problem := _file_problem(p)) is not None]
+        if unusable:
+            listed = ", ".join(f"{str(p)!r} ({problem})" for p, problem in unusable[:_LISTED])
+            more = f" and {len(unusable) - _LISTED} more" if len(unusable) > _LISTED else ""
             raise ImageDecodeError(
-                f"{type(self).__name__}: {len(missing)} image file(s) not found, e.g. {missing[:5]}."
+                f"{type(self).__name__}: {len(unusable)} image file(s) not found or not regular files: {listed}{more}. "
+                "Check the paths, and replace anything that is not an image file with the file itself."
             )
 
     def _load(self, index: int) -> NDArray[np.uint8]:
@@ -158,6 +172,13 @@ class ImageFolderSource(_FileImageSource):
     (``ids="stem"``, what a competition's id column holds; refused when two class folders hold
     the same file name), or ``ids="auto"``: the file names when they are unique, else paths.
 
+    Every entry of a class folder named like an image is read, or the folder is refused (see the
+    module notes): a dangling link, a link leaving ``root``, a FIFO, a socket or a folder named
+    ``x.jpg`` is an :class:`ImageDecodeError` listing the paths. So is an entry named like an
+    image directly under ``root`` (an image outside every class folder, or a folder ``x.jpg``
+    where class folders are expected), and a class folder that is a link leaving ``root``. A link
+    to a regular file (or a class folder) inside ``root`` is followed.
+
     Parameters
     ----------
     root : path
@@ -175,16 +196,22 @@ class ImageFolderSource(_FileImageSource):
             raise ValidationError(f"ImageFolderSource: {str(root)!r} is not a directory.")
         if ids not in ("path", "stem", "auto"):
             raise ValidationError(f"ImageFolderSource: ids must be 'auto', 'stem' or 'path'; got {ids!r}.")
-        folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+        real_root = os.path.realpath(root)
+        folders, stray = _class_folders(root, real_root)
+        problems = list(stray)
         class_list = list(classes) if classes is not None else folders
+        paths, labels = [], []
+        for index, name in enumerate(class_list):
+            files, bad = _image_entries(root / name, real_root) if name in folders else ([], [])
+            problems += bad
+            paths += files
+            labels += [index] * len(files)
+        hint = (f" A folder holding sub-folders is read as one folder per class{f' ({folders[:5]})' if folders else ''}: "
+                "entries named like images belong inside a class folder.") if stray else ""
+        _refuse_entries(problems, where=f"ImageFolderSource({str(root)!r})", hint=hint)
         unknown = sorted(set(folders) - set(class_list))
         if unknown:
             raise ValidationError(f"ImageFolderSource: folders {unknown} are not in classes {class_list}.")
-        paths, labels = [], []
-        for index, name in enumerate(class_list):
-            files = sorted(p for p in (root / name).glob("*") if p.suffix.lower() in IMAGE_EXTENSIONS) if (root / name).is_dir() else []
-            paths += files
-            labels += [index] * len(files)
         if not paths:
             raise ValidationError(f"ImageFolderSource: no images with extensions {IMAGE_EXTENSIONS} under {str(root)!r}.")
         stems = pd.Index([p.stem for p in paths])
@@ -243,7 +270,11 @@ class CsvImageSource(_FileImageSource):
 class ImageDirSource(_FileImageSource):
     """Every image directly inside one folder, unlabelled (a competition's ``test/`` folder).
 
-    Ids are the file names without extension, in sorted order.
+    Ids are the file names without extension, in sorted order. Every entry named like an image
+    is read, or the folder is refused (see the module notes): a dangling link, a link leaving
+    ``root``, a FIFO, a socket or a folder named ``x.jpg`` is an :class:`ImageDecodeError`
+    listing the paths. A link to a regular file inside ``root`` is read through the link (its
+    id is the link's name).
 
     Parameters
     ----------
@@ -269,7 +300,8 @@ class ImageDirSource(_FileImageSource):
         root = Path(root)
         if not root.is_dir():
             raise ValidationError(f"ImageDirSource: {str(root)!r} is not a directory.")
-        paths = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        paths, problems = _image_entries(root, os.path.realpath(root))
+        _refuse_entries(problems, where=f"ImageDirSource({str(root)!r})")
         if not paths:
             raise ValidationError(f"ImageDirSource: no images with extensions {IMAGE_EXTENSIONS} in {str(root)!r}.")
         stems = [p.stem for p in paths]
@@ -352,6 +384,100 @@ class SubsetSource(ImageSource):
 
     def check(self) -> None:
         self._source.check()
+
+
+_LISTED = 5  # offending paths named in an error; the rest are counted
+
+
+def _inside(path: str, real_root: str) -> bool:
+    """Whether the resolved ``path`` is ``real_root`` or lies under it (both already resolved)."""
+    return os.path.commonpath([path, real_root]) == real_root
+
+
+def _entry_problem(path: Path, real_root: str, *, directory: bool = False) -> str | None:
+    """Why ``path`` is not a regular file (``directory=True``: not a folder) inside ``real_root``;
+    ``None`` when it is one. Links are followed only when they resolve inside ``real_root``; the
+    entry itself is never opened."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return "vanished while the folder was listed"
+    link = ""
+    if stat.S_ISLNK(info.st_mode):
+        target = os.path.realpath(path)
+        if not _inside(target, real_root):  # decided before touching the target
+            return f"a symbolic link leaving {real_root!r}, to {target!r}"
+        try:
+            info = os.stat(path)
+        except OSError:
+            return f"a dangling symbolic link, to {os.readlink(path)!r}"
+        link = "symbolic link to a "
+    wanted = stat.S_ISDIR if directory else stat.S_ISREG
+    if wanted(info.st_mode):
+        return None
+    return f"a {link}{file_kind(info.st_mode)}"
+
+
+def _file_problem(path: Path) -> str | None:
+    """Why an explicitly listed image path (a CSV's, a path list's) cannot be read, or ``None``."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return "a dangling symbolic link" if os.path.islink(path) else "missing"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None if stat.S_ISREG(info.st_mode) else f"a {file_kind(info.st_mode)}"
+
+
+def _image_entries(folder: Path, real_root: str) -> tuple[list[Path], list[str]]:
+    """The entries of ``folder`` named like images, sorted: the readable ones, and a description
+    of every other (see :func:`_entry_problem`). Entries with other extensions are not images and
+    are left alone."""
+    found, problems = [], []
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        problem = _entry_problem(path, real_root)
+        if problem is None:
+            found.append(path)
+        else:
+            problems.append(f"{str(path)!r} ({problem})")
+    return found, problems
+
+
+def _class_folders(root: Path, real_root: str) -> tuple[list[str], list[str]]:
+    """The class folders of an ImageFolder ``root`` (sorted names), and a description of every
+    entry that is refused: an image-named entry outside any class folder (a folder named like an
+    image included: it is a stray entry of a flat folder far more often than a class), a link to
+    a folder outside ``root``."""
+    folders, problems = [], []
+    for path in sorted(root.iterdir()):
+        problem = _entry_problem(path, real_root, directory=True)
+        if problem is None and path.suffix.lower() in IMAGE_EXTENSIONS:
+            problems.append(f"{str(path)!r} (a directory named like an image, where class folders are expected)")
+        elif problem is None:
+            folders.append(path.name)
+        elif path.suffix.lower() in IMAGE_EXTENSIONS:
+            file_problem = _entry_problem(path, real_root) or "an image outside every class folder"
+            problems.append(f"{str(path)!r} ({file_problem})")
+        elif os.path.islink(path) and os.path.isdir(path):  # a class folder linked from outside the root
+            problems.append(f"{str(path)!r} ({problem})")
+    return folders, problems
+
+
+def _refuse_entries(problems: list[str], *, where: str, hint: str = "") -> None:
+    """One :class:`ImageDecodeError` naming the first few refused folder entries and counting the rest."""
+    if not problems:
+        return
+    count = len(problems)
+    listed = "; ".join(problems[:_LISTED])
+    more = f"; and {count - _LISTED} more" if count > _LISTED else ""
+    raise ImageDecodeError(
+        f"{where}: {count} {'entry' if count == 1 else 'entries'} named like an image cannot be read as an image "
+        f"file: {listed}{more}. Every entry with an image extension {list(IMAGE_EXTENSIONS)} is read or refused, "
+        "never skipped: replace each with the image file itself (a link must point to a file inside the folder), "
+        f"or remove it.{hint}"
+    )
 
 
 def _raise_all(problems: list[str], *, what: str) -> None:

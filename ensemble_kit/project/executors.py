@@ -22,9 +22,13 @@ Executors are named by a spec string, ``NAME`` or ``NAME:ARG`` (the CLI's ``--ex
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shutil
+import signal
+import sys
+import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -120,8 +124,69 @@ def _count(arg: str, *, what: str) -> int:
 
 
 # ---------------------------------------------------------------------- local processes
-def _init_local_worker(slots: Any, devices: list[str], threads: int) -> None:
-    """A pool worker's start: its own GPU (when there are GPUs) and its share of the CPU threads."""
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+#: Seconds between two looks of a worker's watchdog at its parent (the fallback where the parent's
+#: death is not signalled: not Linux, or prctl unavailable).
+PARENT_WATCH_INTERVAL = 0.5
+
+
+def _exit_with_parent(owner_pid: int | None) -> None:
+    """Make this pool worker end as soon as the process that started it ends, however it ends.
+
+    A worker blocks on the pool's call queue, whose write end every worker holds too, so it never
+    sees the queue close: after ``kill -9`` of the parent it would wait (or train) for ever. Two
+    guards, both set up before the worker takes a task:
+
+    - Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)``, the kernel kills the worker when its parent
+      dies, even while the worker holds the GIL in a long C call. (The signal follows the parent
+      *thread* that started the worker: the pool starts workers from the thread calling ``run``,
+      which waits in ``run`` for as long as the pool lives.)
+    - everywhere: a daemon thread waiting on the parent's sentinel (``multiprocessing``'s handle
+      on the parent: a pipe that reaches EOF, or a process handle that is signalled, when the
+      parent dies) and watching ``os.getppid()`` change, which then ends the process.
+
+    ``owner_pid`` is the pid of the process that created the pool when workers are its direct
+    children (``spawn``; ``None`` for ``forkserver``, whose workers are the fork server's children
+    and are orphaned when the fork server, which exits with its owner, ends). A parent that died
+    before the guards were set (so no signal will come) is caught by comparing it with
+    ``os.getppid()``.
+    """
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # no usable libc: the watchdog thread still guards
+            pass
+    if owner_pid is not None and os.getppid() != owner_pid:
+        os._exit(1)  # the owner is already gone: this worker was reparented before it could watch
+    threading.Thread(target=_watch_parent, args=(parent,), name="ensemble_kit-parent-watch", daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    """End this process when its parent ends (the parent's sentinel fires or ``getppid()`` changes)."""
+    import multiprocessing
+    from multiprocessing.connection import wait as wait_for
+
+    handle = multiprocessing.parent_process()
+    sentinel = getattr(handle, "sentinel", None)
+    while True:
+        if sentinel is not None:
+            if wait_for([sentinel], timeout=PARENT_WATCH_INTERVAL):
+                break
+        else:
+            time.sleep(PARENT_WATCH_INTERVAL)
+        if os.getppid() != parent:
+            break
+    # os._exit, not sys.exit: this is not the main thread, which may be deep in a fold and must
+    # not get to write anything more for a run whose parent is gone
+    os._exit(1)
+
+
+def _init_local_worker(slots: Any, devices: list[str], threads: int, owner_pid: int | None = None) -> None:
+    """A pool worker's start: tied to its parent's life, its own GPU (when there are GPUs) and its
+    share of the CPU threads."""
+    _exit_with_parent(owner_pid)
     slot = slots.get()
     if devices:
         os.environ["CUDA_VISIBLE_DEVICES"] = devices[slot % len(devices)]
@@ -147,7 +212,12 @@ def _visible_gpus() -> list[str]:
 
 @EXECUTORS.register("local")
 class LocalExecutor(Executor):
-    """N worker processes on this machine (local:N; default one per GPU, else one per core), each with its own GPU."""
+    """N worker processes on this machine (local:N; default one per GPU, else one per core), each with its own GPU.
+
+    Workers end with the process that started them, however it ends (``kill -9`` included): on
+    Linux the kernel kills them (``PR_SET_PDEATHSIG``), elsewhere a watchdog thread in each
+    worker sees the parent go within :data:`PARENT_WATCH_INTERVAL` seconds.
+    """
 
     def __init__(self, n_workers: int | None = None, *, retries: int = DEFAULT_RETRIES) -> None:
         self.n_workers = n_workers
@@ -181,8 +251,9 @@ class LocalExecutor(Executor):
             slots = context.Queue()
             for slot in range(n):
                 slots.put(slot)
+            # spawned workers are this process's own children: each checks that its parent is us
             with ProcessPoolExecutor(n, mp_context=context, initializer=_init_local_worker,
-                                     initargs=(slots, devices, threads)) as pool:
+                                     initargs=(slots, devices, threads, os.getpid())) as pool:
                 futures = {pool.submit(fn, *tasks[i]): i for i in pending}
                 broken = False
                 remaining = set(futures)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -183,8 +185,121 @@ def _check_range(key: str, value: float | None, *, low: float | None = None, hig
         raise ValidationError(f"Config key {key!r} must be a finite number {bounds}; got {value!r}.")
 
 
+#: ``model_kwargs`` keys refused, with the reason and the fix: arguments that timm's factory,
+#: :func:`~ensemble_kit.train.models.build_model` or another config key own, and every argument
+#: that makes timm read a file, fetch a URL or build something other than a classifier. A saved
+#: config travels inside exported fold models and bundles, so these must never reach timm.
+_OWNED_MODEL_KWARGS: dict[str, str] = {
+    "num_classes": "the number of classes comes from the store's classes",
+    "pretrained": "use the config key 'pretrained'",
+    "img_size": "use the config key 'img_size'",
+    "drop_rate": "use the config key 'regularization.drop_rate'",
+    "drop_path_rate": "use the config key 'regularization.drop_path_rate'",
+    "in_chans": "images are always decoded to 3-channel RGB",
+    "checkpoint_path": "it makes timm read a file; load local weights with the config key 'pretrained_path'",
+    "pretrained_cfg": "it names weight files or URLs; load local weights with the config key 'pretrained_path'",
+    "pretrained_cfg_overlay": "it names weight files or URLs; load local weights with the config key "
+                              "'pretrained_path'",
+    "pretrained_model_args": "it is timm's record of a checkpoint's source, not an architecture argument",
+    "pretrained_strict": "it configures timm's weight loading; use the config key 'pretrained_path'",
+    "pretrained_filter_fn": "it configures timm's weight loading; use the config key 'pretrained_path'",
+    "cache_dir": "it names a download folder; ensemble_kit never downloads while building a model",
+    "pruned": "it makes timm read a pruned-architecture file",
+    "features_only": "ensemble_kit builds classifiers, not feature extractors",
+    "feature_cfg": "ensemble_kit builds classifiers, not feature extractors",
+    "feature_cls": "ensemble_kit builds classifiers, not feature extractors",
+    "out_indices": "ensemble_kit builds classifiers, not feature extractors",
+    "model_cfg": "it replaces the architecture's definition; pick another 'model' instead",
+    "kwargs_filter": "it is an option of timm's factory, not an architecture argument",
+    "scriptable": "it is an option of timm's factory, not an architecture argument",
+    "exportable": "it is an option of timm's factory, not an architecture argument",
+    "no_jit": "it is an option of timm's factory, not an architecture argument",
+    "device": "the trainer places the model; use the config key 'device'",
+    "dtype": "the trainer sets the precision; use the config key 'amp'",
+}
+# A string argument is a word (an activation, a norm layer, a pooling type: 'gelu', 'avg', or ''
+# for none): no path separator, dot, colon or space, so no value can name a file or a URL timm
+# might open.
+_WORD_RE = re.compile(r"[A-Za-z0-9_-]{0,64}")
+_MODEL_KWARGS_RULE = ("model_kwargs holds plain architecture arguments of the timm model (e.g. {patch_size: 4, "
+                      "depth: 6}): numbers, true/false, null, words such as 'gelu', and flat lists of those")
+
+
+def check_model_kwargs(model_kwargs: Mapping[str, Any] | None, *, pooling: str = "default",
+                       key: str = "model_kwargs") -> None:
+    """Refuse every ``model_kwargs`` entry that is not a plain architecture argument.
+
+    ``model_kwargs`` come from a YAML file or from the ``model.json`` of an exported fold model
+    (possibly received from elsewhere) and go to ``timm.create_model``, whose factory also
+    takes arguments that read files (``checkpoint_path``, ``pretrained_cfg``), download
+    (``pretrained``) or clash with what :func:`~ensemble_kit.train.models.build_model` sets
+    (``num_classes``, ``drop_rate``). Only identifier keys not in the refused list are
+    accepted, with values that are ints, finite floats, booleans, ``None``, words (letters,
+    digits, ``_`` and ``-``: never a path or URL) or flat lists of those.
+
+    Parameters
+    ----------
+    model_kwargs : mapping or None
+    pooling : {"default", "gem"}
+        The config's ``pooling``: with ``"gem"`` the head is replaced, so ``global_pool`` would
+        be ignored and is refused.
+    key : str
+        The config key named in errors.
+
+    Raises
+    ------
+    ValidationError
+        Naming the first offending key, why it is refused and what to use instead.
+
+    Examples
+    --------
+    >>> check_model_kwargs({"patch_size": 4, "depths": [2, 2], "act_layer": "gelu"})
+    >>> check_model_kwargs({"checkpoint_path": "/tmp/w.pth"})
+    Traceback (most recent call last):
+    ...
+    ensemble_kit.errors.ValidationError: Config key 'model_kwargs.checkpoint_path' is not accepted: ...
+    """
+    if model_kwargs is None:
+        return
+    if not isinstance(model_kwargs, Mapping):
+        raise ValidationError(f"Config key {key!r} must be a mapping of architecture arguments or null; got "
+                              f"{type(model_kwargs).__name__} {model_kwargs!r}. {_MODEL_KWARGS_RULE}.")
+    for name, value in model_kwargs.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValidationError(f"Config key {key!r}: {name!r} is not a keyword argument name. {_MODEL_KWARGS_RULE}.")
+        where = f"{key}.{name}"
+        if name in _OWNED_MODEL_KWARGS:
+            raise ValidationError(f"Config key {where!r} is not accepted: {_OWNED_MODEL_KWARGS[name]}. Remove it. "
+                                  f"{_MODEL_KWARGS_RULE}, never the keys timm's factory or ensemble_kit own, or that "
+                                  f"read files: {sorted(_OWNED_MODEL_KWARGS)}.")
+        if name == "global_pool" and pooling == "gem":
+            raise ValidationError(f"Config key {where!r} would be ignored: pooling 'gem' replaces the model's "
+                                  "pooling and head. Remove it, or set pooling: default.")
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for item in items:
+            problem = _model_kwarg_problem(item)
+            if problem:
+                raise ValidationError(f"Config key {where!r} is not accepted: {problem}; got {value!r}. "
+                                      f"{_MODEL_KWARGS_RULE}.")
+
+
+def _model_kwarg_problem(item: Any) -> str | None:
+    """Why one value (or list item) of ``model_kwargs`` is refused, or ``None`` when it is plain."""
+    if item is None or isinstance(item, (bool, int)):
+        return None
+    if isinstance(item, float):
+        return None if math.isfinite(item) else "numbers must be finite"
+    if isinstance(item, str):
+        return None if _WORD_RE.fullmatch(item) else \
+            "a string must be a word (letters, digits, '_', '-'), never a path, file name or URL"
+    if isinstance(item, (list, tuple)):
+        return "lists must be flat (no list inside a list)"
+    return f"a {type(item).__name__} is not a plain architecture argument"
+
+
 def _validate(cfg: TrainConfig) -> None:
     opt, sched, aug, reg = cfg.optimizer, cfg.schedule, cfg.augment, cfg.regularization
+    check_model_kwargs(cfg.model_kwargs, pooling=cfg.pooling)
     for key, value in (("img_size", cfg.img_size), ("epochs", cfg.epochs), ("batch_size", cfg.batch_size),
                        ("keep_checkpoints", cfg.keep_checkpoints), ("optimizer.accumulation_steps", opt.accumulation_steps),
                        ("augment.repeated_augment", aug.repeated_augment), ("schedule.restart_epochs", sched.restart_epochs),
@@ -268,6 +383,7 @@ class MAEConfig:
     keep_checkpoints: int = 2
 
     def __post_init__(self) -> None:
+        check_model_kwargs(self.model_kwargs)
         for key in ("img_size", "decoder_dim", "decoder_depth", "decoder_heads", "epochs", "batch_size",
                     "keep_checkpoints", "cpu_threads"):
             _check_range(key, getattr(self, key), low=1)

@@ -13,6 +13,7 @@ from torch import nn
 
 from ensemble_kit._registry import Registry
 from ensemble_kit.errors import CheckpointError, ValidationError
+from ensemble_kit.train.config import check_model_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -73,13 +74,20 @@ def build_model(name: str, *, num_classes: int, img_size: int | None = None, dro
                  pretrained_path: str | None = None, model_kwargs: Mapping[str, Any] | None = None) -> nn.Module:
     """Build a classifier with ``num_classes`` outputs.
 
-    ``model_kwargs`` go to the timm constructor as they are (e.g. ``{"patch_size": 4}`` for a
-    ViT on 32 px images); a keyword the model does not take is an error naming it.
+    ``model_kwargs`` go to the timm constructor (e.g. ``{"patch_size": 4}`` for a ViT on 32 px
+    images); a keyword the model does not take is an error naming it. Only plain architecture
+    arguments pass (see :func:`~ensemble_kit.train.config.check_model_kwargs`): keys this
+    function or timm's factory own (``num_classes``, ``pretrained``, ``drop_rate``, ...) and
+    anything that would make timm read a file or a URL (``checkpoint_path``,
+    ``pretrained_cfg``, ...) are a :class:`ValidationError`, checked again here although
+    :class:`~ensemble_kit.train.TrainConfig` checks them, because the config's dict can be
+    changed after it was validated and callers may pass their own.
 
     ``pretrained=True`` asks timm for hub weights (needs network); ``pretrained_path`` loads a
     local checkpoint (state dict in ``.pth``/``.pt``/``.safetensors``) with the classifier
     head dropped when its shape differs.
     """
+    check_model_kwargs(model_kwargs, pooling=pooling)
     if name in MODEL_FACTORIES:
         model = MODEL_FACTORIES.get(name)(num_classes=num_classes, drop_rate=drop_rate, drop_path_rate=drop_path_rate)
     else:

@@ -90,3 +90,167 @@ def test_image_folder_ids_are_stems_when_asked_and_collisions_are_named(tmp_path
         ImageFolderSource(tmp_path / "b", ids="stem")
     assert ImageFolderSource(tmp_path / "a", ids="auto").ids.tolist() == ["x1", "x2"]
     assert ImageFolderSource(tmp_path / "b", ids="auto").ids.tolist() == ["cat/0000.png", "dog/0000.png"]
+
+
+# ---------------------------------------------------------------------- entries that are not image files
+# Every entry named like an image is read or named in an error: none is dropped silently, none is
+# opened when it is not a regular file inside the folder, and a FIFO never blocks.
+
+
+def _plant(kind: str, path, outside):
+    """Put an entry of ``kind`` at ``path``; ``outside`` is a folder outside the source's root."""
+    import os
+    import socket
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "dangling link":
+        os.symlink(path.parent / "gone.png", path)
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "socket":
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(path))
+        return server
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "link leaving the folder":
+        _write(outside / "secret.png")
+        os.symlink(outside / "secret.png", path)
+    return None
+
+
+ENTRY_KINDS = {"dangling link": r"a dangling symbolic link", "fifo": r"a FIFO", "socket": r"a socket",
+               "directory": r"a directory", "link leaving the folder": r"a symbolic link leaving .*secret\.png"}
+
+
+@pytest.fixture
+def planted(tmp_path):
+    servers = []
+
+    def plant(kind, path):
+        servers.append(_plant(kind, path, tmp_path / "outside"))
+
+    yield plant
+    for server in servers:
+        if server is not None:
+            server.close()
+
+
+@pytest.mark.parametrize("kind", list(ENTRY_KINDS))
+def test_an_image_folder_entry_that_is_no_image_file_is_named_not_dropped(tmp_path, planted, kind):
+    from ensemble_kit.data import ImageDirSource
+
+    root = tmp_path / "test"
+    _write(root / "a.png")
+    planted(kind, root / "b.jpg")
+    with pytest.raises(ImageDecodeError, match=rf"ImageDirSource.*1 entry named like an image.*b\.jpg' "
+                                               rf"\({ENTRY_KINDS[kind]}"):
+        ImageDirSource(root)
+
+
+@pytest.mark.parametrize("kind", list(ENTRY_KINDS))
+def test_a_class_folder_entry_that_is_no_image_file_is_named_not_dropped(tmp_path, planted, kind):
+    root = tmp_path / "train"
+    _write(root / "cat" / "a.png")
+    _write(root / "dog" / "c.png")
+    planted(kind, root / "dog" / "b.jpg")
+    with pytest.raises(ImageDecodeError, match=rf"ImageFolderSource.*dog/b\.jpg' \({ENTRY_KINDS[kind]}"):
+        ImageFolderSource(root)
+
+
+def test_every_offender_is_counted_and_the_first_few_named(tmp_path):
+    import os
+
+    from ensemble_kit.data import ImageDirSource
+
+    _write(tmp_path / "ok.png")
+    for i in range(8):
+        os.mkfifo(tmp_path / f"pipe{i}.png")
+    with pytest.raises(ImageDecodeError, match=r"8 entries named like an image") as raised:
+        ImageDirSource(tmp_path)
+    message = str(raised.value)
+    assert all(f"pipe{i}.png" in message for i in range(5)) and "pipe7.png" not in message
+    assert "and 3 more" in message
+
+
+def test_links_to_image_files_inside_the_folder_are_read(tmp_path):
+    import os
+
+    from ensemble_kit.data import ImageDirSource
+
+    _write(tmp_path / "flat" / "a.png")
+    os.symlink("a.png", tmp_path / "flat" / "alias.png")  # relative link, inside the folder
+    (tmp_path / "flat" / "notes.txt").write_text("not an image: left alone")
+    os.symlink(tmp_path / "nowhere.txt", tmp_path / "flat" / "stale.txt")
+    src = ImageDirSource(tmp_path / "flat")
+    assert src.ids.tolist() == ["a", "alias"] and src.load(1).shape == (8, 10, 3)
+    _write(tmp_path / "tree" / "cat" / "a.png")
+    (tmp_path / "tree" / "dog").mkdir()
+    os.symlink(tmp_path / "tree" / "cat" / "a.png", tmp_path / "tree" / "dog" / "b.png")  # across class folders
+    os.symlink(tmp_path / "tree" / "cat", tmp_path / "tree" / "emu")  # a class folder linked inside the root
+    tree = ImageFolderSource(tmp_path / "tree")
+    assert tree.ids.tolist() == ["cat/a.png", "dog/b.png", "emu/a.png"] and tree.classes == ["cat", "dog", "emu"]
+
+
+def test_an_image_folder_refuses_images_outside_class_folders_and_class_folders_linked_from_outside(tmp_path):
+    import os
+
+    _write(tmp_path / "train" / "cat" / "a.png")
+    _write(tmp_path / "train" / "stray.png")
+    with pytest.raises(ImageDecodeError, match=r"stray\.png' \(an image outside every class folder\).*one folder "
+                                               r"per class \(\['cat'\]\)"):
+        ImageFolderSource(tmp_path / "train")
+    (tmp_path / "train" / "stray.png").unlink()
+    (tmp_path / "train" / "x.jpg").mkdir()  # a folder named like an image where class folders are expected
+    with pytest.raises(ImageDecodeError, match=r"x\.jpg' \(a directory named like an image"):
+        ImageFolderSource(tmp_path / "train")
+    (tmp_path / "train" / "x.jpg").rmdir()
+    _write(tmp_path / "elsewhere" / "dog" / "d.png")
+    os.symlink(tmp_path / "elsewhere" / "dog", tmp_path / "train" / "dog")
+    with pytest.raises(ImageDecodeError, match=r"train/dog' \(a symbolic link leaving"):
+        ImageFolderSource(tmp_path / "train")
+
+
+def test_a_listed_path_that_is_no_image_file_says_what_it_is(tmp_path):
+    import os
+
+    _write(tmp_path / "img" / "a.png")
+    os.mkfifo(tmp_path / "img" / "p.png")
+    with pytest.raises(ImageDecodeError, match=r"1 image file\(s\) not found or not regular files: '.*p\.png' "
+                                               r"\(a FIFO\)"):
+        CsvImageSource(pd.DataFrame({"ID": ["a", "p"]}), tmp_path / "img", id_col="ID", ext=".png")
+
+
+def test_an_image_swapped_for_a_fifo_after_its_check_never_blocks(tmp_path, monkeypatch):
+    import os
+    import stat
+    import threading
+
+    from ensemble_kit.data import decode
+    from ensemble_kit.data.decode import check_image_header
+
+    fifo = tmp_path / "swapped.png"
+    os.mkfifo(fifo)
+    regular = os.stat(__file__)
+
+    # the first look (os.stat) still sees the regular file that was there; the open must not block
+    real_stat = os.stat
+    monkeypatch.setattr(decode.os, "stat", lambda path, *a, **k: regular if str(path) == str(fifo)
+                        else real_stat(path, *a, **k))
+    outcome = []
+
+    def probe():
+        try:
+            check_image_header(fifo)
+        except ImageDecodeError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout=10)
+    if thread.is_alive():  # blocked in open(): release it (a writer appears, then leaves) before failing
+        os.close(os.open(fifo, os.O_WRONLY))
+        thread.join(timeout=10)
+        pytest.fail("opening a FIFO blocked")
+    assert stat.S_ISREG(regular.st_mode)
+    assert outcome and "swapped.png" in str(outcome[0]) and "not a regular file" in str(outcome[0])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 import sys
 import threading
 import time
@@ -209,3 +211,78 @@ def test_slurm_without_sbatch_says_how_to_try_it(monkeypatch, project, tmp_path)
     with pytest.raises(ValidationError, match="slurm:local"):
         train_project(_config(root / "data", tmp_path / "store", r10=TINY), executor="slurm:gpu")
     assert not (tmp_path / "store").exists()
+
+
+# ---------------------------------------------------------------------- kill -9 of the parent
+_BLOCKING_TASK = """
+import os, time
+from pathlib import Path
+
+
+def block(folder):
+    Path(folder, str(os.getpid())).write_text("")
+    time.sleep(300)
+"""
+_DRIVER = """
+import sys
+from blocking_task import block
+from ensemble_kit.project.executors import parse_executor
+parse_executor(sys.argv[1]).run(block, [(sys.argv[2],), (sys.argv[2],)])
+"""
+
+
+def _running(process) -> bool:
+    import psutil
+
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL and reparenting are POSIX")
+@pytest.mark.parametrize("spec, engine, grace", [("local:2", None, 5.0), ("dask:2", "distributed", 10.0)])
+def test_workers_end_when_their_parent_is_killed(tmp_path, spec, engine, grace):
+    """``kill -9`` of the process running an executor leaves none of its processes behind.
+
+    The tasks block (sleep 300 s), so a worker still there after ``grace`` seconds was orphaned.
+    Dask's nannies already watch their parent; the local pool's workers did not (they blocked for
+    ever). Ray is left out: its DashboardAgent and RuntimeEnvAgent outlive a killed driver by
+    60-120 s (see the issue's report), everything else of it ends at once.
+    """
+    import psutil
+
+    if engine is not None:
+        pytest.importorskip(engine)
+    (tmp_path / "blocking_task.py").write_text(_BLOCKING_TASK)
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)}
+    log = tmp_path / "driver.log"
+    with open(log, "wb") as out:
+        driver = subprocess.Popen([sys.executable, "-c", _DRIVER, spec, str(pids)], env=env, cwd=tmp_path,
+                                  stdout=out, stderr=subprocess.STDOUT)
+    descendants: list = []
+    try:
+        deadline = time.monotonic() + 90
+        while len(list(pids.iterdir())) < 2:
+            assert driver.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the tasks never started: " + log.read_text()[-3000:]
+            time.sleep(0.05)
+        workers = {int(p.name) for p in pids.iterdir()}
+        descendants = psutil.Process(driver.pid).children(recursive=True)
+        assert workers <= {p.pid for p in descendants}
+        driver.kill()
+        driver.wait()
+        end = time.monotonic() + grace
+        while any(_running(p) for p in descendants) and time.monotonic() < end:
+            time.sleep(0.1)
+        left = [(p.pid, p.name()) for p in descendants if _running(p)]
+        assert left == [], f"{len(left)} process(es) outlived their killed parent by {grace:g} s: {left}"
+    finally:  # never leave a process behind, even when the test fails
+        for process in descendants:
+            if _running(process):
+                process.kill()
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
