@@ -66,3 +66,17 @@ def write_images(folder: Path, names_labels: list[tuple[str, int]], *, seed: int
         target = folder / name
         target.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(class_image(label, rng, size)).save(target)
+
+
+def reseal(folder: Path, manifest: str = "stack.json", document: dict | None = None) -> dict:
+    """Rewrite an artifact's manifest (``document``, default: as it is) with a fresh manifest checksum:
+    what an attacker who edits the JSON does, so tests reach the checks behind the checksum."""
+    import json
+
+    from ensemble_kit.store._artifacts import MANIFEST_CHECKSUM, manifest_checksum
+
+    path = Path(folder) / manifest
+    document = json.loads(path.read_text()) if document is None else document
+    document[MANIFEST_CHECKSUM] = manifest_checksum(document)
+    path.write_text(json.dumps(document))
+    return document

@@ -104,7 +104,8 @@ def _cmd_ls(args: argparse.Namespace) -> int:
     stacks = list_stacks(store)
     if stacks and store.models():
         stack = load_stack(store, stacks[-1])
-        print(f"\nstack {stack.name!r} (recipe {stack.summary['recipe']}, metric {stack.metric}); honest OOF CV:")
+        recipe = f"recipe {stack.info.recipe}, " if stack.info is not None and stack.info.recipe else ""
+        print(f"\nstack {stack.name!r} ({recipe}metric {stack.metric}); honest OOF CV:")
         print(_format(results_table(store, stack)))
     for name, missing in store.incomplete().items():
         print(f"incomplete: {name} (missing folds {list(missing)})")
@@ -198,10 +199,13 @@ def _cmd_stack(args: argparse.Namespace) -> int:
     stack = fit_stack(store, config)
     print(_format(results_table(store, stack)))
     print(f"saved: {stack.path}  (recipe {config.recipe}, metric {config.metric}, {config.n_trials} trials; "
-          "the settings used are in its summary.json)")
+          "the settings used are in its stack.json)")
     reopen = f"ensemble-kit dashboard {args.store}" + ("" if config.storage is None or args.store.is_file()
                                                          else " --storage URL")
-    print(f"Optuna studies: {stack.summary['optuna_storage']}  (open with: {reopen})")
+    from ensemble_kit.ensemble._claims import masked_url
+
+    storage = masked_url(config.storage) if config.storage is not None else store.workspace.study_storage()
+    print(f"Optuna studies: {storage}  (open with: {reopen})")
     return 0
 
 
@@ -248,6 +252,7 @@ def _predictor(source: Path, args: argparse.Namespace) -> Any:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from ensemble_kit.project.predict import image_source
 
+    image_source(args.images)  # a missing folder or a FIFO among the images is named before any model loads
     predictor = _predictor(args.source, args)
     images = image_source(args.images, classes=predictor.classes)
     frame = predictor.submission(images, sample_submission=args.sample_submission)
@@ -495,6 +500,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EnsembleKitError as exc:
         print(f"ensemble-kit {args.command}: error: {_cli_wording(str(exc))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: what was stored stays stored; no traceback
+        print(f"ensemble-kit {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -20,12 +20,17 @@ _EXPORTS = {
     "Blender": "ensemble_kit.ensemble.blending", "HillClimbing": "ensemble_kit.ensemble.hill_climbing",
     "MetaLearner": "ensemble_kit.ensemble.meta_learner", "Stacker": "ensemble_kit.ensemble.stacker",
     "SoftVoting": "ensemble_kit.ensemble.voting",
+    "StackArtifact": "ensemble_kit.ensemble._persist", "read_stack": "ensemble_kit.ensemble._persist",
+    "StackInfo": "ensemble_kit.ensemble._summary", "StackSummary": "ensemble_kit.ensemble._summary",
+    "StageSummary": "ensemble_kit.ensemble._summary",
 }
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from ensemble_kit.ensemble._base import BaseEnsembler, cross_fit
     from ensemble_kit.ensemble._learners import LEARNERS, LearnerBackend, register_learner
+    from ensemble_kit.ensemble._persist import StackArtifact, read_stack
+    from ensemble_kit.ensemble._summary import StackInfo, StackSummary, StageSummary
     from ensemble_kit.ensemble._recipes import RECIPES, list_recipes, register_recipe
     from ensemble_kit.ensemble._registry import ENSEMBLERS, create_ensembler, list_ensemblers, register_ensembler
     from ensemble_kit.ensemble.blending import Blender

@@ -20,6 +20,7 @@ from ensemble_kit.decision.thresholds import ClassThresholds
 from ensemble_kit.ensemble._base import BaseEnsembler, cross_fit
 from ensemble_kit.ensemble._inputs import LogitInput, as_logit_stack, check_same_models, resolve_fit_inputs
 from ensemble_kit.ensemble._recipes import DEFAULT_RECIPE, recipe_params
+from ensemble_kit.ensemble._summary import StackSummary
 from ensemble_kit.ensemble.blending import Blender, check_stages
 from ensemble_kit.errors import ValidationError
 from ensemble_kit.metrics import get_metric, log_softmax, safe_log, scores
@@ -306,17 +307,42 @@ class Stacker(BaseEstimator):
         return self.thresholds_.predict(probs) if self.thresholds_ is not None else probs.argmax(axis=1)
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | Path) -> Path:
-        """Write the fitted stack to the folder ``path``: JSON, ``.npy`` and the GBMs' native model
-        files, checksummed, never pickle (``docs/stack-format.md``). Returns the folder."""
-        from ensemble_kit.ensemble._persist import save_stacker
+    def describe(self) -> StackSummary:
+        """What the fitted stack learned: models, every stage's weights and temperatures, the
+        blend, the final temperature and the decision rules, as a typed :class:`~ensemble_kit.ensemble.StackSummary`.
 
-        return save_stacker(self, path)
+        Examples
+        --------
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> y = rng.integers(0, 3, 200)
+        >>> oof = {f"m{i}": np.eye(3)[y] * (1 + i) + rng.normal(size=(200, 3)) for i in range(2)}
+        >>> summary = Stacker.from_recipe("hill_climb").fit(oof, y).describe()
+        >>> summary.models, summary.stages[0].type, round(sum(summary.stages[0].model_weights.values()), 6)
+        (('m0', 'm1'), 'hill_climbing', 1.0)
+        """
+        from ensemble_kit.ensemble._summary import describe_stacker
+
+        check_is_fitted(self, "ensemble_")
+        return describe_stacker(self)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted stack to the folder ``path`` as one artifact: parameters, fitted state,
+        the honest report, :meth:`describe`'s summary and the OOF predictions; JSON, ``.npy`` and
+        the GBMs' model files, every file checksummed, never pickle (``docs/stack-format.md``).
+
+        An earlier saved stack at ``path`` is replaced atomically; any other non-empty folder is
+        refused with :class:`~ensemble_kit.errors.DestinationError`. Returns the folder.
+        """
+        from ensemble_kit.ensemble._persist import save_stack
+
+        return save_stack(self, path)
 
     @classmethod
     def load(cls, path: str | Path) -> Stacker:
-        """A Stacker saved with :meth:`save`, ready to predict. Loading a folder from elsewhere
-        cannot run code: classes come from the registries, files are checksum-verified.
+        """A Stacker saved with :meth:`save` (by this or an earlier version), ready to predict.
+        Loading a folder from elsewhere cannot run code: classes come from the registries, every
+        file and the manifest are checksum-verified and every restored value is checked.
 
         Examples
         --------
@@ -329,9 +355,9 @@ class Stacker(BaseEstimator):
         >>> bool(np.abs(again.predict_proba(oof) - stk.predict_proba(oof)).max() < 1e-6)
         True
         """
-        from ensemble_kit.ensemble._persist import load_stacker
+        from ensemble_kit.ensemble._persist import load_stacker, stacker_folder
 
-        return load_stacker(path, cls)
+        return load_stacker(stacker_folder(Path(path)), cls)
 
     @property
     def study_names_(self) -> list[str]:

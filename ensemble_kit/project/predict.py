@@ -33,6 +33,7 @@ from ensemble_kit._progress import progress
 from ensemble_kit._version import __version__
 from ensemble_kit.data.sources import CsvImageSource, ImageDirSource, ImageFolderSource, ImagePathSource, ImageSource
 from ensemble_kit.data.transforms import _chw_tensor
+from ensemble_kit.ensemble._persist import save_stack
 from ensemble_kit.ensemble.stacker import Stacker
 from ensemble_kit.errors import ArtifactError, ValidationError
 from ensemble_kit.metrics import log_softmax
@@ -51,7 +52,8 @@ __all__ = ["BUNDLE_FORMAT", "Predictor", "image_source"]
 logger = logging.getLogger(__name__)
 
 BUNDLE_FORMAT = "ensemble_kit.bundle"
-BUNDLE_VERSION = 1
+#: 2: the stack is a stack-format-2 artifact and the manifest carries its own checksum.
+BUNDLE_VERSION = 2
 BUNDLE_MANIFEST = "bundle.json"
 
 
@@ -201,7 +203,8 @@ class Predictor:
     def load(cls, bundle: str | Path, **options: Any) -> Predictor:
         """A predictor from a bundle folder written by :meth:`save_bundle` (no store, no network)."""
         folder = Path(bundle)
-        reader = ArtifactReader(folder, BUNDLE_MANIFEST, format_name=BUNDLE_FORMAT, versions=(BUNDLE_VERSION,))
+        reader = ArtifactReader(folder, BUNDLE_MANIFEST, format_name=BUNDLE_FORMAT, versions=(1, BUNDLE_VERSION),
+                                sealed_versions=(BUNDLE_VERSION,))
         document = reader.document
         try:
             models = {check_name(name, what="model name"): [safe_dir(folder, "models", name, f"fold{int(k)}")
@@ -217,15 +220,17 @@ class Predictor:
     def save_bundle(self, out: str | Path) -> Path:
         """One folder with everything inference needs and nothing else: every fold's weights and
         settings, the stack, the classes and the submission format (no OOF logits, no optimizer
-        state). Replaces an earlier bundle at ``out`` atomically."""
+        state, no OOF predictions, no path of this machine). Replaces an earlier bundle at ``out``
+        atomically; any other non-empty folder (a store, the current folder, your notes) is refused
+        with :class:`~ensemble_kit.errors.DestinationError` and left as it was."""
         out = Path(out)
-        with publish(out) as staging:
+        with publish(out, manifest=BUNDLE_MANIFEST, format_name=BUNDLE_FORMAT) as staging:
             for model in self.models:
                 for fold in model.folds:
                     target = safe_dir(staging, "models", model.name, create=True) / f"fold{fold.info.fold}"
                     shutil.copytree(fold.folder, target, symlinks=True)
             if self.stack is not None:
-                self.stack.save(staging / "stack")
+                save_stack(self.stack, staging / "stack", predictions=False)
             writer = ArtifactWriter(staging)
             writer.manifest(BUNDLE_MANIFEST, {
                 "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "library_version": __version__,

@@ -1,81 +1,49 @@
 """Fitted stacks saved inside the store (``STORE/stacks/<name>/``), for reports and submissions.
 
-A saved stack is plain files: ``summary.json`` (recipe, metric, models, what was fitted:
-weights, temperatures, class offsets or rules, and held-out test scores when the test labels
-are known), ``report.csv`` (the Stacker's honest CV report), ``.npy`` arrays of OOF and test
-probabilities and decided labels, and ``stacker/``: the fitted Stacker itself
-(:meth:`Stacker.save <ensemble_kit.Stacker.save>`), which predicts new images. It is written to a staging folder and moved into place, so
-a crash never leaves a half-written stack under the final name.
+Each is one stack artifact (:func:`~ensemble_kit.ensemble._persist.save_stack`,
+``docs/stack-format.md``): the fitted Stacker, its typed summary and honest report, its OOF and
+test probabilities and decisions, and its provenance (recipe, classes, settings, held-out test
+scores), every file checksummed, published with one rename. Stacks saved in the layout before
+format 2 (``summary.json``, ``report.csv``, ``.npy`` files and ``stacker/``) still load.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
-import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from numpy.typing import NDArray
 
+from ensemble_kit.ensemble import StackArtifact, StackInfo
 from ensemble_kit.ensemble._claims import masked_url, open_storage
-from ensemble_kit.ensemble.blending import Blender
-from ensemble_kit.ensemble.stacker import Stacker
-from ensemble_kit.errors import StoreCorruptedError, StoreError, ValidationError
+from ensemble_kit.ensemble._persist import is_stack, read_stack, save_stack
 from ensemble_kit.ensemble._recipes import RECIPES
+from ensemble_kit.ensemble.stacker import Stacker
+from ensemble_kit.errors import ArtifactError, StoreCorruptedError, StoreError, ValidationError
 from ensemble_kit.metrics import list_metrics, scores
 from ensemble_kit.project.config import StackConfig
 from ensemble_kit.store import LogitStore, check_name
+from ensemble_kit.store._files import load_array
 from ensemble_kit.store._paths import case_collision
-from ensemble_kit.store._files import load_array, open_regular, read_json
-from ensemble_kit.store._workspace import remove_tree
 
 logger = logging.getLogger(__name__)
 
-_ARRAYS = ("oof_proba", "oof_labels", "test_proba", "test_labels")
 TEST_LABELS = "test_labels.npy"
-SUMMARY = "summary.json"
-STACKER_DIR = "stacker"
+
+#: A stack saved in the store: the stack artifact (:class:`~ensemble_kit.ensemble.StackArtifact`).
+StackResult = StackArtifact
 
 
-@dataclass(frozen=True)
-class StackResult:
-    """A fitted stack as saved in the store."""
-
-    name: str
-    path: Path
-    summary: dict[str, Any]
-    report: pd.DataFrame
-    oof_proba: NDArray
-    oof_labels: NDArray
-    test_proba: NDArray | None
-    test_labels: NDArray | None
-
-    @property
-    def metric(self) -> str:
-        return self.summary["metric"]
-
-    @property
-    def models(self) -> list[str]:
-        return list(self.summary["models"])
-
-    @property
-    def stacker_path(self) -> Path:
-        return self.path / STACKER_DIR
-
-    def load_stacker(self) -> Stacker:
-        """The fitted Stacker, to predict new logits (:meth:`Stacker.load <ensemble_kit.Stacker.load>`)."""
-        return Stacker.load(self.stacker_path)
-
-
-def fit_stack(store: LogitStore, config: StackConfig) -> StackResult:
+def fit_stack(store: LogitStore, config: StackConfig) -> StackArtifact:
     """Fit :class:`~ensemble_kit.Stacker` on the store as ``config`` says, save it, return it.
+
+    The stack is saved as one artifact at ``STORE/stacks/<name>/`` (``docs/stack-format.md``):
+    the Stacker, its summary and report, its OOF and test predictions, and where it came from.
 
     Examples
     --------
@@ -89,101 +57,33 @@ def fit_stack(store: LogitStore, config: StackConfig) -> StackResult:
     ...     _ = store.put(f"m{i}", np.eye(3)[y] * (i + 1) + rng.normal(size=(60, 3)), rng.normal(size=(10, 3)))
     >>> result = fit_stack(store, StackConfig(recipe="hill_climb"))
     >>> result.name, result.test_proba.shape, sorted(p.name for p in result.path.glob("*.json"))
-    ('hill_climb', (10, 3), ['summary.json'])
+    ('hill_climb', (10, 3), ['stack.json'])
     """
-    _check_new_stack(store, config.result_name)
+    final = _check_new_stack(store, config.result_name)
+    if config.storage is not None:  # a bad URL is named now, not after minutes of fitting (or never)
+        open_storage(config.storage)
     stacker = Stacker.from_recipe(config.recipe, metric=config.metric, n_trials=config.n_trials, seed=config.seed,
                                   storage=config.storage)
     stacker.fit(store, models=list(config.models) if config.models else None)
-    has_test = store.test_ids is not None
-    test_proba = stacker.predict_proba(store) if has_test else None
-    test_labels = stacker.decide(test_proba) if has_test else None
-    summary = {
-        "name": config.result_name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": _plain_config(config),
-        "recipe": config.recipe, "metric": config.metric, "description": RECIPES.summary(config.recipe),
-        "models": list(stacker.model_names_), "classes": list(store.classes), "fit_seconds": stacker.fit_seconds_,
-        "optuna_storage": masked_url(str(stacker.storage_)), "study_names": stacker.study_names_,
-        "fitted": describe_stacker(stacker),
-    }
+    test_proba = stacker.predict_proba(store) if store.test_ids is not None else None
     y_test = held_out_labels(store)
-    if y_test is not None and test_proba is not None:
-        summary["held_out_test"] = scores(y_test, test_proba, kind="probs", labels=test_labels)
-    arrays = {"oof_proba": stacker.oof_proba_, "oof_labels": stacker.oof_labels_, "test_proba": test_proba,
-              "test_labels": test_labels}
-    _save(store, config.result_name, summary, stacker, arrays)
+    held_out = None if y_test is None or test_proba is None else \
+        scores(y_test, test_proba, kind="probs", labels=stacker.decide(test_proba))
+    info = StackInfo(name=config.result_name, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                     recipe=config.recipe, description=RECIPES.summary(config.recipe), classes=tuple(store.classes),
+                     settings=_plain_config(config), held_out_test=held_out)
+    save_stack(stacker, final, test_proba=test_proba, info=info)
+    logger.info("saved stack %r to %s", config.result_name, final)
     _label_studies(stacker, config.result_name)
     return load_stack(store, config.result_name)
 
 
-def describe_stacker(stacker: Stacker) -> dict[str, Any]:
-    """What a fitted Stacker learned, as plain JSON-able values (weights per model/stage, decisions)."""
-    names = list(stacker.model_names_)
-    out: dict[str, Any] = {"stages": {}}
-    ensemble = stacker.ensemble_
-    stages = ensemble.stages_ if isinstance(ensemble, Blender) else {stacker.stage_names_[0]: ensemble}
-    for stage_name, stage in stages.items():
-        info: dict[str, Any] = {"type": type(stage).__name__}
-        weights = getattr(stage, "weights_", None)
-        if weights is not None and not isinstance(weights, dict):
-            info["model_weights"] = dict(zip(names, np.asarray(weights, dtype=float).round(6).tolist()))
-        temperatures = getattr(stage, "temperatures_", None)
-        if temperatures is not None:
-            info["model_temperatures"] = dict(zip(names, np.asarray(temperatures, dtype=float).round(6).tolist()))
-        for attr in ("layout_", "n_iterations_"):
-            if getattr(stage, attr, None) is not None:
-                info[attr.rstrip("_")] = getattr(stage, attr)
-        out["stages"][stage_name] = info
-    blend = getattr(ensemble, "weights_", None)
-    if isinstance(blend, dict):
-        out["blend_weights"] = {k: round(float(v), 6) for k, v in blend.items()}
-        out["blend_temperatures"] = {k: round(float(v), 6) for k, v in ensemble.temperatures_.items()}
-    if stacker.temperature_ is not None:
-        out["temperature"] = float(stacker.temperature_)
-    out["temperature_rejected"] = bool(stacker.temperature_rejected_)
-    out["thresholds_rejected"] = bool(stacker.thresholds_rejected_)
-    thresholds = stacker.thresholds_
-    if thresholds is not None:
-        if thresholds.rules is not None:
-            out["class_rules"] = {str(k): float(v) for k, v in thresholds.rules.items()}
-        else:
-            out["class_offsets"] = np.asarray(thresholds.offsets_, dtype=float).round(6).tolist()
-            out["thresholds_optimize"] = thresholds.optimize
-    return out
-
-
-def _save(store: LogitStore, name: str, summary: dict[str, Any], stacker: Stacker,
-          arrays: dict[str, NDArray | None]) -> Path:
-    final = _check_new_stack(store, name)
-    root = store.workspace.stacks_root(create=True)
-    staging = root / f".{name}.writing-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
-        for key, array in arrays.items():
-            if array is not None:
-                np.save(staging / f"{key}.npy", np.asarray(array), allow_pickle=False)
-        stacker.report_.to_csv(staging / "report.csv", index=False)
-        stacker.save(staging / STACKER_DIR)
-        (staging / SUMMARY).write_text(json.dumps(summary, indent=2, allow_nan=False), encoding="utf-8")
-        retired = None
-        if os.path.lexists(final):
-            retired = root / f".{name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(final, retired)
-        os.rename(staging, final)
-        if retired is not None:
-            remove_tree(retired, trash_root=root)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    logger.info("saved stack %r to %s", name, final)
-    return final
-
-
 def _plain_config(config: StackConfig) -> dict[str, Any]:
-    """The stack's settings as JSON, with a storage URL's password masked (a store is shared)."""
+    """The stack's settings as JSON. A storage URL is reduced to its scheme: a saved stack travels
+    (bundles, shared stores) and must hold no password, user, host or path of this machine."""
     plain = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
     if config.storage is not None:
-        plain["storage"] = masked_url(config.storage)
+        plain["storage"] = masked_url(config.storage).split("://", 1)[0] + "://..."
     return plain
 
 
@@ -208,7 +108,15 @@ def _check_new_stack(store: LogitStore, name: str) -> Path:
 
 
 def list_stacks(store: LogitStore) -> list[str]:
-    """Names of the stacks saved in the store, oldest first (damaged ones are skipped with a warning)."""
+    """Names of the stacks saved in the store, oldest first.
+
+    A damaged stack (a missing or mistyped field, a file that does not match its checksum) is
+    left out with a warning naming it, like a damaged entry: the others stay usable.
+    """
+    return [artifact.name for artifact in _saved_stacks(store)]
+
+
+def _saved_stacks(store: LogitStore) -> list[StackArtifact]:
     root = store.workspace.stacks_root()
     if not root.is_dir():
         return []
@@ -218,32 +126,38 @@ def list_stacks(store: LogitStore) -> list[str]:
             continue
         try:
             check_name(child.name, what="stack name")
-            summary = read_json(store.workspace.stack_dir(child.name) / SUMMARY)
-        except FileNotFoundError:
-            continue
-        except (StoreCorruptedError, ValidationError) as exc:
+            folder = store.workspace.stack_dir(child.name)
+            if not is_stack(folder):
+                continue
+            found.append(read_stack(folder))
+        except (ArtifactError, StoreCorruptedError, ValidationError) as exc:
             logger.warning("skipping saved stack %r: %s", child.name, exc)
-            continue
-        found.append((str(summary.get("created", "")), child.name))
-    return [name for _, name in sorted(found)]
+    return sorted(found, key=lambda a: (a.info.created if a.info is not None else "", a.path.name))
 
 
-def load_stack(store: LogitStore, name: str | None = None) -> StackResult:
-    """A saved stack (default: the most recently fitted one)."""
-    available = list_stacks(store)
+def load_stack(store: LogitStore, name: str | None = None) -> StackArtifact:
+    """A saved stack (default: the most recently fitted one that is not damaged).
+
+    Raises
+    ------
+    StoreError
+        No stack of that name (or none at all) is saved.
+    ArtifactError
+        The named stack is damaged (the message says which file or field).
+    """
+    if name is not None:
+        check_name(name, what="stack name")
+        folder = store.workspace.stack_dir(name)
+        if is_stack(folder):
+            return read_stack(folder)
+    available = _saved_stacks(store)
     if not available:
         raise StoreError(f"Store {str(store.path)!r} has no fitted stack yet: run `ensemble-kit stack "
                          f"{store.path}` first.")
-    name = available[-1] if name is None else name
-    if name not in available:
-        raise StoreError(f"Store {str(store.path)!r} has no stack {name!r}; saved stacks: {available}.")
-    path = store.workspace.stack_dir(name)
-    summary = read_json(path / SUMMARY)
-    loaded = {key: load_array(path / f"{key}.npy") if os.path.lexists(path / f"{key}.npy") else None
-              for key in _ARRAYS}
-    with open_regular(path / "report.csv") as fh:
-        report = pd.read_csv(fh)
-    return StackResult(name=name, path=path, summary=summary, report=report, **loaded)
+    if name is None:
+        return available[-1]
+    raise StoreError(f"Store {str(store.path)!r} has no stack {name!r}; saved stacks: "
+                     f"{[a.name for a in available]}.")
 
 
 def held_out_labels(store: LogitStore) -> np.ndarray | None:
@@ -285,8 +199,8 @@ def results_table(store: LogitStore, stack: StackResult | None = None) -> pd.Dat
     for m in metrics:
         table[f"test_{m}"] = [test_scores[step][m] if model and step in test_scores else np.nan
                               for step, model in zip(table["step"], is_model)]
-    if stack is not None and "held_out_test" in stack.summary:
+    if stack is not None and stack.info is not None and stack.info.held_out_test is not None:
         final = {"step": "final (as submitted)", "kind": "held-out test",
-                 **{f"test_{m}": v for m, v in stack.summary["held_out_test"].items()}}
+                 **{f"test_{m}": v for m, v in stack.info.held_out_test.items()}}
         table = pd.concat([table, pd.DataFrame([final])], ignore_index=True)
     return table

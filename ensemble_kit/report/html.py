@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import logging
 from pathlib import Path
 from typing import Any
@@ -82,14 +81,13 @@ class _Report:
 
     # ------------------------------------------------------------------ helpers
     def _figure(self, name: str, fig: Any) -> str:
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=110)
-        write_bytes(self.out / f"{name}.png", buffer.getvalue())
+        png = figures.png_bytes(fig, dpi=110)  # names in the figure are data: drawn as written
+        write_bytes(self.out / f"{name}.png", png)
         fig.clf()
         import matplotlib.pyplot as plt
 
         plt.close(fig)
-        data = base64.b64encode(buffer.getvalue()).decode("ascii")
+        data = base64.b64encode(png).decode("ascii")
         return f'<img alt="{name}" src="data:image/png;base64,{data}">'
 
     def _section(self, anchor: str, title: str, body: str) -> None:
@@ -113,9 +111,10 @@ class _Report:
         body += self._table(table)
         if self.stack is not None:
             body += self._figure("leaderboard", figures.leaderboard_figure(self.stack.report, self.metric))
-            summary = self.stack.summary
-            body = self._note(f"Stack {summary['name']!r}: recipe {summary['recipe']!r} ({summary['description']}), "
-                              f"metric {summary['metric']}, fitted in {summary['fit_seconds']:.1f}s.") + body
+            info, summary = self.stack.info, self.stack.summary
+            recipe = f"recipe {info.recipe!r} ({info.description}), " if info is not None and info.recipe else ""
+            body = self._note(f"Stack {self.stack.name!r}: {recipe}metric {summary.metric}, fitted in "
+                              f"{summary.fit_seconds:.1f}s.") + body
         self._section("leaderboard", "Leaderboard: base models and ensemble steps", body)
 
     def section_correlation(self) -> None:
@@ -128,19 +127,19 @@ class _Report:
         if self.stack is None:
             self._section("weights", "Ensemble weights", self._note("No stack fitted yet: run `ensemble-kit stack`."))
             return
-        fitted = self.stack.summary["fitted"]
+        summary = self.stack.summary
         panels: dict[str, dict[str, float]] = {}
-        for stage, info in fitted["stages"].items():
-            if "model_weights" in info:
-                panels[f"{stage}: model weights"] = info["model_weights"]
-        if "blend_weights" in fitted:
-            panels["blend: stage weights"] = fitted["blend_weights"]
+        for stage in summary.stages:
+            if stage.model_weights is not None:
+                panels[f"{stage.name}: model weights"] = dict(stage.model_weights)
+        if summary.blend_weights is not None:
+            panels["blend: stage weights"] = dict(summary.blend_weights)
         # one table per panel: model weights are keyed by model, blend weights by stage, and a
         # model may share a stage's name
         body = "".join(self._note(title) + self._table(pd.DataFrame([values])) for title, values in panels.items())
-        if "temperature" in fitted:
-            body += self._note(f"Final temperature: {fitted['temperature']:.4f}.")
-        temps = {s: i["model_temperatures"] for s, i in fitted["stages"].items() if "model_temperatures" in i}
+        if summary.temperature is not None:
+            body += self._note(f"Final temperature: {summary.temperature:.4f}.")
+        temps = {s.name: s.model_temperatures for s in summary.stages if s.model_temperatures is not None}
         for stage, values in temps.items():
             body += self._note(f"{stage}: per-model temperatures " + ", ".join(f"{k}={v:.3f}" for k, v in values.items()))
         if panels:
@@ -163,27 +162,26 @@ class _Report:
         self._section("confusion", "Confusion matrix", body)
 
     def section_thresholds(self) -> None:
-        fitted = self.stack.summary["fitted"] if self.stack is not None else {}
+        summary = self.stack.summary if self.stack is not None else None
         classes = self.store.classes
-        if fitted.get("thresholds_rejected"):
+        if summary is not None and summary.thresholds_rejected:
             self._section("thresholds", "Class thresholds", self._note(
                 "Class offsets were tuned but rejected: they scored worse than arg-max on held-out folds "
                 "(the leaderboard's '+thresholds' row is marked not kept), so decisions stay arg-max."))
             return
-        if "class_rules" not in fitted and "class_offsets" not in fitted:
+        if summary is None or (summary.class_rules is None and summary.class_offsets is None):
             self._section("thresholds", "Class thresholds", self._note(
                 "This stack applies no class thresholds: it predicts the most probable class "
                 "(log-loss recipes score probabilities, so decisions are left alone)."))
             return
         probs, labels = self._decisions()
-        if "class_rules" in fitted:
-            setting = [f"p>{fitted['class_rules'][str(c)]:.2f}" if str(c) in fitted["class_rules"] else "-"
-                       for c in range(len(classes))]
-            setting = [s if s != "-" else "" for s in setting]
-            lead = "Fixed rules: " + ", ".join(f"class {classes[int(k)]}: predict when p > {v}" for k, v in fitted["class_rules"].items())
+        if summary.class_rules is not None:
+            rules = summary.class_rules
+            setting = [f"p>{rules[c]:.2f}" if c in rules else "" for c in range(len(classes))]
+            lead = "Fixed rules: " + ", ".join(f"class {classes[k]}: predict when p > {v}" for k, v in rules.items())
         else:
-            setting = [f"{o:+.2f}" for o in fitted["class_offsets"]]
-            lead = (f"Per-class log-probability offsets tuned for {fitted.get('thresholds_optimize')} "
+            setting = [f"{o:+.2f}" for o in summary.class_offsets or ()]
+            lead = (f"Per-class log-probability offsets tuned for {summary.thresholds_optimize} "
                     "(decisions nested on the folds).")
         before = _per_class(self.y, probs.argmax(axis=1), len(classes))
         after = _per_class(self.y, labels, len(classes))

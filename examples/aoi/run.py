@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
                      label_col=cfg.submission.label_col)
 
     print(results_table(store, stack).to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep=""))
-    weights = stack.summary["fitted"]["stages"]["soft_vote"]["model_weights"]
+    weights = next(s for s in stack.summary.stages if s.name == "soft_vote").model_weights
     print("soft-vote weights:", ", ".join(f"{k}={v:.2f}" for k, v in weights.items()))
     print(f"class {store.classes[2]!r} predicted for {int(np.sum(stack.test_labels == 2))} of "
           f"{len(stack.test_labels)} test images (rule p > 0.4)")

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     out = write_submission(store, stack, Path(cfg.store).parent / "submission.csv", format=cfg.submission.format,
                            id_col=cfg.submission.id_col)
     print(results_table(store, stack).to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep=""))
-    kept = stack.summary["fitted"].get("temperature", "not kept (it did not lower nested log loss)")
+    kept = stack.summary.temperature or "not kept (it did not lower nested log loss)"
     print(f"final temperature: {kept}")
     print(f"report: {report}\nsubmission: {out} ({store.n_classes} probability columns)")
 

@@ -41,9 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     out = write_submission(store, stack, Path(cfg.store).parent / "submission.csv", format=cfg.submission.format,
                            id_col=cfg.submission.id_col, label_col=cfg.submission.label_col)
     print(results_table(store, stack).to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep=""))
-    fitted = stack.summary["fitted"]
-    print("blend:", fitted.get("blend_weights"))
-    print("soft-vote weights:", fitted["stages"]["soft_vote"].get("model_weights"))
+    summary = stack.summary
+    print("blend:", summary.blend_weights)
+    print("soft-vote weights:", next(s for s in summary.stages if s.name == "soft_vote").model_weights)
     print(f"report: {report}\nsubmission: {out}")
 
 

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from ensemble_kit.cli.main import build_parser, main
+from ensemble_kit.ensemble import read_stack
 from ensemble_kit.store import LogitStore
 
 N = 120
@@ -94,10 +95,10 @@ def test_stack_and_submit_follow_the_projects_settings_and_flags_override_them(t
     store = _project_store(tmp_path)
     monkeypatch.chdir(tmp_path)
     assert main(["stack", str(store)]) == 0
-    summary = json.loads((store / "stacks" / "from_yaml" / "summary.json").read_text())
-    assert (summary["recipe"], summary["metric"], summary["config"]["n_trials"]) == ("aoi", "accuracy", 5)
+    saved = read_stack(store / "stacks" / "from_yaml")
+    assert (saved.info.recipe, saved.metric, saved.info.settings["n_trials"]) == ("aoi", "accuracy", 5)
     assert main(["stack", str(store), "--metric", "log_loss", "--name", "override"]) == 0
-    assert json.loads((store / "stacks" / "override" / "summary.json").read_text())["metric"] == "log_loss"
+    assert read_stack(store / "stacks" / "override").metric == "log_loss"
     assert main(["submit", str(store), "--stack", "from_yaml"]) == 0
     submission = pd.read_csv(tmp_path / "submission.csv")
     assert submission.columns.tolist() == ["ImageId", "digit"] and set(submission["digit"]) <= {"c0", "c1", "c2"}

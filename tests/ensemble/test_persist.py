@@ -13,7 +13,7 @@ import pytest
 
 from ensemble_kit import MetaLearner, SoftVoting, Stacker
 from ensemble_kit.errors import ArtifactError
-from helpers import FAST_CATBOOST, FAST_GBM, make_logits
+from helpers import FAST_CATBOOST, FAST_GBM, make_logits, reseal
 
 FAST = {"catboost__params": FAST_CATBOOST, "lightgbm__params": FAST_GBM}
 CASES = [  # recipe, classes (3: wide meta-learners, 25: class-wise), metric (probabilities or labels)
@@ -65,9 +65,10 @@ def test_saved_stack_is_plain_files_with_native_gbm_models(tmp_path):
     stk = _fit("full", 3, "log_loss")
     folder = stk.save(tmp_path / "s")
     suffixes = sorted({p.suffix for p in folder.iterdir()})
-    assert suffixes == [".cbm", ".json", ".npy", ".txt"]
+    assert suffixes == [".json", ".npy", ".txt"]  # CatBoost as validated JSON (*.cb.json), LightGBM as text
+    assert any(p.name.endswith(".cb.json") for p in folder.iterdir())
     document = json.loads((folder / "stack.json").read_text())
-    assert document["format"] == "ensemble_kit.stack" and document["version"] == 1
+    assert document["format"] == "ensemble_kit.stack" and document["version"] == 2
     assert all(record["checksum"].startswith("xxh3_128:") for record in document["files"].values())
     again = Stacker.load(folder)
     assert again.get_params().keys() == stk.get_params().keys() and again.report_.equals(stk.report_)
@@ -90,18 +91,18 @@ def test_a_planted_or_edited_stack_never_runs_code_and_is_named(tmp_path, fault)
     marker = tmp_path / "code-ran"
     manifest = folder / "stack.json"
     document = json.loads(manifest.read_text())
-    cbm = next(p for p in folder.iterdir() if p.suffix == ".cbm")
+    cbm = next(p for p in folder.iterdir() if p.name.endswith(".cb.json"))
     if fault == "pickle in place of a model":
         cbm.write_bytes(pickle.dumps(_Payload(str(marker))))
     elif fault == "unregistered type":
         document["fitted"]["ensemble"]["type"] = "os.system"
-        manifest.write_text(json.dumps(document))
+        reseal(folder, document=document)
     elif fault == "edited weights":
         weights = next(p for p in folder.iterdir() if p.name.endswith("soft_vote.weights.npy"))
         np.save(weights, np.array([9.0, 0.0, 0.0]))
     else:
-        os.replace(cbm, tmp_path / "elsewhere.cbm")
-        os.symlink(tmp_path / "elsewhere.cbm", cbm)
+        os.replace(cbm, tmp_path / "elsewhere.cb.json")
+        os.symlink(tmp_path / "elsewhere.cb.json", cbm)
     with pytest.raises(ArtifactError) as raised:
         Stacker.load(folder)
     assert str(folder) in str(raised.value) and not marker.exists()
@@ -124,11 +125,11 @@ def test_a_stack_saved_before_blend_temperatures_loads_with_untempered_stages(tm
     doc = json.loads((folder / "stack.json").read_text())
     blend_state = doc["fitted"]["ensemble"]["fitted"]
     assert set(blend_state.pop("temperatures")) == set(stk.ensemble_.stages_)
-    (folder / "stack.json").write_text(json.dumps(doc))
+    reseal(folder, document=doc)
     old = Stacker.load(folder)
     assert old.ensemble_.temperatures_ == {name: 1.0 for name in stk.ensemble_.stages_}
     blend_state["temperatures"] = {name: -1.0 for name in stk.ensemble_.stages_}  # edited: refused by name
-    (folder / "stack.json").write_text(json.dumps(doc))
+    reseal(folder, document=doc)
     with pytest.raises(ArtifactError, match="temperatures"):
         Stacker.load(folder)
 
@@ -150,7 +151,7 @@ def test_a_logistic_stage_missing_a_needed_array_is_refused_by_name(tmp_path):
     assert not any("standardscaler" in p.name for p in folder.iterdir())  # unscaled: no scaler arrays
     document = json.loads((folder / "stack.json").read_text())
     text = json.dumps(document).replace('"with_mean": false', '"with_mean": true')  # claims a scaler it lacks
-    (folder / "stack.json").write_text(text)
+    reseal(folder, document=json.loads(text))
     with pytest.raises(ArtifactError, match=r"standardscaler\.mean_") as raised:
         Stacker.load(folder)
     assert str(folder) in str(raised.value)
@@ -187,13 +188,13 @@ def test_a_bagged_stage_saves_every_bag_and_a_single_model_stage_saved_before_ba
 
     old_format(state)
     assert len(found) == 1
-    manifest.write_text(json.dumps(state))
+    reseal(folder, document=state)
     old = Stacker.load(folder)
     assert len(old.ensemble_.stages_["gbm"].models_) == 1
     np.testing.assert_allclose(old.predict_proba(logits), single.predict_proba(logits), atol=1e-6)
 
     found[0]["models"], found[0]["n_iterations"] = [found[0].pop("model")] * 2, [3]  # edited: counts disagree
-    manifest.write_text(json.dumps(state))
+    reseal(folder, document=state)
     with pytest.raises(ArtifactError, match="one round count per model") as raised:
         Stacker.load(folder)
     assert str(folder) in str(raised.value)

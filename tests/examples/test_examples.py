@@ -62,12 +62,12 @@ def test_aoi(tmp_path, capsys):
     assert deploy["config"]["distill"] == {"alpha": 0.7, "temperature": 2.0}
     assert deploy["n_extra_train"] == 12  # the unlabelled test images joined its training folds
     single = load_stack(store, "aoi_deploy")
-    assert single.models == ["deploy"] and single.summary["fitted"]["class_rules"] == {"2": 0.4}
+    assert single.models == ["deploy"] and single.summary.class_rules == {2: 0.4}
     assert len(pd.read_csv(tmp_path / "submission_deploy.csv")) == 12
     assert store.entry("student").meta["n_extra_train"] == 12
     assert store.entry("convnext").meta["tta_views"] == ["identity", "hflip", "vflip", "hvflip", "rot90"]
     stack = load_stack(store, "aoi")
-    assert stack.summary["fitted"]["class_rules"] == {"2": 0.4}
+    assert stack.summary.class_rules == {2: 0.4}
     probs = stack.test_proba
     assert np.all(stack.test_labels[probs[:, 2] > 0.4] == 2)
     submission = pd.read_csv(tmp_path / "submission.csv")
@@ -133,14 +133,14 @@ def test_yandex(tmp_path, capsys):
                         argv=["--models", "miniconvnext,tiny_vit_no_ssl,enet_v2_m"])
     assert store.models() == ["enet_v2_m", "miniconvnext", "tiny_vit_no_ssl"]
     stack = load_stack(store, "yandex")
-    assert stack.summary["fitted"]["blend_weights"] == {"catboost": 0.4, "lightgbm": 0.3, "soft_vote": 0.3}
-    fitted = stack.summary["fitted"]  # macro-F1 offsets were tuned; kept only if they help on held-out folds
+    assert stack.summary.blend_weights == {"catboost": 0.4, "lightgbm": 0.3, "soft_vote": 0.3}
+    summary = stack.summary  # macro-F1 offsets were tuned; kept only if they help on held-out folds
     last = stack.report.iloc[-1]
-    assert last["step"] == "+thresholds" and bool(last["kept"]) != fitted["thresholds_rejected"]
+    assert last["step"] == "+thresholds" and bool(last["kept"]) != summary.thresholds_rejected
     if last["kept"]:
-        assert len(fitted["class_offsets"]) == 4
+        assert len(summary.class_offsets) == 4
     else:
-        assert "class_offsets" not in fitted
+        assert summary.class_offsets is None
     submission = pd.read_csv(tmp_path / "submission.csv")
     assert list(submission.columns) == ["image_id", "label"] and len(submission) == 8
     assert set(submission["image_id"]) == {f"t{i:04d}" for i in range(8)}
@@ -157,9 +157,9 @@ def test_cars(tmp_path, capsys):
     assert store.models() == ["convnext_base", "resnet152d"]
     assert store.entry("resnet152d").meta["tta_views"] == ["identity", "hflip", "vflip", "hvflip", "rot90"]
     stack = load_stack(store)
-    fitted = stack.summary["fitted"]  # a final temperature is fitted, and kept only where it helps
-    assert ("temperature" in fitted) != fitted["temperature_rejected"]
-    assert set(fitted["blend_temperatures"]) == set(fitted["blend_weights"])  # every stage tempered first
+    summary = stack.summary  # a final temperature is fitted, and kept only where it helps
+    assert (summary.temperature is not None) != summary.temperature_rejected
+    assert set(summary.blend_temperatures) == set(summary.blend_weights)  # every stage tempered first
     submission = pd.read_csv(tmp_path / "submission.csv")
     assert list(submission.columns) == ["ID", *classes] and len(submission) == 10
     np.testing.assert_allclose(submission[classes].sum(axis=1), 1.0, atol=1e-5)

@@ -107,16 +107,18 @@ def logit_store(tmp_path):
 def test_fit_stack_saves_and_reloads(logit_store):
     result = fit_stack(logit_store, StackConfig(recipe="aoi", metric="accuracy", n_trials=5))
     assert result.path == logit_store.path / "stacks" / "aoi"
-    assert sorted(p.name for p in result.path.iterdir()) == [
-        "oof_labels.npy", "oof_proba.npy", "report.csv", "stacker", "summary.json", "test_labels.npy", "test_proba.npy"]
+    # one artifact: the Stacker's files, its predictions, and one manifest holding summary and report
+    names = sorted(p.name for p in result.path.iterdir())
+    assert "stack.json" in names and "summary.json" not in names and "report.csv" not in names
+    assert {f"predictions.{k}.npy" for k in ("oof_proba", "oof_labels", "test_proba", "test_labels")} <= set(names)
     again = load_stack(logit_store)
     np.testing.assert_array_equal(again.test_proba, result.test_proba)
     # the saved Stacker predicts the store's test logits as the stack did when it was fitted
     np.testing.assert_allclose(again.load_stacker().predict_proba(logit_store), result.test_proba, atol=1e-6)
-    fitted = again.summary["fitted"]
-    assert fitted["class_rules"] == {"2": 0.4}
-    assert set(fitted["stages"]["soft_vote"]["model_weights"]) == {"m0", "m1", "m2"}
-    assert set(again.summary["held_out_test"]) == {"log_loss", "accuracy", "f1_macro"}
+    assert again.summary.class_rules == {2: 0.4}
+    assert set(again.summary.stages[0].model_weights) == {"m0", "m1", "m2"}
+    assert set(again.info.held_out_test) == {"log_loss", "accuracy", "f1_macro"}
+    assert again.summary == again.load_stacker().describe()
     board = results_table(logit_store, again)
     assert board["step"].tolist()[-1] == "final (as submitted)"
     assert board.set_index("step").loc["m2", "test_accuracy"] > board.set_index("step").loc["m0", "test_accuracy"]

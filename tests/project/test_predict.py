@@ -17,7 +17,7 @@ from ensemble_kit.errors import ArtifactError, ValidationError
 from ensemble_kit.project import ProjectConfig, StackConfig, fit_stack, train_project
 from ensemble_kit.project.predict import Predictor, image_source
 from ensemble_kit.store import LogitStore
-from helpers import write_images
+from helpers import reseal, write_images
 
 BASE = {"model": "plain_cnn", "img_size": 16, "epochs": 1, "batch_size": 8, "device": "cpu",
         "augment": {"random_resized_crop": False}}
@@ -77,6 +77,8 @@ def test_a_bundle_moved_elsewhere_predicts_in_a_fresh_process(project, tmp_path)
     shutil.move(str(tmp_path / "bundle"), moved)
     contents = {p.relative_to(moved).as_posix() for p in moved.rglob("*") if p.is_file()}
     assert "bundle.json" in contents and not any(p.endswith((".pt", "epoch_0000")) or "oof" in p for p in contents)
+    for file in moved.rglob("*.json"):  # no path of the machine it was made on (the store's study database)
+        assert str(root).encode() not in file.read_bytes() and b"optuna.db" not in file.read_bytes(), file
     expected = Predictor.from_project(cfg).predict_proba(image_source(tmp_path / "new"))
     code = textwrap.dedent("""
         import sys, numpy as np
@@ -119,11 +121,11 @@ def test_an_exported_model_that_does_not_fit_is_named(project, tmp_path, fault):
     if fault == "other architecture":
         document = json.loads(manifest.read_text())
         document["config"]["model"] = "resnet14t"
-        manifest.write_text(json.dumps(document))
+        reseal(folder, "model.json", document)  # the attacker rewrites the manifest's own checksum too
         match = r"do not match model 'resnet14t'.*missing"
     elif fault == "planted pickle":
         (folder / "weights.safetensors").write_bytes(pickle.dumps({"w": 1}))
-        match = "does not match its checksum"
+        match = "does not match its checksum|its record says"
     else:
         (folder / "weights.safetensors").unlink()
         match = "missing"
@@ -138,3 +140,25 @@ def test_one_model_is_a_valid_ensemble(project, capsys):
     assert main(["stack", str(store.path), "--models", "cnn", "--recipe", "average", "--name", "single"]) == 0
     assert main(["stack", str(store.path), "--models", "r10", "--recipe", "aoi", "--name", "single_aoi",
                  "--n-trials", "3"]) == 0
+
+
+@pytest.mark.parametrize("target", ["the store", "a folder of notes", "the current folder", "a file"])
+def test_bundle_never_replaces_what_is_not_a_bundle(project, tmp_path, monkeypatch, capsys, target):
+    from helpers import snapshot
+
+    root, _, store = project
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("keep me")
+    (tmp_path / "file.txt").write_text("a file")
+    monkeypatch.chdir(notes)
+    out = {"the store": str(store.path), "a folder of notes": str(notes), "the current folder": ".",
+           "a file": str(tmp_path / "file.txt")}[target]
+    before = snapshot(store.path), snapshot(tmp_path)
+    assert main(["bundle", str(root / "project.yaml"), out]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and ("refusing" in err or "not a folder" in err) and "Traceback" not in err
+    assert (snapshot(store.path), snapshot(tmp_path)) == before  # nothing written, nothing deleted
+    # a bundle replaces a bundle
+    assert main(["bundle", str(root / "project.yaml"), str(tmp_path / "b")]) == 0
+    assert main(["bundle", str(root / "project.yaml"), str(tmp_path / "b")]) == 0
