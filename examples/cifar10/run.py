@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     out = write_submission(store, stack, Path(cfg.store).parent / "submission.csv", format=cfg.submission.format,
                            id_col=cfg.submission.id_col, label_col=cfg.submission.label_col)
     print(results_table(store, stack).to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep=""))
-    if "held_out_test" in stack.summary:
-        test = stack.summary["held_out_test"]
+    if stack.info is not None and stack.info.held_out_test is not None:
+        test = stack.info.held_out_test
         print(f"held-out test: accuracy {test['accuracy']:.4f}, log loss {test['log_loss']:.4f}")
     print(f"report: {report}\nsubmission: {out}")
 
