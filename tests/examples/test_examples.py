@@ -92,7 +92,7 @@ def test_cifar10_imagefolder_jpegs(tmp_path, capsys):
     assert store.models() == ["resnet18_ms", "resnet26d", "vit_tiny"]
     assert store.entry("resnet18_ms").meta["config"]["augment"]["policy"] == "trivial"
     stack = load_stack(store)
-    assert "held_out_test" in stack.summary  # test folders are labelled: scored, never fitted on
+    assert stack.info.held_out_test is not None  # test folders are labelled: scored, never fitted on
     submission = pd.read_csv(tmp_path / "submission.csv")
     assert list(submission.columns) == ["id", "label"] and len(submission) == 12
     assert set(submission["label"]) <= {"airplane", "automobile", "bird"}
