@@ -177,7 +177,8 @@ def match_ids(given: Any, expected: Any) -> IdMatch:
     for word: a hash collision (chance, or ids crafted to collide) can never pair two different
     ids; it only sends the join down the exact (about three times slower) text hash join.
     Pandas' Arrow strings that are plain ASCII (the usual ids) are packed by pyarrow, with no
-    Python object per id. Numpy's set routines on object arrays and pandas' ``isin`` on Arrow
+    Python object per id; other ids (pandas' Python-object strings, numpy arrays, lists) never
+    touch pyarrow. Numpy's set routines on object arrays and pandas' ``isin`` on Arrow
     strings are quadratic or Python loops. Listing what does not match runs only on a mismatch.
     """
     given_codes = IdText.of(given)
@@ -354,9 +355,15 @@ def _mix(values: NDArray[np.uint64], scratch: NDArray[np.uint64]) -> NDArray[np.
 
 
 def _ascii_arrow_buffers(ids: Any) -> tuple[NDArray[np.int64], NDArray[np.uint8], Any] | None:
-    """(offsets, bytes, array) of a pandas Arrow string column without nulls whose text is all ASCII."""
+    """(offsets, bytes, array) of a pandas Arrow string column without nulls whose text is all ASCII.
+
+    Only a column already held in Arrow memory qualifies. Every pandas string array has an
+    ``__arrow_array__`` (the export protocol), but on one held as Python objects (pandas 3's
+    default ``str`` without pyarrow) it imports pyarrow to convert, and the core must not need
+    pyarrow: such a column takes the unicode-array route.
+    """
     array = ids.array if isinstance(ids, (pd.Series, pd.Index)) else None
-    if array is None or not hasattr(array, "__arrow_array__") or not pd.api.types.is_string_dtype(ids.dtype):
+    if not isinstance(array, pd.arrays.ArrowExtensionArray) or not pd.api.types.is_string_dtype(ids.dtype):
         return None
     arrow = array.__arrow_array__()
     arrow = arrow.combine_chunks() if hasattr(arrow, "combine_chunks") else arrow
