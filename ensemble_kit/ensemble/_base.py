@@ -18,7 +18,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ensemble_kit.ensemble._claims import run_shared
 from ensemble_kit.ensemble._inputs import LogitInput, LogitStack, as_logit_stack, check_same_models, resolve_fit_inputs
-from ensemble_kit.ensemble._optuna import SEARCH_SPACE_VERSION, input_hash
+from ensemble_kit.ensemble._optuna import SEARCH_SPACE_VERSION, input_hash, study_name
 from ensemble_kit.errors import ValidationError
 
 __all__ = ["BaseEnsembler", "cross_fit"]
@@ -201,8 +201,11 @@ class BaseEnsembler(BaseEstimator, ABC):
         check_same_models(self.model_names_, stack.names, self.n_classes_, stack)
         return stack
 
-    def _study_name(self, stage: str, *arrays: NDArray, extra: str = "") -> str:
-        """``<stage>-<digest of the fit's whole input>-<final|foldK>``: one prefix per fit."""
+    def _study_name(self, stage: str, metric: str, *arrays: NDArray, extra: str = "") -> str:
+        """``<stage>-<metric>-<models>-<digest>-<final|foldK>`` (:func:`~ensemble_kit.ensemble._optuna.study_name`):
+        the digest covers the fit's whole input, the model names and ``extra`` (the stage's options)."""
         digest = getattr(self, "_input_digest", None) or input_hash(*arrays)
-        digest = input_hash(extra=digest + extra + SEARCH_SPACE_VERSION)
-        return f"{stage}-{digest}-{getattr(self, '_fold_tag', 'final')}"
+        names = "\x1f".join(str(n) for n in self.model_names_)
+        digest = input_hash(extra=digest + extra + names + SEARCH_SPACE_VERSION)
+        return study_name(stage, metric=metric, models=self.model_names_, digest=digest,
+                          fold=getattr(self, "_fold_tag", "final"))

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -14,6 +15,8 @@ import xxhash
 
 from ensemble_kit._progress import interactive, progress
 from ensemble_kit.ensemble._claims import StudyBusy, claims_for, defer_busy, open_storage, wait_for_claim
+from ensemble_kit.errors import ValidationError
+from ensemble_kit.metrics import Metric, get_metric
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +34,73 @@ def input_hash(*arrays: np.ndarray, extra: str = "") -> str:
 
 MIN_WEIGHT = 1e-3
 # Part of every study name: bump it whenever a search space or objective changes, so studies
-# stored by an older version are never reused for a different search.
-SEARCH_SPACE_VERSION = "s4"
+# stored by an older version are never reused for a different search. s5: label metrics are
+# maximised as they are (s4 minimised their negation), and study names changed.
+SEARCH_SPACE_VERSION = "s5"
+
+# Optuna keeps study names in a VARCHAR(512), and so does the claims table (_claims.py).
+MAX_STUDY_NAME = 512
+# Model names are shown in a study name when they are this short together, else a count and a hash.
+_MODELS_SHOWN_CHARS = 40
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.]+")
+
+
+def study_direction(metric: str | Metric) -> str:
+    """``"maximize"`` for a metric where greater is better (accuracy, macro F1), else ``"minimize"``
+    (log loss): a study optimises the metric as it is, so optuna-dashboard shows its real values.
+
+    >>> study_direction("accuracy"), study_direction("log_loss")
+    ('maximize', 'minimize')
+    """
+    return "maximize" if get_metric(metric).greater_is_better else "minimize"
+
+
+def models_label(models: Sequence[str]) -> str:
+    """The models of a study as its name shows them: ``m0+m1+m2`` when the names are plain
+    (letters, digits, ``_``, ``.``) and short together, else ``<count>models.<hash>``, the hash
+    of the names in order (the same model set always gives the same label).
+
+    >>> models_label(["resnet", "vit"]), models_label([f"model_{i}" for i in range(9)])
+    ('resnet+vit', '9models.237fda')
+    """
+    names = [str(m) for m in models]
+    joined = "+".join(names)
+    if names and len(joined) <= _MODELS_SHOWN_CHARS and all(_PLAIN_NAME.fullmatch(n) for n in names):
+        return joined
+    return f"{len(names)}models.{input_hash(extra=chr(31).join(names))[:6]}"
+
+
+def study_name(stage: str, *, metric: str, models: Sequence[str], digest: str, fold: str) -> str:
+    """``<stage>-<metric>-<models>-<digest>-<fold>``: what a study tunes, readable in a list of
+    studies, e.g. ``soft_vote-probs-log_loss-m0+m1+m2-1f0c2a9b7d3e-fold0``.
+
+    ``digest`` identifies the whole input (logits, labels, folds, model names, the stage's options
+    and :data:`SEARCH_SPACE_VERSION`), so a name is unique to what was tuned and the same on every
+    run; the fold comes last, so the studies of one fit sort together (``final``, ``fold0``, ...).
+    """
+    name = f"{stage}-{metric}-{models_label(models)}-{digest}-{fold}"
+    if len(name) > MAX_STUDY_NAME:
+        raise ValidationError(f"Study name prefix {stage[:60]!r}... is too long: an Optuna study name holds at most "
+                              f"{MAX_STUDY_NAME} characters; give a shorter study_name.")
+    return name
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    """The study's best completed trial; among equal values the earliest (lowest number).
+
+    Optuna's own ``best_trial`` leaves ties to the storage (a database returns any of them), and
+    label metrics tie often (accuracy moves in steps of 1/n): this choice is the same in memory,
+    on SQLite and on PostgreSQL, and is the one an in-memory study has always made.
+    """
+    trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not trials:
+        raise ValueError(f"study {study.study_name!r} has no completed trial")
+    sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
+    return min(trials, key=lambda t: (sign * t.value, t.number))
+
+
+def completed_trials(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
 
 
 def suggest_weights(trial: optuna.Trial, keys: list[str]) -> dict[str, float]:
@@ -100,15 +168,20 @@ def run_study(
     n_trials: int,
     seed: int,
     storage: str | optuna.storages.BaseStorage | None,
+    direction: str = "minimize",
     enqueue: list[dict[str, Any]] | None = None,
     attrs: dict[str, Any] | None = None,
 ) -> optuna.Study:
     """Create (or resume) the study ``name`` and run it up to ``n_trials`` completed trials.
 
-    The objective is minimised. A study that already holds ``n_trials`` completed trials in a
-    persistent storage is reused as is, so re-running a fit is instant and gives the same result.
-    ``attrs`` become the study's user attributes (what was tuned: stage, models, metric, fold),
-    shown by optuna-dashboard.
+    ``direction`` is ``"minimize"`` or ``"maximize"`` (:func:`study_direction` of the metric): the
+    objective returns the metric as it is. A study that already holds ``n_trials`` completed
+    trials in a persistent storage is reused as is (all of its trials, even more than asked for
+    now), so re-running a fit is instant and gives the same result. ``attrs`` become the study's
+    user attributes (what was tuned: stage, models, metric, fold), shown by optuna-dashboard;
+    the attribute ``n_trials`` is set, at every call, to the completed trials the study really
+    holds, which a reused study may have more of than this call's ``n_trials``. Its best trial is
+    :func:`best_trial`.
 
     On a database storage shared by several processes, one process at a time runs a study (it
     *claims* it, :mod:`ensemble_kit.ensemble._claims`); another one that reaches it tunes other
@@ -117,14 +190,20 @@ def run_study(
     one a single process finds. On a database the trials run in memory and are written when the
     study is done (:func:`_optimize`): optuna-dashboard shows a study once it is finished.
     """
+    if direction not in ("minimize", "maximize"):
+        raise ValidationError(f"direction must be 'minimize' or 'maximize'; got {direction!r}.")
     opened = open_storage(storage)
 
     def sampler() -> optuna.samplers.BaseSampler:
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(20, max(5, n_trials // 5)))
 
     with _quiet_trials():
-        study = optuna.create_study(study_name=name, storage=opened, direction="minimize", load_if_exists=True,
+        study = optuna.create_study(study_name=name, storage=opened, direction=direction, load_if_exists=True,
                                     sampler=sampler())
+        if study.direction != optuna.study.StudyDirection[direction.upper()]:
+            raise ValidationError(f"Study {name!r} already exists in the storage and was tuned to "
+                                  f"{study.direction.name.lower()}, not to {direction}: give another study name, or "
+                                  "delete that study.")
         claims = claims_for(opened)
         if claims is None:
             in_memory = opened is None or isinstance(opened, optuna.storages.InMemoryStorage)
@@ -143,12 +222,24 @@ def run_study(
                               sampler=sampler)
                 finally:
                     claims.release(name)
-    logger.info("study %s: best %.6f after %d trials", name, study.best_value, len(study.trials))
+        _record_trial_count(study, n_trials)
+    logger.info("study %s: best %.6f after %d trials", name, best_trial(study).value, len(study.trials))
     return study
 
 
+def _record_trial_count(study: optuna.Study, n_trials: int) -> None:
+    """Set the user attribute ``n_trials`` to the completed trials the study holds (not the
+    trials this call asked for: a reused study keeps every trial it had)."""
+    done = completed_trials(study)
+    if study.user_attrs.get("n_trials") != done:
+        study.set_user_attr("n_trials", done)
+    if done > n_trials:
+        logger.info("study %s: reused with its %d completed trials (this fit asked for %d)", study.study_name, done,
+                    n_trials)
+
+
 def _finished(study: optuna.Study, n_trials: int) -> bool:
-    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))) >= n_trials
+    return completed_trials(study) >= n_trials
 
 
 def _fail_orphans(study: optuna.Study) -> None:
@@ -177,7 +268,7 @@ def _optimize(study: optuna.Study, objective: Callable[[optuna.Trial], float], n
         return
     work = study
     if sampler is not None:
-        work = optuna.create_study(direction="minimize", sampler=sampler())
+        work = optuna.create_study(direction=study.direction, sampler=sampler())
         work.add_trials(stored)
     if not stored:
         for params in enqueue or []:

@@ -17,8 +17,8 @@ from ensemble_kit._progress import progress
 from ensemble_kit.decision.calibration import fit_temperature
 from ensemble_kit.ensemble._base import BaseEnsembler, cross_fit
 from ensemble_kit.ensemble._inputs import LogitInput
-from ensemble_kit.ensemble._optuna import (SEARCH_SPACE_VERSION, as_trial_weights, input_hash, run_study, starting_points,
-                                           suggest_weights)
+from ensemble_kit.ensemble._optuna import (SEARCH_SPACE_VERSION, as_trial_weights, best_trial, input_hash, run_study,
+                                           starting_points, study_direction, study_name, suggest_weights)
 from ensemble_kit.ensemble._registry import register_ensembler
 from ensemble_kit.ensemble._restore_checks import TEMPERATURE_RANGE, check_number_map, describe, fault, field, restoring
 from ensemble_kit.ensemble.voting import mixture_log_loss, mixture_optimum
@@ -202,20 +202,22 @@ class Blender(BaseEnsembler):
                 weights = suggest_weights(trial, names)
                 return mixture_loss(np.array([weights[n] for n in names]))
         else:
-            def objective(trial: optuna.Trial) -> float:
-                return metric.loss(y, mix(stage_probs, suggest_weights(trial, names)), kind="logits")
+            def objective(trial: optuna.Trial) -> float:  # the metric as it is, in the metric's direction
+                return metric(y, mix(stage_probs, suggest_weights(trial, names)), kind="logits")
 
         # the stages' OOF predictions are part of the key: a changed stage must not reuse a finished study
         digest = input_hash(*(stage_probs[n] for n in names), y,
-                            extra=self._input_digest + ",".join(names) + SEARCH_SPACE_VERSION)
-        name = f"blend-{metric.name}-{digest}-{tag}"
+                            extra=self._input_digest + ",".join(names) + "\x1f" + "\x1f".join(self.model_names_)
+                            + SEARCH_SPACE_VERSION)
+        name = study_name("blend", metric=metric.name, models=self.model_names_, digest=digest, fold=tag)
         self._record_studies([name])
         study = run_study(name, objective, n_trials=self.n_trials, seed=self.seed,
-                          storage=self.storage, enqueue=enqueue,
+                          storage=self.storage, direction=study_direction(metric), enqueue=enqueue,
                           attrs={"stage": "blend", "stages": names, "models": list(self.model_names_),
                                  "metric": metric.name, "fold": tag})
-        total = sum(study.best_params.values())
-        return {n: study.best_params[n] / total for n in names}, temperatures
+        best = best_trial(study).params
+        total = sum(best.values())
+        return {n: best[n] / total for n in names}, temperatures
 
     def stage_proba(self, X: LogitInput, *, models: Sequence[str] | None = None) -> dict[str, NDArray]:
         """Each fitted stage's probabilities for ``X``."""

@@ -11,7 +11,8 @@ from numpy.typing import ArrayLike, NDArray
 
 from ensemble_kit.decision.calibration import fit_temperature
 from ensemble_kit.ensemble._base import BaseEnsembler
-from ensemble_kit.ensemble._optuna import as_trial_weights, run_study, starting_points, suggest_weights
+from ensemble_kit.ensemble._optuna import (as_trial_weights, best_trial, run_study, starting_points, study_direction,
+                                           suggest_weights)
 from ensemble_kit.ensemble._registry import register_ensembler
 from ensemble_kit.ensemble._restore_checks import (TEMPERATURE_RANGE, check_bool, check_choice, check_vector, field,
                                                    restoring)
@@ -109,16 +110,18 @@ class SoftVoting(BaseEnsembler):
         Fit one temperature per model (on the fitting rows) before combining, so that
         over- or under-confident models are put on the same scale.
     metric : str
-        Metric the weights are tuned for (``"log_loss"``, ``"accuracy"``, ``"f1_macro"``).
+        Metric the weights are tuned for (``"log_loss"``, ``"accuracy"``, ``"f1_macro"``); the
+        study minimises it or maximises it as the metric says (``greater_is_better``).
     n_trials : int
-        Optuna trials per tuning run.
+        Optuna trials per tuning run (a study reused from ``storage`` keeps the trials it has).
     seed : int
         Seed of the sampler and of the default folds.
     storage : str or optuna storage, optional
         Where the studies live (``None``: in memory). Any Optuna storage URL works.
     study_name : str, optional
-        Prefix of the study names (default ``"soft_vote-<space>-<metric>"``); each name ends in
-        a digest of the input and ``-final`` or ``-fold<k>``. Weight parameters in the study are
+        Prefix of the study names (default ``"soft_vote-<space>"``); each name goes on with the
+        metric, the models, a digest of the input and ``final`` or ``fold<k>``
+        (``soft_vote-probs-log_loss-m0+m1+m2-<digest>-fold0``). Weight parameters in the study are
         named after the models (``w:<model>``).
 
     Attributes
@@ -186,31 +189,31 @@ class SoftVoting(BaseEnsembler):
         # parameters named after the models, so a study reads in optuna-dashboard
         keys = [f"w:{name}" for name in self.model_names_]
 
-        def weights_of(params: dict) -> NDArray:
+        def weights_of(params: dict[str, float]) -> NDArray:
             w = np.array([params[k] for k in keys])
             return w / w.sum() if w.sum() > 0 else np.full(n_models, 1.0 / n_models)
 
         enqueue = starting_points(keys, self.n_trials)
         if metric.name == "log_loss" and self.space == "probs":
             true_probs = np.exp(log_probs[:, np.arange(len(y)), y])
-            loss = mixture_log_loss(true_probs)
+            value_of = mixture_log_loss(true_probs)
             enqueue = [as_trial_weights(keys, mixture_optimum(true_probs)), *enqueue][:self.n_trials]
         else:
-            def loss(w: NDArray) -> float:
-                return metric.loss(y, combine(log_probs, w, self.space), kind="logits")
+            def value_of(w: NDArray) -> float:  # the metric as it is: the study's direction is the metric's
+                return metric(y, combine(log_probs, w, self.space), kind="logits")
 
         def objective(trial: optuna.Trial) -> float:
-            return loss(weights_of(suggest_weights(trial, keys)))
+            return value_of(weights_of(suggest_weights(trial, keys)))
 
-        name = self._study_name(self.study_name or f"soft_vote-{self.space}-{metric.name}", log_probs, y,
+        name = self._study_name(self.study_name or f"soft_vote-{self.space}", metric.name, log_probs, y,
                                 extra=f"temperature={self.temperature}")
         study = run_study(name, objective, n_trials=self.n_trials, seed=self.seed, storage=self.storage,
-                          enqueue=enqueue,
+                          direction=study_direction(metric), enqueue=enqueue,
                           attrs={"stage": "soft_vote", "models": list(self.model_names_), "metric": metric.name,
                                  "fold": getattr(self, "_fold_tag", "final"), "space": self.space,
                                  "temperature": bool(self.temperature)})
         self._record_studies([name])
-        return weights_of(study.best_params)
+        return weights_of(best_trial(study).params)
 
     def _predict_prepared(self, log_probs: NDArray) -> NDArray:
         return combine(self._scale(log_probs), self.weights_, self.space)

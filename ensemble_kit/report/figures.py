@@ -72,33 +72,102 @@ def png_bytes(fig: Any, *, dpi: int) -> bytes:
     return buffer.getvalue()
 
 
+# bar styles of the leaderboard: what a row is, and whether the submission applies it
+_BASE, _REFERENCE, _STEP, _REJECTED = "#7f8c8d", "#bdc3c7", "#2e86de", "#e5e7e9"
+_SUBMITTED_EDGE = "#111111"
+
+
+def is_rejected(table: pd.DataFrame) -> NDArray[np.bool_]:
+    """Rows of a report whose step was fitted but not applied (``kept`` is False)."""
+    if "kept" not in table.columns:
+        return np.zeros(len(table), dtype=bool)
+    return np.array([isinstance(v, (bool, np.bool_)) and not v for v in table["kept"].tolist()], dtype=bool)
+
+
 @_literal_text
-def leaderboard_figure(table: pd.DataFrame, metric: str) -> Any:
+def leaderboard_figure(table: pd.DataFrame, metric: str, *, submitted: Any = None) -> Any:
     """Horizontal bars of ``metric`` and log loss (honest OOF) for every base model, reference and step.
 
-    The axes are zoomed on the values (stacking gains are often in the third decimal) and
-    every bar carries its value.
+    Every bar starts at 0 (log loss too), so lengths compare; each bar carries its value, which
+    is where third-decimal stacking gains show. A step that was fitted but not applied
+    (``kept`` False: a rejected temperature or class offsets) is drawn hatched in pale grey, and
+    the row the submission uses (``submitted``, an index label of ``table``) has a black edge and
+    ``[submitted]`` after its name; the legend says so.
     """
     plt = _pyplot()
+    from matplotlib.patches import Patch
+
     metrics = [metric] if metric == "log_loss" else [metric, "log_loss"]
     rows = table.dropna(subset=metrics)
-    colours = rows["kind"].map({"base model": "#7f8c8d", "reference": "#bdc3c7"}).fillna("#2e86de").tolist()
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics) + 2.5, 0.38 * len(rows) + 1.4),
+    rejected = is_rejected(rows)
+    kinds = rows["kind"].map({"base model": _BASE, "reference": _REFERENCE}).fillna(_STEP).to_numpy(dtype=object)
+    colours = np.where(rejected, _REJECTED, kinds).tolist()
+    chosen = np.asarray(rows.index == submitted) if submitted is not None else np.zeros(len(rows), dtype=bool)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics) + 3.0, 0.38 * len(rows) + 2.0),
                              sharey=True, squeeze=False)
     # one bar per row, by position: a model named like a stage ("logreg") keeps a bar of its own
-    labels = step_labels(rows)
+    labels = [f"{label} [submitted]" if mark else label for label, mark in zip(step_labels(rows), chosen)]
     for ax, name in zip(axes[0], metrics):
         values = rows[name].to_numpy(dtype=float)
-        low, high = float(values.min()), float(values.max())
-        pad = max((high - low) * 0.15, 1e-3)
-        ax.barh(np.arange(len(rows)), values, color=colours)
+        bars = ax.barh(np.arange(len(rows)), values, color=colours, edgecolor=np.where(rejected, "#7f8c8d", "none"))
+        for bar, off, mark in zip(bars, rejected, chosen):
+            if off:
+                bar.set_hatch("///")
+            if mark:
+                bar.set_edgecolor(_SUBMITTED_EDGE)
+                bar.set_linewidth(1.8)
         ax.set_yticks(np.arange(len(rows)), labels)
-        ax.set_xlim(max(0.0, low - pad), high + pad)
-        for i, v in enumerate(values):
-            ax.text(v, i, f" {v:.4f}", va="center", fontsize=7)
-        ax.set_xlabel(f"OOF {name}" + (" (lower is better)" if name == "log_loss" else ""))
+        for tick, mark in zip(ax.get_yticklabels(), chosen):
+            if mark:
+                tick.set_fontweight("bold")
+        high = float(np.nanmax(values)) if len(values) else 1.0
+        ax.set_xlim(0.0, max(high, 1e-9) * 1.18)  # from 0: room on the right for the values
+        for i, (v, off) in enumerate(zip(values, rejected)):
+            ax.text(v, i, f" {v:.4f}" + (" (not applied)" if off else ""), va="center", fontsize=7)
+        ax.set_xlabel(f"OOF {name}" + (" (lower is better)" if name == "log_loss" else " (higher is better)"))
     axes[0][0].invert_yaxis()
-    fig.suptitle("Honest nested-CV scores: base models (grey), mean (light), ensemble steps (blue)", fontsize=10)
+    handles = [Patch(facecolor=_BASE, label="base model"), Patch(facecolor=_REFERENCE, label="mean of the models"),
+               Patch(facecolor=_STEP, label="ensemble step")]
+    if rejected.any():
+        handles.append(Patch(facecolor=_REJECTED, edgecolor="#7f8c8d", hatch="///",
+                             label="rejected step (not applied)"))
+    if chosen.any():
+        handles.append(Patch(facecolor="white", edgecolor=_SUBMITTED_EDGE, linewidth=1.8,
+                             label="submitted (what the submission uses)"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 3), fontsize=8, frameon=False)
+    fig.suptitle("Honest nested-CV scores (every bar starts at 0)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.09 if len(handles) <= 3 else 0.13, 1, 1))
+    return fig
+
+
+@_literal_text
+def fold_spread_figure(scores: pd.DataFrame, metric: str, *, submitted: str | None = None) -> Any:
+    """Each row's ``metric`` in every fold (one dot per fold), with its range and mean.
+
+    ``scores`` has one row per model or step (index: display name) and one column per fold.
+    The axis is zoomed on the values (it is a dot plot, not bars): what matters is how far the
+    folds spread and whether the stack's folds sit beyond the best model's.
+    """
+    plt = _pyplot()
+    values = scores.to_numpy(dtype=float)
+    n = len(scores)
+    fig, ax = plt.subplots(figsize=(8.5, 0.42 * n + 1.6))
+    y = np.arange(n)
+    low, high, mean = np.nanmin(values, axis=1), np.nanmax(values, axis=1), np.nanmean(values, axis=1)
+    ax.hlines(y, low, high, color="#95a5a6", lw=2, zorder=1)
+    markers = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
+    for k, column in enumerate(scores.columns):
+        ax.scatter(values[:, k], y, s=22, marker=markers[k % len(markers)], zorder=2, label=str(column))
+    ax.scatter(mean, y, s=90, marker="|", color="k", zorder=3, label="mean")
+    labels = [f"{name} [submitted]" if name == submitted else str(name) for name in scores.index]
+    ax.set_yticks(y, labels)
+    for tick, name in zip(ax.get_yticklabels(), scores.index):
+        if name == submitted:
+            tick.set_fontweight("bold")
+    ax.invert_yaxis()
+    ax.set_xlabel(f"OOF {metric} per fold" + (" (lower is better)" if metric == "log_loss" else " (higher is better)"))
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    ax.set_title("Spread across folds: one mark per fold, line = min to max, bar = mean", fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -39,10 +39,10 @@ def test_report_with_thresholded_stack_has_every_section(store):
     path = write_report(store)
     html = path.read_text()
     assert _sections(html) == list(SECTIONS)
-    assert html.count('src="data:image/png;base64,') == 7  # self-contained: every figure embedded
+    assert html.count('src="data:image/png;base64,') == 8  # self-contained: every figure embedded
     assert sorted(p.name for p in path.parent.glob("*.png")) == sorted(
-        ["leaderboard.png", "correlation.png", "weights.png", "confusion.png", "thresholds.png", "reliability.png",
-         "training_curves.png"])
+        ["leaderboard.png", "fold_spread.png", "correlation.png", "weights.png", "confusion.png", "thresholds.png",
+         "reliability.png", "training_curves.png"])
     assert "class dent: predict when p &gt; 0.4" in html  # the AOI rule on class index 2
     assert "soft_vote: model weights" in html
     assert "No training history for [&#x27;m0&#x27;, &#x27;m2&#x27;]" in html

@@ -58,7 +58,8 @@ def test_report_draws_math_like_class_names_as_written(store, monkeypatch):
     path = write_report(store)
     html = path.read_text()
     # every figure but the training curves (imported entries have no training history)
-    assert sorted(drawn) == sorted(["leaderboard", "correlation", "weights", "confusion", "thresholds", "reliability"])
+    assert sorted(drawn) == sorted(["leaderboard", "fold_spread", "correlation", "weights", "confusion", "thresholds",
+                                    "reliability"])
     assert html.count('src="data:image/png;base64,') == len(drawn)
     assert all((path.parent / f"{name}.png").stat().st_size > 0 for name in drawn)
     confusion = {text for text, _, _ in drawn["confusion"]}
@@ -93,7 +94,12 @@ def test_every_figure_renders_names_as_written():
     board = pd.DataFrame({"step": NAMES, "kind": ["base model", "reference", "stage"], "log_loss": [0.5, 0.4, 0.3],
                           "accuracy": [0.7, 0.8, 0.9]})
     built = {
-        "leaderboard": (figures.leaderboard_figure(board, "accuracy"), NAMES),
+        "leaderboard": (figures.leaderboard_figure(board, "accuracy", submitted=2),
+                        [*NAMES[:2], f"{NAMES[2]} [submitted]"]),
+        "fold_spread": (figures.fold_spread_figure(pd.DataFrame(rng.random((3, 2)), index=NAMES,
+                                                                columns=["fold 0", "fold 1"]), "accuracy",
+                                                   submitted=NAMES[2]),
+                        [*NAMES[:2], f"{NAMES[2]} [submitted]"]),
         "correlation": (figures.correlation_figure(NAMES, rng.normal(size=(3, 30, 3))), NAMES),
         "weights": (figures.weights_figure({"$s$: model weights": dict(zip(NAMES, [0.2, 0.3, 0.5]))}),
                     [*NAMES, "$s$: model weights"]),
