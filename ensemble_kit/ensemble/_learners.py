@@ -166,9 +166,17 @@ class _CatBoost(LearnerBackend):
         model = catboost.CatBoostClassifier(**{**defaults, **r.params})
         w_fit = None if r.weight is None else r.weight[r.fit_rows]
         w_stop = None if r.weight is None else r.weight[r.stop_rows]
-        model.fit(self._pool(r.X[r.fit_rows], r.y[r.fit_rows], r.categorical, w_fit),
-                  eval_set=self._pool(r.X[r.stop_rows], r.y[r.stop_rows], r.categorical, w_stop),
-                  early_stopping_rounds=_EARLY_STOPPING_ROUNDS)
+        try:
+            model.fit(self._pool(r.X[r.fit_rows], r.y[r.fit_rows], r.categorical, w_fit),
+                      eval_set=self._pool(r.X[r.stop_rows], r.y[r.stop_rows], r.categorical, w_stop),
+                      early_stopping_rounds=_EARLY_STOPPING_ROUNDS)
+        except catboost.CatBoostError as exc:
+            # e.g. a class absent from the rows CatBoost learns from while its early-stopping rows hold it
+            counts = np.bincount(r.y, minlength=2)
+            raise ValidationError(
+                f"the CatBoost meta-learner cannot be fitted on these rows ({str(exc).strip().splitlines()[-1]}); "
+                f"{len(r.y)} rows, the rarest class has {int(counts[counts > 0].min())}. With so few rows per "
+                "class, use a recipe without GBM stages (e.g. 'aoi', 'hill_climb' or 'average').") from exc
         return model
 
     @staticmethod

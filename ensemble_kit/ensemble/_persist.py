@@ -32,7 +32,7 @@ from ensemble_kit.ensemble._registry import ENSEMBLERS
 from ensemble_kit.ensemble._restore_checks import TEMPERATURE_RANGE
 from ensemble_kit.ensemble._summary import StackInfo, StackSummary, describe_stacker, registered_name
 from ensemble_kit.errors import ArtifactError, EnsembleKitError, StoreCorruptedError
-from ensemble_kit.store._artifacts import ArtifactReader, ArtifactWriter, publish
+from ensemble_kit.store._artifacts import ArtifactKind, ArtifactReader, ArtifactWriter, publish
 from ensemble_kit.store._files import load_array, open_regular, read_json
 from ensemble_kit.store._paths import safe_dir
 
@@ -57,8 +57,6 @@ _SEALED_VERSIONS = (2,)
 _LEGACY_SUMMARY = "summary.json"
 _LEGACY_STACKER = "stacker"
 _LEGACY_ARRAYS = ("oof_proba", "oof_labels", "test_proba", "test_labels")
-#: Manifests that mark a folder a saved stack may replace: this layout or the store's older one.
-STACK_MANIFESTS = (STACK_MANIFEST, f"{_LEGACY_STACKER}/{STACK_MANIFEST}")
 _PREDICTIONS = ("oof_proba", "oof_labels", "test_proba", "test_labels")
 
 
@@ -225,6 +223,17 @@ def _is_legacy_store_stack(folder: Path) -> bool:
     return os.path.lexists(folder / _LEGACY_SUMMARY) and os.path.lexists(folder / _LEGACY_STACKER / STACK_MANIFEST)
 
 
+def _replaceable_legacy_store_stack(folder: Path) -> bool:
+    """A store stack of the layout before format 2 holding nothing else: what a new save may replace."""
+    legacy_names = {_LEGACY_SUMMARY, "report.csv", _LEGACY_STACKER, *(f"{k}.npy" for k in _LEGACY_ARRAYS)}
+    return (_is_legacy_store_stack(folder) and not os.path.islink(folder / _LEGACY_STACKER)
+            and set(os.listdir(folder)) <= legacy_names)
+
+
+#: What a saved stack may replace: a stack of this format (nothing else in it) or the store's older layout.
+STACK_KIND = ArtifactKind(STACK_MANIFEST, STACK_FORMAT, legacy=_replaceable_legacy_store_stack)
+
+
 def save_stack(stacker: Stacker, path: str | Path, *, test_proba: NDArray | None = None, info: StackInfo | None = None,
                predictions: bool = True) -> Path:
     """Write a fitted Stacker as one stack artifact at the folder ``path``.
@@ -245,7 +254,7 @@ def save_stack(stacker: Stacker, path: str | Path, *, test_proba: NDArray | None
         if test_proba is not None:
             arrays["test_proba"] = np.asarray(test_proba, dtype=np.float64)
             arrays["test_labels"] = stacker.decide(arrays["test_proba"])
-    with publish(Path(path), manifest=STACK_MANIFESTS, format_name=STACK_FORMAT) as staging:
+    with publish(Path(path), STACK_KIND) as staging:
         out = ArtifactWriter(staging)
         thresholds = stacker.thresholds_
         report = stacker.report_
@@ -289,6 +298,13 @@ def read_stack(path: str | Path) -> StackArtifact:
         return _read_legacy_store_stack(folder)
     source = ArtifactReader(folder, STACK_MANIFEST, format_name=STACK_FORMAT, versions=_READABLE_VERSIONS,
                             sealed_versions=_SEALED_VERSIONS)
+    try:
+        return _read_stack(folder, source)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
+        raise ArtifactError(f"Saved stack {str(source.where)!r} is malformed ({type(exc).__name__}: {exc}).") from exc
+
+
+def _read_stack(folder: Path, source: ArtifactReader) -> StackArtifact:
     where = str(source.where)
     document = source.document
     if source.version == 1:  # the Stacker alone: what it learned is read off the Stacker itself
@@ -382,7 +398,7 @@ def _load_stacker(source: ArtifactReader, cls: type[Stacker]) -> Stacker:
         fitted = document["fitted"]
         stacker.model_names_ = _model_names(fitted["model_names"], where)
         stacker.n_classes_ = _n_classes(fitted["n_classes"], where)
-        stacker.stage_names_ = list(fitted["stage_names"])
+        stacker.stage_names_ = _names(fitted["stage_names"], "stage_names", where)
         stacker.ensemble_ = load_estimator(fitted["ensemble"], source, f"{where} (ensemble)")
         stacker.temperature_ = _temperature(fitted["temperature"], where)
         stacker.temperature_rejected_ = _flag(fitted["temperature_rejected"], "temperature_rejected", where)
@@ -400,11 +416,21 @@ def _load_stacker(source: ArtifactReader, cls: type[Stacker]) -> Stacker:
         if isinstance(exc, ArtifactError):
             raise
         raise ArtifactError(f"Saved stack {where!r} is not valid: {exc}") from exc
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
         raise ArtifactError(f"Saved stack {where!r} is malformed ({type(exc).__name__}: {exc}).") from exc
     if stacker.ensemble_.model_names_ != stacker.model_names_ or stacker.ensemble_.n_classes_ != stacker.n_classes_:
         raise ArtifactError(f"Saved stack {where!r}: the ensemble was fitted on other models or classes than the stack.")
+    if document.get("summary") is not None and \
+            StackSummary.from_json(document["summary"], f"{where} (summary)") != describe_stacker(stacker):
+        # what `ls` and the report show must be what predicts
+        raise ArtifactError(f"Saved stack {where!r}: its summary does not describe its fitted state (edited).")
     return stacker
+
+
+def _names(value: Any, name: str, where: str) -> list[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ArtifactError(f"{where}: 'fitted.{name}' must be a non-empty list of names; got {str(value)[:80]!r}.")
+    return list(value)
 
 
 def _flag(value: Any, name: str, where: str) -> bool:
@@ -417,7 +443,9 @@ def _temperature(value: Any, where: str) -> float | None:
     low, high = TEMPERATURE_RANGE
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > high:
+        value = math.inf  # an integer too large for a float: out of range, named below
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)) \
             or not low <= value <= high:
         raise ArtifactError(f"{where}: 'fitted.temperature' must be a number in [{low}, {high}] or null (a fit gives "
                             f"0.05-20); got {value!r}.")
@@ -440,8 +468,8 @@ def _thresholds(saved: Any, source: ArtifactReader, n_classes: int, where: str) 
                             f"{n_classes} classes.")
     rules = {}
     for key, value in saved["rules"].items():
-        if not (isinstance(key, str) and key.isdigit() and int(key) < n_classes) or isinstance(value, bool) \
-                or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+        if not (isinstance(key, str) and key.isascii() and key.isdecimal() and int(key) < n_classes) \
+                or isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
             raise ArtifactError(f"{where}: 'fitted.thresholds.rules' must map class indices 0..{n_classes - 1} to "
                                 f"probabilities in (0, 1); got {key!r}: {value!r}.")
         rules[int(key)] = float(value)

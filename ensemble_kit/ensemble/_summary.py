@@ -60,8 +60,7 @@ class _Fields:
         value = self.document.get(key)
         if value is None and optional:
             return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or (positive and value <= 0) or value < 0:
+        if not _finite(value) or (positive and value <= 0) or value < 0:
             raise self._fail(key, "a finite positive number" if positive else "a finite number >= 0")
         return float(value)
 
@@ -101,7 +100,19 @@ class _Fields:
 
 
 def _finite(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    """A JSON number that is a finite float (an integer too large for a float is not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def _class_index(key: str, n_classes: int) -> bool:
+    """Whether a JSON key is a class index: ASCII digits only (``"²"`` and ``"٢"`` are digits to
+    ``str.isdigit`` but not indices), below ``n_classes``."""
+    return key.isascii() and key.isdecimal() and int(key) < n_classes
 
 
 # ---------------------------------------------------------------------- the summary
@@ -187,7 +198,7 @@ class StackSummary:
         n_classes = f.integer("n_classes", minimum=2)
         rules = f.numbers_by_name("class_rules")
         if rules is not None:
-            if not all(k.isdigit() and int(k) < n_classes and 0 <= v <= 1 for k, v in rules.items()):
+            if not all(_class_index(k, n_classes) and 0 <= v <= 1 for k, v in rules.items()):
                 raise f._fail("class_rules", f"an object of class indices 0..{n_classes - 1} -> probabilities")
         offsets = f.document.get("class_offsets")
         if offsets is not None and (not isinstance(offsets, list) or len(offsets) != n_classes

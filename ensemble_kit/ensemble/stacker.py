@@ -357,7 +357,8 @@ class Stacker(BaseEstimator):
         """
         from ensemble_kit.ensemble._persist import load_stacker, stacker_folder
 
-        return load_stacker(stacker_folder(Path(path)), cls)
+        # the folder you name may be reached through a link of yours; links inside it are refused
+        return load_stacker(stacker_folder(Path(path).resolve()), cls)
 
     @property
     def study_names_(self) -> list[str]:

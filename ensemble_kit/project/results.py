@@ -21,13 +21,14 @@ import pandas as pd
 
 from ensemble_kit.ensemble import StackArtifact, StackInfo
 from ensemble_kit.ensemble._claims import masked_url, open_storage
-from ensemble_kit.ensemble._persist import is_stack, read_stack, save_stack
+from ensemble_kit.ensemble._persist import STACK_KIND, is_stack, read_stack, save_stack
 from ensemble_kit.ensemble._recipes import RECIPES
 from ensemble_kit.ensemble.stacker import Stacker
 from ensemble_kit.errors import ArtifactError, StoreCorruptedError, StoreError, ValidationError
 from ensemble_kit.metrics import list_metrics, scores
 from ensemble_kit.project.config import StackConfig
 from ensemble_kit.store import LogitStore, check_name
+from ensemble_kit.store._artifacts import check_destination
 from ensemble_kit.store._files import load_array
 from ensemble_kit.store._paths import case_collision
 
@@ -104,7 +105,7 @@ def _check_new_stack(store: LogitStore, name: str) -> Path:
         if other is not None:
             raise ValidationError(f"Stack name {name!r} differs only in case from the saved stack {other!r}; on "
                                   "case-insensitive file systems (macOS, Windows) both would share one folder.")
-    return final
+    return check_destination(final, STACK_KIND)  # e.g. notes in stacks/<name>/: refused before minutes of fitting
 
 
 def list_stacks(store: LogitStore) -> list[str]:

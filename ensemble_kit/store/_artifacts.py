@@ -18,8 +18,9 @@ import re
 import shutil
 import stat
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,8 @@ from ensemble_kit.store._manifest import STORE_MANIFEST
 from ensemble_kit.store._paths import safe_dir
 from ensemble_kit.store._workspace import remove_tree
 
-__all__ = ["MANIFEST_CHECKSUM", "ArtifactReader", "ArtifactWriter", "is_artifact", "manifest_checksum", "publish",
-           "verify_artifact"]
+__all__ = ["MANIFEST_CHECKSUM", "ArtifactKind", "ArtifactReader", "ArtifactWriter", "check_destination",
+           "check_output_file", "is_artifact", "manifest_checksum", "publish", "verify_artifact"]
 
 _FILE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+=,-]{0,200}")
 #: The manifest field holding the digest of the manifest itself (every other field, canonical JSON).
@@ -120,7 +121,7 @@ class ArtifactReader:
             raise ArtifactError(f"{str(where)!r} is not a {format_name} manifest (format "
                                 f"{self.document.get('format')!r}).")
         version = self.document.get("version")
-        if version not in versions:
+        if type(version) is not int or version not in versions:  # True == 1 and 2.0 == 2 in Python
             raise ArtifactError(f"{str(where)!r} has format version {version!r}; this ensemble_kit reads versions "
                                 f"{list(versions)}. Upgrade ensemble_kit, or re-save it with this one.")
         sealed = self.document.get(MANIFEST_CHECKSUM)
@@ -146,18 +147,25 @@ class ArtifactReader:
             check_checksum_tag(record.get("checksum"), path=self.where, field=f"files.{key}.checksum")
         except StoreCorruptedError as exc:
             raise ArtifactError(str(exc)) from exc
+        size = record.get("bytes", 0)
+        if type(size) is not int or size < 0:
+            raise ArtifactError(f"{str(self.where)!r}: 'files.{key}.bytes' must be a byte count; got {size!r}.")
         return self.folder / record["file"], record
 
     def array(self, reference: Any) -> np.ndarray:
-        """The array a ``{"__array__": key}`` reference names, checksum-verified."""
+        """The array a ``{"__array__": key}`` reference names, checksum-verified and as its record describes."""
         key = reference.get("__array__") if isinstance(reference, dict) else None
         path, record = self._record(key)
         try:
-            return load_array(path, checksum=record["checksum"])
+            array = load_array(path, checksum=record["checksum"])
         except FileNotFoundError as exc:
             raise ArtifactError(f"Artifact file {str(path)!r} is missing.") from exc
         except StoreCorruptedError as exc:
             raise ArtifactError(f"Artifact file {str(path)!r}: {exc}") from exc
+        if ("shape" in record and record["shape"] != list(array.shape)) or ("dtype" in record and record["dtype"] != array.dtype.str):
+            raise ArtifactError(f"Artifact file {str(path)!r} holds {array.dtype.str} {list(array.shape)}; its record "
+                                f"says {record.get('dtype')} {record.get('shape')}.")
+        return array
 
     def blob(self, reference: Any) -> bytes:
         """The bytes a ``{"__blob__": key}`` reference names, checksum-verified."""
@@ -234,16 +242,63 @@ def _is_empty(folder: Path) -> bool:
         return next(entries, None) is None
 
 
-def check_destination(final: Path, *, manifest: str | tuple[str, ...] | None = None,
-                      format_name: str | None = None) -> Path:
+@dataclass(frozen=True)
+class ArtifactKind:
+    """What a save of one kind may replace: a folder whose ``manifest`` names ``format_name`` and
+    that holds nothing but that manifest, the files it records and ``entries`` (its sub-folders),
+    or a folder ``legacy`` recognises (the layout an older version wrote)."""
+
+    manifest: str
+    format_name: str
+    entries: frozenset[str] = frozenset()
+    legacy: Callable[[Path], bool] | None = None
+
+    def unrecorded(self, folder: Path) -> list[str] | None:
+        """What ``folder`` holds besides this kind's files; ``None`` when it is not of this kind."""
+        if self.legacy is not None and self.legacy(folder):
+            return []
+        if not is_artifact(folder, self.manifest, self.format_name):
+            return None
+        records = read_json(folder / self.manifest).get("files")
+        recorded = {r.get("file") for r in records.values() if isinstance(r, dict)} if isinstance(records, dict) else set()
+        return sorted(set(os.listdir(folder)) - {self.manifest} - recorded - self.entries)
+
+
+def _store_holding(path: Path) -> Path | None:
+    """The logit store ``path`` lies in (or is), if any."""
+    for folder in (path, *path.parents):
+        if os.path.lexists(folder / STORE_MANIFEST):
+            return folder
+    return None
+
+
+def _absolute(path: Path | str) -> Path:
+    try:
+        final = Path(os.path.abspath(path))
+        try:
+            os.lstat(final)  # a NUL byte or an over-long name fails here, before anything is touched
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+    except (ValueError, OSError) as exc:
+        raise DestinationError(f"{str(path)!r} cannot be written to ({exc}).") from exc
+    for parent in final.parents:
+        if os.path.lexists(parent):
+            if not os.path.isdir(parent):
+                raise DestinationError(f"{str(final)!r} cannot be written: {str(parent)!r} is not a folder.")
+            break
+    return final
+
+
+def check_destination(final: Path, kind: ArtifactKind | None, *, outside_stores: bool = False) -> Path:
     """``final`` as an absolute path, if a folder may be published there; else :class:`DestinationError`.
 
-    A save may only replace an empty folder or an artifact of its own kind: a folder whose
-    ``manifest`` names ``format_name``; several manifests: any of them, e.g. the layout an older
-    version wrote). With ``manifest=None`` nothing is replaced. It refuses, before anything is written or deleted: a link, a file, any other
-    non-empty folder, a logit store, and the current folder or one of its parents.
+    A save may only replace an empty folder or an artifact of its own ``kind`` that holds nothing
+    else (``kind=None``: nothing is replaced). It refuses, before anything is written or deleted:
+    a link, a file, a path under a file, any other non-empty folder, a logit store, the current
+    folder or one of its parents, and (``outside_stores``, for what does not belong in a store,
+    such as a bundle) any place inside a logit store.
     """
-    final = Path(os.path.abspath(final))
+    final = _absolute(final)
     cwd = Path.cwd().resolve()
     if os.path.islink(final):
         raise DestinationError(f"{str(final)!r} is a symbolic link; refusing to replace it. Write to a real folder.")
@@ -251,6 +306,11 @@ def check_destination(final: Path, *, manifest: str | tuple[str, ...] | None = N
     if resolved == cwd or resolved in cwd.parents:
         raise DestinationError(f"{str(final)!r} is the current folder or one of its parents; refusing to replace "
                                "it. Name a new folder to write to, e.g. ./bundle.")
+    store = _store_holding(resolved)
+    if store is not None and (outside_stores or store == resolved):
+        raise DestinationError(f"{str(final)!r} is {'a logit store' if store == resolved else 'inside the logit store'} "
+                               f"{str(store)!r}; refusing to write there (nothing was written or deleted). Choose a "
+                               "folder outside the store.")
     try:
         info = os.lstat(final)
     except FileNotFoundError:
@@ -260,39 +320,55 @@ def check_destination(final: Path, *, manifest: str | tuple[str, ...] | None = N
                                "choose another path.")
     if _is_empty(final):
         return final
-    if os.path.lexists(final / STORE_MANIFEST):
-        raise DestinationError(f"{str(final)!r} is a logit store; refusing to replace it (nothing was deleted). "
-                               "Choose another folder.")
-    if manifest is None:
+    if kind is None:
         raise DestinationError(f"{str(final)!r} is not empty; refusing to write over it (nothing was deleted). "
                                "Choose a new or empty folder.")
-    manifests = (manifest,) if isinstance(manifest, str) else manifest
-    if not any(is_artifact(final, m, str(format_name)) for m in manifests):
-        raise DestinationError(f"{str(final)!r} is a non-empty folder but not a {format_name} artifact written by "
-                               "ensemble_kit; refusing to replace it (nothing was deleted). Choose a new folder, or "
-                               "delete this one yourself.")
+    extra = kind.unrecorded(final)
+    if extra is None:
+        raise DestinationError(f"{str(final)!r} is a non-empty folder but not a {kind.format_name} artifact written "
+                               "by ensemble_kit; refusing to replace it (nothing was deleted). Choose a new folder, "
+                               "or delete this one yourself.")
+    if extra:
+        raise DestinationError(f"{str(final)!r} is a {kind.format_name} artifact but also holds {len(extra)} "
+                               f"entr{'y' if len(extra) == 1 else 'ies'} it does not record ({', '.join(extra[:5])}); "
+                               "refusing to replace it (nothing was deleted). Move them out first.")
+    return final
+
+
+def check_output_file(path: Path | str, *, what: str) -> Path:
+    """``path`` as an absolute path, if a file may be written there: not a folder, not under a
+    file, not inside a logit store (a store's files are the store's own). Else :class:`DestinationError`."""
+    final = _absolute(path)
+    if os.path.isdir(final):
+        raise DestinationError(f"{what} {str(final)!r} is a folder; name a file, e.g. {str(final / 'out.csv')!r}.")
+    store = _store_holding(final.resolve())
+    if store is not None:
+        raise DestinationError(f"{what} {str(final)!r} lies inside the logit store {str(store)!r}; a store holds only "
+                               "its own files. Write it elsewhere.")
     return final
 
 
 @contextmanager
-def publish(final: Path, *, manifest: str | tuple[str, ...] | None = None,
-            format_name: str | None = None) -> Iterator[Path]:
+def publish(final: Path, kind: ArtifactKind | None, *, outside_stores: bool = False) -> Iterator[Path]:
     """A staging folder next to ``final``; on success it is renamed to ``final``.
 
     The one way the library puts a folder in place. ``final`` must be new, an empty folder, or
-    an earlier artifact of the same kind (its ``manifest`` names ``format_name``), which is then
-    replaced: renamed aside, the new folder renamed in, the old one deleted without following
-    links. Anything else is refused by :func:`check_destination` before the staging folder is
-    made. On any error the staging folder is removed and ``final`` is left as it was.
+    an earlier artifact of the same ``kind`` (holding nothing else), which is then replaced:
+    renamed aside, the new folder renamed in, the old one deleted without following links.
+    Anything else is refused by :func:`check_destination` before the staging folder is made. On
+    any error the staging folder is removed and ``final`` is left as it was.
     """
-    final = check_destination(final, manifest=manifest, format_name=format_name)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    final = check_destination(final, kind, outside_stores=outside_stores)
     staging = final.with_name(f".{final.name}.writing-{uuid.uuid4().hex[:8]}")
-    staging.mkdir()
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
+    except OSError as exc:
+        raise DestinationError(f"{str(final)!r} cannot be written ({exc.strerror or exc}).") from exc
     try:
         yield staging
         # checked again: the folder may have changed while the artifact was being written
-        check_destination(final, manifest=manifest, format_name=format_name)
+        check_destination(final, kind, outside_stores=outside_stores)
         retired = None
         if os.path.lexists(final):
             if _is_empty(final):

@@ -16,6 +16,7 @@ import errno
 import hashlib
 import io
 import json
+import math
 import os
 import stat
 import uuid
@@ -155,7 +156,10 @@ def _read_header(fh: IO[bytes], path: Path) -> tuple[tuple[int, ...], bool, np.d
         raise StoreCorruptedError(f"Array file {str(path)!r} holds Python objects (dtype {dtype}); a store holds only "
                                   "numeric and string arrays and never unpickles.", path=path)
     offset = fh.tell()
-    expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if any(not isinstance(s, int) or s < 0 for s in shape):
+        raise StoreCorruptedError(f"Array file {str(path)!r} has an invalid shape {shape} in its header.", path=path)
+    # Python integers: a crafted shape such as (2**32, 2**32) must not wrap around to a small size
+    expected = offset + math.prod(shape) * dtype.itemsize
     actual = os.fstat(fh.fileno()).st_size
     if actual != expected:
         raise StoreCorruptedError(
@@ -173,7 +177,7 @@ def load_array(path: Path, *, checksum: str | None = None, mmap: bool = False) -
     """
     with open_regular(path) as fh:
         shape, fortran, dtype, offset = _read_header(fh, path)
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)
         order = "F" if fortran else "C"
         if mmap:
             if checksum is not None and not _hash_open_file(fh, checksum, path):

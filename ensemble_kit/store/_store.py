@@ -308,7 +308,7 @@ class LogitStore:
             raise ValidationError("test_ids is empty; pass test_ids=None for a store without a test set.")
         arrays = {"train_ids": train, "y": y_index, "folds": fold_array, "test_ids": test}
 
-        with publish(target) as staging:
+        with publish(target, None) as staging:
             records = {}
             for key, array in arrays.items():
                 if array is None:

@@ -121,6 +121,9 @@ def _verify_workspace(store: LogitStore) -> list[str]:
     stack, exported fold model and checkpoint against its recorded checksum."""
     problems: list[str] = []
     stacks = store.path / STACKS_DIR
+    for folder in (stacks, store.path / RUNS_DIR):
+        if os.path.islink(folder) or (os.path.lexists(folder) and not os.path.isdir(folder)):
+            problems.append(f"{str(folder)!r} is a symbolic link or not a folder; the store's own folders are real")
     if os.path.isdir(stacks) and not os.path.islink(stacks):
         for folder in sorted(p for p in stacks.iterdir() if not p.name.startswith(".")):
             problems.extend(f"stack {folder.name!r}: {p}" for p in _verify_stack(folder))
@@ -139,13 +142,30 @@ def _verify_workspace(store: LogitStore) -> list[str]:
 
 
 def _verify_stack(folder: Path) -> list[str]:
+    if os.path.islink(folder) or not os.path.isdir(folder):
+        return [f"{str(folder)!r} is a symbolic link or not a folder"]
     if os.path.lexists(folder / _STACK_MANIFEST):
-        return verify_artifact(folder, _STACK_MANIFEST)
+        problems = verify_artifact(folder, _STACK_MANIFEST)
+        if not problems:
+            recorded = {r.get("file") for r in read_json(folder / _STACK_MANIFEST)["files"].values()}
+            extra = sorted(set(os.listdir(folder)) - recorded - {_STACK_MANIFEST})
+            problems += [f"{str(folder / name)!r} is not a file of the stack (not in its manifest)" for name in extra]
+        return problems
     if os.path.lexists(folder / _LEGACY_STACK_SUMMARY):
-        # saved before stack format 2: the Stacker is checksummed, its predictions were not
-        logger.warning("stack %r was saved before stack format 2: its predictions have no checksums and cannot be "
-                       "verified (fit it again with `ensemble-kit stack` to save it with them)", folder.name)
-        return verify_artifact(folder / "stacker", _STACK_MANIFEST)
+        # saved before stack format 2: the Stacker is checksummed, its predictions were not, so
+        # they can only be checked for readable, finite values
+        logger.warning("stack %r was saved before stack format 2: its predictions have no checksums, so only their "
+                       "values are checked (fit it again with `ensemble-kit stack` to save it with checksums)",
+                       folder.name)
+        problems = verify_artifact(folder / "stacker", _STACK_MANIFEST)
+        for name in ("oof_proba.npy", "oof_labels.npy", "test_proba.npy", "test_labels.npy"):
+            if os.path.lexists(folder / name):
+                try:
+                    if not _all_finite(load_array(folder / name, mmap=True)):
+                        problems.append(f"{str(folder / name)!r} holds NaN or inf")
+                except StoreCorruptedError as exc:
+                    problems.append(str(exc))
+        return problems
     return [f"{str(folder)!r} is not a saved stack (no {_STACK_MANIFEST})"]
 
 

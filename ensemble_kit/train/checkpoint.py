@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ensemble_kit.errors import CheckpointError, StoreCorruptedError, UnsafePathError
-from ensemble_kit.store._artifacts import publish
+from ensemble_kit.store._artifacts import ArtifactKind, publish
 from ensemble_kit.store._files import (
     CHECKSUM_ALGORITHM,
     _HASHERS,
@@ -116,7 +116,7 @@ def save_checkpoint_state(folder: Path, state: dict[str, Any]) -> Path:
     document = {"format": CHECKPOINT_FORMAT, "state": _encode(state, tensors)}
     payload = save(tensors)
     document["tensors_checksum"] = f"{CHECKSUM_ALGORITHM}:{_HASHERS[CHECKSUM_ALGORITHM](payload).hexdigest()}"
-    with publish(folder, manifest=STATE_FILE, format_name=CHECKPOINT_FORMAT) as staging:
+    with publish(folder, ArtifactKind(STATE_FILE, CHECKPOINT_FORMAT, entries=frozenset({TENSORS_FILE}))) as staging:
         write_bytes(staging / TENSORS_FILE, payload)
         write_text(staging / STATE_FILE, json.dumps(document, allow_nan=False))
     return folder

@@ -19,7 +19,7 @@ from torch import nn
 
 from ensemble_kit._version import __version__
 from ensemble_kit.errors import ArtifactError, ValidationError
-from ensemble_kit.store._artifacts import ArtifactReader, ArtifactWriter, publish
+from ensemble_kit.store._artifacts import ArtifactKind, ArtifactReader, ArtifactWriter, publish
 from ensemble_kit.train.config import TrainConfig
 from ensemble_kit.train.models import build_model
 
@@ -56,7 +56,7 @@ def export_fold_model(folder: Path, model: nn.Module, *, config: TrainConfig, cl
     from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    with publish(folder, manifest=MANIFEST, format_name=FOLD_MODEL_FORMAT) as staging:
+    with publish(folder, ArtifactKind(MANIFEST, FOLD_MODEL_FORMAT)) as staging:
         out = ArtifactWriter(staging)
         document = {
             "format": FOLD_MODEL_FORMAT, "version": FOLD_MODEL_VERSION, "library_version": __version__,

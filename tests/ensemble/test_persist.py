@@ -125,6 +125,7 @@ def test_a_stack_saved_before_blend_temperatures_loads_with_untempered_stages(tm
     doc = json.loads((folder / "stack.json").read_text())
     blend_state = doc["fitted"]["ensemble"]["fitted"]
     assert set(blend_state.pop("temperatures")) == set(stk.ensemble_.stages_)
+    doc["version"], doc["summary"] = 1, None  # such stacks were format 1: no summary of what was fitted
     reseal(folder, document=doc)
     old = Stacker.load(folder)
     assert old.ensemble_.temperatures_ == {name: 1.0 for name in stk.ensemble_.stages_}

@@ -244,3 +244,105 @@ def test_a_damaged_stack_is_skipped_with_a_warning_and_the_stores_commands_still
     err = capsys.readouterr().err
     assert "error:" in err and "later" in err and "Traceback" not in err
     assert os.path.exists(tmp_path / "report" / "report.html")
+
+
+# ---------------------------------------------------------------------- found by an attacker's review
+def test_a_folder_that_merely_holds_a_stack_is_never_replaced_and_nothing_is_deleted(tmp_path):
+    stk, _ = _aoi()
+    project = tmp_path / "myproject"
+    stk.save(project / "stacker")  # a stack kept in a sub-folder named like the old store layout's
+    (project / "data").mkdir()
+    (project / "data" / "important.txt").write_text("precious")
+    with pytest.raises(DestinationError):
+        stk.save(project)
+    assert (project / "data" / "important.txt").read_text() == "precious"
+    stk.save(tmp_path / "s")
+    (tmp_path / "s" / "notes.txt").write_text("mine")  # a stack folder holding a file it does not record
+    with pytest.raises(DestinationError, match="notes.txt"):
+        stk.save(tmp_path / "s")
+    assert (tmp_path / "s" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("path", ["under a file", "NUL byte", "name too long"])
+def test_an_impossible_destination_is_a_named_error(tmp_path, path):
+    stk, _ = _aoi()
+    (tmp_path / "afile").write_text("x")
+    target = {"under a file": str(tmp_path / "afile" / "sub"), "NUL byte": str(tmp_path / "a\0b"),
+              "name too long": str(tmp_path / ("x" * 300))}[path]
+    with pytest.raises(DestinationError):
+        stk.save(target)
+
+
+@pytest.mark.parametrize("fault, field", [
+    ("an integer too large for a float", "fit_seconds"), ("a class index in superscript digits", "class_rules"),
+    ("a bool as the version", "version"), ("stage names as one string", "stage_names"),
+    ("a summary that does not describe the fitted state", "summary does not describe"),
+])
+def test_odd_values_in_a_resealed_stack_are_named_errors(tmp_path, fault, field):
+    stk, _ = _aoi()
+    folder = stk.save(tmp_path / "s")
+    document = json.loads((folder / "stack.json").read_text())
+    if fault == "an integer too large for a float":
+        document["summary"]["fit_seconds"] = 10 ** 400
+    elif fault == "a class index in superscript digits":
+        document["summary"]["class_rules"] = {"\u00b2": 0.4}
+    elif fault == "a bool as the version":
+        document["version"] = True
+    elif fault == "stage names as one string":
+        document["fitted"]["stage_names"] = "soft_vote"
+    else:
+        document["summary"]["class_rules"] = {"1": 0.2}  # the rule in force stays 2 > 0.4
+    reseal(folder, document=document)
+    with pytest.raises(ArtifactError, match=field):
+        read_stack(folder).load_stacker()
+
+
+def test_submit_never_writes_into_a_store_nor_over_a_file_it_did_not_write(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    y = np.arange(60) % 3
+    store = LogitStore.create(tmp_path / "s", np.arange(60), y, [0, 1, 2], n_folds=3, test_ids=np.arange(8))
+    for i in range(2):
+        store.put(f"m{i}", np.eye(3)[y] * (1 + i) + rng.normal(size=(60, 3)), rng.normal(size=(8, 3)))
+    fit_stack(store, StackConfig(recipe="hill_climb", n_trials=4))
+    labels = (store.path / "y.npy").read_bytes()
+    assert main(["submit", str(store.path), "--out", str(store.path / "y.npy")]) == 2
+    (tmp_path / "sub.json").write_text('{"my": "notes"}')
+    assert main(["submit", str(store.path), "--out", str(tmp_path / "sub.csv")]) == 2
+    assert main(["submit", str(store.path), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 3 and "Traceback" not in err
+    assert (store.path / "y.npy").read_bytes() == labels and (tmp_path / "sub.json").read_text() == '{"my": "notes"}'
+    store.verify()
+    assert main(["submit", str(store.path), "--out", str(tmp_path / "ok.csv")]) == 0
+    assert main(["submit", str(store.path), "--out", str(tmp_path / "ok.csv")]) == 0  # its own settings file
+
+
+def test_a_stack_name_whose_folder_holds_other_files_is_refused_before_fitting(tmp_path, monkeypatch):
+    rng = np.random.default_rng(4)
+    y = np.arange(60) % 3
+    store = LogitStore.create(tmp_path / "s", np.arange(60), y, [0, 1, 2], n_folds=3)
+    for i in range(2):
+        store.put(f"m{i}", np.eye(3)[y] * (1 + i) + rng.normal(size=(60, 3)))
+    (store.path / "stacks" / "mine").mkdir(parents=True)
+    (store.path / "stacks" / "mine" / "notes.txt").write_text("mine")
+    monkeypatch.setattr(Stacker, "fit", lambda *a, **k: pytest.fail("fitted before the destination was checked"))
+    with pytest.raises(DestinationError):
+        fit_stack(store, StackConfig(recipe="hill_climb", n_trials=4, name="mine"))
+
+
+def test_verify_names_a_linked_stacks_folder_and_a_file_a_stack_does_not_record(tmp_path):
+    rng = np.random.default_rng(5)
+    y = np.arange(60) % 3
+    store = LogitStore.create(tmp_path / "s", np.arange(60), y, [0, 1, 2], n_folds=3)
+    for i in range(2):
+        store.put(f"m{i}", np.eye(3)[y] * (1 + i) + rng.normal(size=(60, 3)))
+    folder = fit_stack(store, StackConfig(recipe="hill_climb", n_trials=4)).path
+    (folder / "evil.npy").write_bytes(b"x")
+    with pytest.raises(StoreCorruptedError, match="evil.npy"):
+        store.verify()
+    (folder / "evil.npy").unlink()
+    store.verify()
+    os.rename(store.path / "stacks", tmp_path / "elsewhere")
+    os.symlink(tmp_path / "elsewhere", store.path / "stacks")
+    with pytest.raises(StoreCorruptedError, match="symbolic link"):
+        store.verify()

@@ -312,6 +312,10 @@ def test_an_untouched_stack_loads_and_predicts_the_same(saved):
 def test_an_edited_stack_that_loads_predicts_finite_probabilities_and_real_labels(saved, tmp_path, kind, tamper):
     folder = _copy(saved, kind, tmp_path)
     tamper(folder)
+    # a consistent attacker also rewrites the summary, which must describe the fitted state
+    _tamper(folder, edit_json=lambda d: d.__setitem__("summary", None))
+    summary = Stacker.load(folder).describe().to_json()
+    _tamper(folder, edit_json=lambda d: d.__setitem__("summary", summary))
     stacker = Stacker.load(folder)
     unseen = {name: values * 1e3 for name, values in saved[kind][1].items()}  # far beyond anything fitted on
     proba = stacker.predict_proba(unseen)
