@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ensemble_kit._version import __version__
-from ensemble_kit.errors import EnsembleKitError, ValidationError
+from ensemble_kit.errors import DestinationError, EnsembleKitError, ValidationError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -58,29 +58,43 @@ def _readable_board(board: pd.DataFrame, *, meta: bool) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------- store commands
 def _cmd_init(args: argparse.Namespace) -> int:
-    import numpy as np
+    """``init STORE --labels CSV`` (a store for your own predictions) or ``init PROJECT.yaml --images
+    DATA`` / ``--train DIR`` (an image project): the flags choose the form."""
+    if args.images is not None or args.train is not None:
+        return _init_image_project(args)
+    if args.labels is None:
+        raise ValidationError("give --labels CSV to start a store for your own predictions (init STORE --labels "
+                              "train.csv), or --images DATA / --train DIR to write an image project (init PROJECT.yaml "
+                              "--images data/)")
+    misplaced = [flag for flag, value in (("--test", args.test), ("--store", args.project_store)) if value is not None]
+    if misplaced:
+        raise ValidationError(f"{misplaced[0]} belongs to an image project (init PROJECT.yaml --images DATA or --train "
+                              "DIR); a store for your own predictions takes --labels, --test-ids or --sample-submission")
+    return _init_store(args, id_col=args.id_col or "id", label_col=args.label_col or "label")
 
+
+def _init_store(args: argparse.Namespace, *, id_col: str, label_col: str) -> int:
     from ensemble_kit.project.config import SubmissionConfig, write_store_defaults
     from ensemble_kit.store import LogitStore
     from ensemble_kit.store._tables import load_table
 
-    labels = load_table(args.labels, what="--labels", id_col=args.id_col)
-    missing = [c for c in (args.id_col, args.label_col, args.fold_col) if c is not None and c not in labels.columns]
+    labels = load_table(args.labels, what="--labels", id_col=id_col)
+    missing = [c for c in (id_col, label_col, args.fold_col) if c is not None and c not in labels.columns]
     if missing:
         raise ValidationError(f"--labels {args.labels}: no column(s) {missing}; columns are {list(labels.columns)[:20]}. "
                      "Name them with --id-col / --label-col / --fold-col.")
-    y = labels[args.label_col].to_numpy()
+    y = labels[label_col].to_numpy()
     classes = args.classes.split(",") if args.classes else sorted(set(y.tolist()), key=lambda c: (str(type(c)), c))
-    test_ids, submission = None, SubmissionConfig(id_col=args.id_col)
+    test_ids, submission = None, SubmissionConfig(id_col=id_col)
     if args.test_ids is not None:
-        test_ids = load_table(args.test_ids, what="--test-ids", id_col=args.id_col)[args.id_col].astype(str).to_numpy()
+        test_ids = load_table(args.test_ids, what="--test-ids", id_col=id_col)[id_col].astype(str).to_numpy()
     elif args.sample_submission is not None:
         sample = load_table(args.sample_submission, what="--sample-submission", id_col=None)
         sample = load_table(args.sample_submission, what="--sample-submission", id_col=str(sample.columns[0]))
         test_ids = sample.iloc[:, 0].astype(str).to_numpy()
         submission = SubmissionConfig(id_col=str(sample.columns[0]))
     folds = None if args.fold_col is None else labels[args.fold_col].to_numpy()
-    store = LogitStore.create(args.store, labels[args.id_col].astype(str).to_numpy(), y, classes,
+    store = LogitStore.create(args.target, labels[id_col].astype(str).to_numpy(), y, classes,
                               n_folds=args.folds, seed=args.seed, folds=folds, test_ids=test_ids)
     write_store_defaults(store.path, submission, sample_submission=args.sample_submission)
     mapping = "" if store.fold_labels == list(range(store.n_folds)) else \
@@ -88,6 +102,144 @@ def _cmd_init(args: argparse.Namespace) -> int:
     print(f"created {store.path}: {len(store.train_ids)} training ids, {len(classes)} classes, {store.n_folds} folds"
           f"{mapping}, {0 if store.test_ids is None else len(store.test_ids)} test ids")
     print(f"next: ensemble-kit import-oof {store.path} NAME oof.csv --test test.csv")
+    return 0
+
+
+_SAMPLE_NAMES = ("sample_submission.csv", "samplesubmission.csv")
+
+
+def _child_folder(data: Path, name: str) -> Path | None:
+    """The folder ``data/<name>`` (any case), or ``None``."""
+    matches = sorted(p for p in data.iterdir() if p.is_dir() and p.name.lower() == name)
+    return matches[0] if matches else None
+
+
+def _image_side(paths: list[Path]) -> int | None:
+    """The median short side of a few images (headers only), or ``None`` when none can be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    sides = []
+    for path in paths[:: max(1, len(paths) // 25)][:25]:
+        try:
+            with Image.open(path) as image:
+                sides.append(min(image.size))
+        except (OSError, UnidentifiedImageError, ValueError):
+            continue
+    return int(sorted(sides)[len(sides) // 2]) if sides else None
+
+
+def _init_image_project(args: argparse.Namespace) -> int:
+    """Write a commented, validated project YAML for an ImageFolder train set (+ test folder, + sample submission)."""
+    import os
+
+    import numpy as np
+
+    from ensemble_kit.data.sources import ImageDirSource, ImageFolderSource
+    from ensemble_kit.project.config import ImageProjectDraft, ProjectConfig, image_project_yaml
+    from ensemble_kit.project.submission import image_extension, match_sample_ids, sample_layout
+
+    store_only = [flag for flag, value in (("--labels", args.labels), ("--id-col", args.id_col),
+                                           ("--label-col", args.label_col), ("--classes", args.classes),
+                                           ("--test-ids", args.test_ids), ("--fold-col", args.fold_col))
+                  if value is not None]
+    if store_only:
+        raise ValidationError(f"{store_only[0]} belongs to a store for your own predictions (init STORE --labels CSV); "
+                              "an image project takes its classes from the train folder and its ids and columns "
+                              "from the test folder and the sample submission")
+    if args.images is not None and args.test is not None:
+        raise ValidationError("--test goes with --train DIR; --images DATA finds DATA/train and DATA/test itself")
+    target: Path = args.target
+    if target.suffix.lower() not in (".yaml", ".yml"):
+        raise ValidationError(f"an image project is a YAML file: name it like PROJECT.yaml (got {str(target)!r})")
+    if target.exists() or target.is_symlink():
+        raise ValidationError(f"{str(target)!r} already exists; init never overwrites a file: remove it or choose "
+                              "another name")
+    sample = args.sample_submission
+    if args.images is not None:
+        data = args.images
+        if not data.is_dir():
+            raise ValidationError(f"--images {str(data)!r}: not a folder (expected DATA/train/<class>/<image>, "
+                                  "DATA/test/<image> and DATA/sample_submission.csv)")
+        train = _child_folder(data, "train")
+        if train is None:
+            raise ValidationError(f"--images {str(data)!r}: no 'train' folder (expected {data}/train/<class>/<image>, "
+                                  f"and optionally {data}/test/ and {data}/sample_submission.csv); for another layout "
+                                  "give --train DIR [--test DIR] [--sample-submission CSV]")
+        test = _child_folder(data, "test")
+        if sample is None:
+            found = sorted(p for p in data.iterdir() if p.is_file() and p.name.lower() in _SAMPLE_NAMES)
+            sample = found[0] if found else None
+        root, train_rel, test_rel = str(data), train.name, None if test is None else test.name
+    else:
+        train, test = args.train, args.test
+        for flag, folder in (("--train", train), ("--test", test)):
+            if folder is not None and not folder.is_dir():
+                raise ValidationError(f"{flag} {str(folder)!r}: not a folder")
+        parent = train.parent
+        if test is None or test.parent == parent:
+            root, train_rel, test_rel = str(parent), train.name, None if test is None else test.name
+        else:
+            root, train_rel, test_rel = ".", str(train), str(test)
+    train_src = ImageFolderSource(train)
+    classes = [str(c) for c in train_src.classes]
+    counts = np.bincount(train_src.targets, minlength=len(classes)).tolist()
+    n_folds = 5 if args.folds is None else args.folds
+    small = [(c, n) for c, n in zip(classes, counts) if n < n_folds]
+    if small:
+        listed = ", ".join(f"{c!r} has {n}" for c, n in small[:5])
+        fewest = min(n for _, n in small)
+        hint = f"use --folds {fewest}" if fewest >= 2 else "every class needs at least 2 images"
+        raise ValidationError(f"stratified {n_folds}-fold CV needs at least {n_folds} images per class; {listed} "
+                              f"({train}): {hint}")
+    test_src = None
+    if test is not None:
+        class_folders = any(p.is_dir() for p in test.iterdir())
+        # the ids `train` gives these images (pipeline.open_sources, data.test_ids: auto)
+        test_src = (ImageFolderSource(test, classes=classes, ids="auto") if class_folders
+                    else ImageDirSource(test, classes=classes))
+    layout = None
+    if sample is not None:
+        layout = sample_layout(sample, classes)
+        if test_src is not None:
+            try:
+                match_sample_ids(test_src.ids, layout.ids)
+            except ValidationError as exc:
+                raise ValidationError(f"--sample-submission {str(sample)!r} does not list the images of {str(test)!r}: "
+                                      f"{exc}") from exc
+    sample_example = None  # the sample's ids carry an extension: the file keeps them so
+    if layout is not None and len(layout.ids) and image_extension(layout.ids[0]):
+        sample_example = str(layout.ids[0])
+    side = _image_side(train_src.paths)
+    draft = ImageProjectDraft(
+        store=str(args.project_store or Path("runs") / target.stem / "store"), root=root, train=train_rel,
+        test=test_rel, classes=tuple(classes), counts=tuple(counts), n_test=0 if test_src is None else len(test_src),
+        test_id_example=None if test_src is None else str(test_src.ids[0]),
+        img_size=32 if side is not None and side <= 40 else 64, image_side=side, n_folds=n_folds, seed=args.seed,
+        sample=None if sample is None else str(sample), sample_format=None if layout is None else layout.format,
+        id_col="id" if layout is None else layout.id_col,
+        label_col=layout.label_col if layout is not None and layout.label_col else "label",
+        sample_id_example=sample_example)
+    text = image_project_yaml(draft, cwd=os.getcwd())
+    import yaml
+
+    ProjectConfig.from_dict(yaml.safe_load(text))  # never write a file that `train` would refuse
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(target, "x", encoding="utf-8") as fh:
+            fh.write(text)
+    except FileExistsError as exc:
+        raise ValidationError(f"{str(target)!r} already exists; init never overwrites a file") from exc
+    cfg = ProjectConfig.from_yaml(target)  # the file as written
+    shape = "" if layout is None else (
+        f"; sample submission: {'probabilities' if layout.format == 'probs' else f'labels in {layout.label_col!r}'}, "
+        f"id column {layout.id_col!r}, {len(layout.frame)} rows")
+    print(f"wrote {target}: {len(classes)} classes, {sum(counts)} training images, {draft.n_test} test images, "
+          f"{n_folds} folds{shape}")
+    print(f"models: {', '.join(m.name for m in cfg.models)} at {draft.img_size} px, {cfg.models[0].train.epochs} "
+          f"epochs (starters for a CPU: every section of the file says what to change)")
+    print(f"next: ensemble-kit train {target}")
+    submit = f"ensemble-kit submit {cfg.store}" + ("" if sample is None else f" --sample-submission {sample}")
+    print(f"then: ensemble-kit stack {cfg.store} && {submit}")
     return 0
 
 
@@ -218,6 +370,30 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _output_file(path: Path, *, what: str) -> Path:
+    """A file a command may write: not a folder, not inside a store (``DestinationError`` otherwise)."""
+    from ensemble_kit.store._artifacts import check_output_file
+
+    return check_output_file(path, what=what)
+
+
+def _write_csv(frame: pd.DataFrame, out: Path) -> None:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(out, index=False)
+    except OSError as exc:
+        raise DestinationError(f"{str(out)!r} cannot be written ({exc.strerror or exc}).") from exc
+
+
+def _is_submission_settings(path: Path) -> bool:
+    """Whether ``path`` is a settings file an earlier ``submit`` wrote (safe to replace)."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(document, dict) and {"stack", "format", "sample_submission"} <= set(document)
+
+
 def _cmd_submit(args: argparse.Namespace) -> int:
     from dataclasses import asdict, replace
 
@@ -225,50 +401,128 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     from ensemble_kit.project.results import load_stack
     from ensemble_kit.project.submission import write_submission
     from ensemble_kit.store import LogitStore
+    from ensemble_kit.store._files import write_text
 
     store = LogitStore(args.store)
+    out = _output_file(args.out, what="--out")
+    settings_file = _output_file(out.with_suffix(".json"), what="the settings file")
+    if settings_file.exists() and not _is_submission_settings(settings_file):
+        raise DestinationError(f"{str(settings_file)!r} exists and is not the settings file of an earlier `submit`; "
+                               "submit writes the settings it used there. Move it, or choose another --out.")
     _, saved, sample = stored_settings(store.path)
     settings = replace(saved, **_given(args, "format", "id_col", "label_col"))
     sample = args.sample_submission or sample
     stack = load_stack(store, args.stack)
-    out = write_submission(store, stack, args.out, format=settings.format, id_col=settings.id_col,
+    out = write_submission(store, stack, out, format=settings.format, id_col=settings.id_col,
                            label_col=settings.label_col, sample_submission=sample)
     used = {"stack": stack.name, **asdict(settings), "sample_submission": None if sample is None else str(sample)}
-    out.with_suffix(".json").write_text(json.dumps(used, indent=2) + "\n", encoding="utf-8")
+    write_text(settings_file, json.dumps(used, indent=2) + "\n")
     print(f"wrote {out} ({len(store.test_ids)} rows, stack {stack.name!r}; settings in {out.with_suffix('.json')})")
     return 0
 
 
-def _predictor(source: Path, args: argparse.Namespace) -> Any:
-    """A bundle folder, or a project config (its store's fold models and saved stack)."""
-    from ensemble_kit.project.predict import BUNDLE_MANIFEST, Predictor
+_PROJECT_KEYS = ("store", "data", "folds", "models", "stack", "submission")
+_BUNDLE_MANIFEST = "bundle.json"  # predict.BUNDLE_MANIFEST, named here so arguments are checked before torch loads
 
-    options = {"device": args.device, "batch_size": args.batch_size, "num_workers": args.num_workers}
-    if source.is_dir() and (source / BUNDLE_MANIFEST).exists():
-        return Predictor.load(source, **options)
-    return Predictor.from_project(source, stack=args.stack, overrides=args.set, **options)
+
+def _check_set(overrides: Sequence[str], *, reads: Sequence[str], why: str) -> None:
+    """Refuse a ``--set`` the command would not use: an unknown top-level key (with a did-you-mean), or
+    a key outside ``reads``. ``submission.*`` keys are validated at once (did-you-mean, values)."""
+    import difflib
+
+    from ensemble_kit.project.config import SubmissionConfig, submission_with_overrides
+
+    for assignment in overrides:
+        key, sep, _ = assignment.partition("=")
+        head = key.strip().split(".")[0]
+        if not sep or not head:
+            raise ValidationError(f"--set {assignment!r} must look like KEY=VALUE (e.g. submission.format=labels)")
+        if head not in _PROJECT_KEYS:
+            close = difflib.get_close_matches(head, _PROJECT_KEYS, n=2)
+            hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise ValidationError(f"--set {assignment!r}: unknown key {head!r}.{hint} The keys of a project are "
+                                  f"{list(_PROJECT_KEYS)}")
+        if head not in reads:
+            raise ValidationError(f"--set {assignment!r}: {why}")
+    submission_with_overrides(SubmissionConfig(), _submission_overrides(overrides))
+
+
+def _submission_overrides(overrides: Sequence[str]) -> list[str]:
+    return [a for a in overrides if a.partition("=")[0].strip().split(".")[0] == "submission"]
+
+
+def _is_bundle(source: Path) -> bool:
+    return source.is_dir() and (source / _BUNDLE_MANIFEST).is_file()
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from ensemble_kit.project.predict import image_source
+    from ensemble_kit.project.config import ProjectConfig, check_image_paths, submission_with_overrides
 
-    image_source(args.images)  # a missing folder or a FIFO among the images is named before any model loads
-    predictor = _predictor(args.source, args)
-    images = image_source(args.images, classes=predictor.classes)
-    frame = predictor.submission(images, sample_submission=args.sample_submission)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(args.out, index=False)
-    print(f"wrote {args.out} ({len(frame)} rows; {len(predictor.models)} models x "
+    source: Path = args.source
+    bundle = _is_bundle(source)
+    if not bundle and not source.is_file():
+        raise ValidationError(f"{str(source)!r} is neither a project YAML nor a bundle folder (one holding "
+                              f"{_BUNDLE_MANIFEST}; write one with `ensemble-kit bundle CONFIG OUT`)"
+                              if source.is_dir() else f"{str(source)!r} does not exist (a project YAML or a bundle)")
+    if bundle:
+        _check_set(args.set, reads=("submission",),
+                   why="a bundle's models, classes and stack are fixed when it is written: on a bundle, --set "
+                       "takes submission.* keys only (the format of --submission); rewrite the bundle for the rest")
+    else:
+        _check_set(args.set, reads=("store", "submission"),
+                   why="predict reads the project's store and submission.* only: its fold models and stack were "
+                       "fixed by `train` and `stack` (retrain for models.*, data.*, folds.*; --stack NAME picks "
+                       "a saved stack)")
+    shaping = _submission_overrides(args.set)
+    if shaping and not args.submission:
+        raise ValidationError(f"--set {shaping[0]!r}: the submission: settings shape only the --submission file (the "
+                              "default output is the prediction table, and a --sample-submission has its own "
+                              "layout); add --submission")
+    if args.stack is not None and bundle:
+        raise ValidationError("--stack picks a saved stack of a project; a bundle holds exactly one")
+    check_image_paths(args.images)  # a missing, unreadable or non-image path is named at once, before torch loads
+    out = _output_file(args.out or Path("submission.csv" if args.sample_submission is not None or args.submission
+                                        else "predictions.csv"), what="--out")
+    if args.sample_submission is not None and not args.sample_submission.is_file():
+        raise ValidationError(f"--sample-submission {str(args.sample_submission)!r}: no such file")
+    config = None if bundle else ProjectConfig.from_yaml(source, overrides=args.set)
+
+    from ensemble_kit.project.predict import Predictor, image_source
+
+    # every file is listed, and every header read, before any model loads: a bad image is named at once
+    images = image_source(args.images)
+    images.check()
+    options = {"device": args.device, "batch_size": args.batch_size, "num_workers": args.num_workers}
+    if bundle:
+        predictor = Predictor.load(source, **options)
+        predictor.submission_config = submission_with_overrides(predictor.submission_config, args.set)
+    else:
+        predictor = Predictor.from_project(config, stack=args.stack, **options)
+    if images.is_labelled and [str(c) for c in images.classes] != [str(c) for c in predictor.classes]:
+        images = image_source(args.images, classes=predictor.classes)  # class folders in the models' class order
+    if args.sample_submission is not None:
+        frame, what = predictor.submission(images, sample_submission=args.sample_submission), \
+            f"shaped like {args.sample_submission}"
+    elif args.submission:
+        frame, what = predictor.submission(images), f"submission format {predictor.submission_config.format!r}"
+    else:
+        frame, what = predictor.predictions(images), (f"id, label, confidence and {len(predictor.classes)} class "
+                                                      "probabilities")
+    _write_csv(frame, out)
+    print(f"wrote {out} ({len(frame)} rows: {what}; {len(predictor.models)} models x "
           f"{sum(len(m.folds) for m in predictor.models)} fold models)")
     return 0
 
 
 def _cmd_bundle(args: argparse.Namespace) -> int:
+    _check_set(args.set, reads=("store", "submission"),
+               why="bundle reads the project's store and submission.* only: the fold models and the stack it "
+                   "packs were fixed by `train` and `stack`")
     from ensemble_kit.project.predict import Predictor
 
     out = Predictor.from_project(args.config, stack=args.stack, overrides=args.set, device="cpu").save_bundle(args.out)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    print(f"wrote {out} ({size / 1e6:.1f} MB): ensemble-kit predict {out} --images IMAGES --out submission.csv")
+    print(f"wrote {out} ({size / 1e6:.1f} MB): ensemble-kit predict {out} --images IMAGES --out predictions.csv")
     return 0
 
 
@@ -286,8 +540,10 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ensemble_kit.cli._demo import run_demo
+    from ensemble_kit.cli._demo import expected_duration_line, run_demo
 
+    print(expected_duration_line(args.out, seed=args.seed, n_folds=args.folds, n_trials=args.n_trials,
+                                 overrides=args.set), flush=True)
     result = run_demo(args.out, seed=args.seed, n_folds=args.folds, n_trials=args.n_trials, overrides=args.set)
     print(f"\nLeaderboard (honest OOF CV on {len(result.store.train_ids)} digits; test_* on "
           f"{len(result.store.test_ids)} held-out digits):")
@@ -342,21 +598,41 @@ def build_parser() -> argparse.ArgumentParser:
     def add_command(name: str, **options: Any) -> argparse.ArgumentParser:
         return commands.add_parser(name, parents=[verbosity], **options)
 
-    p = add_command("init", help="start a store for your own predictions from a labels CSV")
-    p.add_argument("store", type=Path, help="store folder to create")
-    p.add_argument("--labels", type=Path, required=True, help="CSV with one row per training sample: id and label")
-    p.add_argument("--id-col", default="id", help="id column of --labels and --test-ids (default: %(default)s)")
-    p.add_argument("--label-col", default="label", help="label column of --labels (default: %(default)s)")
-    p.add_argument("--classes", default=None, help="comma-separated classes in column order (default: sorted labels)")
+    p = add_command("init", help="start an image project (a commented project YAML) or a store for your own predictions",
+                    description="Two forms. An image project: `init PROJECT.yaml --images DATA` (DATA/train/<class>/, "
+                                "DATA/test/, DATA/sample_submission.csv) or `--train DIR [--test DIR] "
+                                "[--sample-submission CSV]` writes a validated, commented project YAML ready for "
+                                "`ensemble-kit train`. A store for your own predictions (no images, no torch): "
+                                "`init STORE --labels CSV`.")
+    p.add_argument("target", type=Path, metavar="PROJECT.yaml|STORE",
+                   help="project YAML to write (with --images/--train; never overwritten), or store folder to create "
+                        "(with --labels)")
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--images", type=Path, default=None, metavar="DATA",
+                      help="image project: a folder holding train/<class>/<image> and optionally test/ and "
+                           "sample_submission.csv")
+    form.add_argument("--train", type=Path, default=None, metavar="DIR",
+                      help="image project: the training images, one folder per class")
+    form.add_argument("--labels", type=Path, default=None,
+                      help="store form: CSV with one row per training sample: id and label")
+    p.add_argument("--test", type=Path, default=None, metavar="DIR",
+                   help="image project (with --train): the test images (a flat folder, or one folder per class)")
+    p.add_argument("--store", dest="project_store", type=Path, default=None, metavar="STORE",
+                   help="image project: the store path written in the YAML (default: runs/<PROJECT>/store)")
+    p.add_argument("--id-col", default=None, help="store form: id column of --labels and --test-ids (default: id)")
+    p.add_argument("--label-col", default=None, help="store form: label column of --labels (default: label)")
+    p.add_argument("--classes", default=None,
+                   help="store form: comma-separated classes in column order (default: sorted labels)")
     test = p.add_mutually_exclusive_group()
-    test.add_argument("--test-ids", type=Path, default=None, help="CSV whose id column lists the test samples")
+    test.add_argument("--test-ids", type=Path, default=None, help="store form: CSV whose id column lists the test samples")
     test.add_argument("--sample-submission", type=Path, default=None,
-                      help="the competition's sample submission: its first column gives the test ids, and `submit` "
-                           "shapes the submission like it")
+                      help="the competition's sample submission: its first column gives the test ids and the id "
+                           "column, its other columns the format (probabilities or one label column); an image "
+                           "project checks that it lists the test images")
     folds = p.add_mutually_exclusive_group()
-    folds.add_argument("--folds", type=int, default=None, help="number of stratified folds to make (default: 5)")
+    folds.add_argument("--folds", type=int, default=None, help="number of stratified folds (default: 5)")
     folds.add_argument("--fold-col", default=None,
-                       help="column of --labels holding each sample's fold (any integers, e.g. 1..4)")
+                       help="store form: column of --labels holding each sample's fold (any integers, e.g. 1..4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the stratified folds (default: %(default)s)")
     p.set_defaults(func=_cmd_init)
 
@@ -448,22 +724,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_submit)
 
     p = add_command("predict", help="predict new images with every fold model, TTA and the saved stack")
-    p.add_argument("source", type=Path, help="project YAML (its store's models and stack) or a bundle folder")
-    p.add_argument("--images", type=Path, required=True,
-                   help="a folder of images (flat, or one folder per class) or a CSV with a 'path' or 'id' column")
+    p.add_argument("source", type=Path, metavar="CONFIG|BUNDLE",
+                   help="project YAML (its store's models and stack) or a bundle folder")
+    p.add_argument("--images", type=Path, nargs="+", required=True, metavar="PATH",
+                   help="one or more image files, or one folder of images (flat, or one folder per class), or one "
+                        "CSV with a 'path' or 'id' column; checked before any model loads")
     p.add_argument("--stack", default=None, help="saved stack of the project (default: the latest)")
-    p.add_argument("--sample-submission", type=Path, default=None,
-                   help="align rows, id column and columns (probabilities or one label column) to this CSV")
-    p.add_argument("--out", type=Path, default=Path("submission.csv"), help="CSV to write (default: %(default)s)")
+    shape = p.add_mutually_exclusive_group()
+    shape.add_argument("--sample-submission", type=Path, default=None,
+                       help="write the competition file shaped like this CSV: its rows, id column and columns "
+                            "(probabilities or one label column)")
+    shape.add_argument("--submission", action="store_true",
+                       help="write the competition file of the project's (or bundle's) submission: section instead "
+                            "of the prediction table")
+    p.add_argument("--out", type=Path, default=None,
+                   help="CSV to write (default: predictions.csv: id, label, confidence and one probability column "
+                        "per class; submission.csv with --sample-submission or --submission)")
     _add_predict_options(p)
-    _add_set(p)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override the project's store or submission.* (used by --submission); on a bundle, "
+                        "submission.* only; any other key is refused (repeatable)")
     p.set_defaults(func=_cmd_predict)
 
     p = add_command("bundle", help="write one folder with everything inference needs (no store, no network)")
     p.add_argument("config", type=Path, help="project YAML of a trained and stacked project")
     p.add_argument("out", type=Path, help="bundle folder to write")
     p.add_argument("--stack", default=None, help="saved stack (default: the latest)")
-    _add_set(p)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override the project's store or submission.* (the format the bundle carries); any other "
+                        "key is refused (repeatable)")
     p.set_defaults(func=_cmd_bundle)
 
     p = add_command("dashboard", help="open the store's Optuna studies in optuna-dashboard")
@@ -491,18 +780,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     # other libraries stay at warnings; ensemble_kit's progress lines show unless -q
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("ensemble_kit").setLevel(level)
-    if args.quiet:
-        from ensemble_kit._progress import quiet
+    from contextlib import nullcontext
 
-        quiet(True)
-    try:
-        return args.func(args)
-    except EnsembleKitError as exc:
-        print(f"ensemble-kit {args.command}: error: {_cli_wording(str(exc))}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # Ctrl-C: what was stored stays stored; no traceback
-        print(f"ensemble-kit {args.command}: interrupted", file=sys.stderr)
-        return 130
+    from ensemble_kit._progress import bars_off
+
+    # -q holds for this command only: main() called from Python (a notebook, a test) leaves bars as they were
+    with bars_off() if args.quiet else nullcontext():
+        try:
+            return args.func(args)
+        except EnsembleKitError as exc:
+            print(f"ensemble-kit {args.command}: error: {_cli_wording(str(exc))}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:  # Ctrl-C: what was stored stays stored; no traceback
+            print(f"ensemble-kit {args.command}: interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

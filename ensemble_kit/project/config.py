@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
+import stat
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -443,6 +445,15 @@ def stored_settings(store_path: str | Path) -> tuple[StackConfig, SubmissionConf
     return stack, submission, (sample if sample.is_file() else None)
 
 
+def submission_with_overrides(submission: SubmissionConfig, overrides: Sequence[str]) -> SubmissionConfig:
+    """``submission`` with ``submission.<key>=value`` overrides applied and validated like a config
+    file's (an unknown key is an error with a did-you-mean; a bad value names its key)."""
+    data = {"submission": asdict(submission)}
+    for assignment in overrides:
+        set_dotted(data, assignment)
+    return build_dataclass(SubmissionConfig, data["submission"], prefix="submission.")
+
+
 def write_store_defaults(store_path: str | Path, submission: SubmissionConfig, *,
                          sample_submission: str | Path | None = None) -> Path:
     """Save the submission settings (and a copy of the sample submission) of a bring-your-own store."""
@@ -455,6 +466,203 @@ def write_store_defaults(store_path: str | Path, submission: SubmissionConfig, *
     if sample_submission is not None:
         shutil.copyfile(sample_submission, folder / SAMPLE_SUBMISSION)
     return path
+
+
+def check_image_paths(paths: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The images to predict (``--images``) as a list of paths, checked without reading an image.
+
+    One folder, one ``.csv`` file, or one or more image files (an image extension, any case).
+    Each path must exist and be readable; a folder or a CSV comes alone; image files are named
+    by their names without extension (their ids), so two files of one name are refused. Every
+    refusal is a :class:`~ensemble_kit.errors.ValidationError` naming the path. Nothing here
+    imports torch, so ``predict`` names a bad path before the deep-learning stack loads.
+    """
+    from ensemble_kit.data.sources import IMAGE_EXTENSIONS
+
+    given = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
+    if not given:
+        raise ValidationError("--images: no path given; name a folder, a CSV, or image files.")
+    for path in given:
+        problem = _image_path_problem(path, IMAGE_EXTENSIONS)
+        if problem is not None:
+            raise ValidationError(f"--images {str(path)!r}: {problem}.")
+    if len(given) > 1:
+        alone = [str(p) for p in given if p.is_dir() or p.suffix.lower() == ".csv"]
+        if alone:
+            raise ValidationError(f"--images takes one folder, one CSV, or one or more image files; got {len(given)} "
+                                  f"paths, among them {alone[0]!r}: give the folder or the CSV alone.")
+        stems: dict[str, list[str]] = {}
+        for path in given:
+            stems.setdefault(path.stem, []).append(str(path))
+        repeated = {stem: names for stem, names in stems.items() if len(names) > 1}
+        if repeated:
+            stem, names = next(iter(repeated.items()))
+            raise ValidationError(f"--images: an image file's id is its name without extension, and {len(repeated)} "
+                                  f"id(s) repeat (e.g. {stem!r}: {names[:3]}); give each image once, under distinct "
+                                  "names.")
+    return given
+
+
+def _image_path_problem(path: Path, extensions: Sequence[str]) -> str | None:
+    """Why one ``--images`` path cannot be used (it is never opened), or ``None``."""
+    from ensemble_kit.data.decode import file_kind
+
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return "a dangling symbolic link" if os.path.islink(path) else "no such file or folder"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if stat.S_ISDIR(info.st_mode):
+        return None if os.access(path, os.R_OK | os.X_OK) else "a folder that cannot be read (permission denied)"
+    if not stat.S_ISREG(info.st_mode):
+        return f"a {file_kind(info.st_mode)}, not an image file, a folder or a CSV"
+    if path.suffix.lower() != ".csv" and path.suffix.lower() not in extensions:
+        return f"not an image file (extensions {', '.join(extensions)}), a folder of images or a CSV of image paths"
+    if not os.access(path, os.R_OK):
+        return "a file that cannot be read (permission denied)"
+    return None
+
+
+#: The starter models ``ensemble-kit init`` writes: two different backbones that train from scratch
+#: on a CPU in minutes (the demo's), so the generated project stacks for real from the first run.
+STARTER_MODELS: dict[str, dict[str, Any]] = {
+    "resnet10t": {"model": "resnet10t", "lr": 3e-3},
+    "convnext": {"model": "test_convnext", "lr": 4e-3},
+}
+
+
+@dataclass(frozen=True)
+class ImageProjectDraft:
+    """What ``ensemble-kit init PROJECT.yaml --images DATA`` found, and what it writes (see
+    :func:`image_project_yaml`). Paths are as the user gave them (relative to the working folder)."""
+
+    store: str
+    root: str
+    train: str
+    test: Optional[str]
+    classes: tuple[str, ...]
+    counts: tuple[int, ...]
+    n_test: int
+    test_id_example: Optional[str]
+    img_size: int
+    image_side: Optional[int]          # typical short side of the training images, when read
+    n_folds: int = 5
+    seed: int = 0
+    sample: Optional[str] = None       # the sample submission, when there is one
+    sample_format: Optional[Literal["labels", "probs"]] = None
+    id_col: str = "id"
+    label_col: str = "label"
+    sample_id_example: Optional[str] = None
+
+
+def _scalar(value: Any) -> str:
+    """One YAML scalar as it would be written (quoted only when it must be)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30)
+    return (text[:-5] if text.endswith("\n...\n") else text).strip()
+
+
+def _commented(code: str, comment: str | None = None) -> str:
+    """A YAML line with its comment at column 30 (or two spaces after a longer line)."""
+    return code if not comment else f"{code.ljust(28)}  # {comment}"
+
+
+def image_project_yaml(draft: ImageProjectDraft, *, cwd: str | Path) -> str:
+    """The commented project YAML of an image project: every section says what it does and what to
+    change. ``ProjectConfig.from_yaml`` reads it as it is (``ensemble-kit init`` checks that)."""
+    from ensemble_kit.ensemble._recipes import RECIPES as recipes
+
+    line = _commented
+    n_train = sum(draft.counts)
+    per_class = ", ".join(f"{c} {n}" for c, n in zip(draft.classes[:8], draft.counts[:8]))
+    per_class += f", ... ({len(draft.classes)} classes)" if len(draft.classes) > 8 else ""
+    if draft.sample_format == "probs":
+        metric, why = "log_loss", "the sample submission holds one probability per class"
+    elif draft.sample_format == "labels":
+        metric, why = "accuracy", "the sample submission holds one label per image"
+    else:
+        metric, why = "log_loss", "no sample submission was given: set the competition's metric"
+    test = (f"{draft.n_test} images (ids: file names without extension, e.g. {draft.test_id_example})" if draft.test
+            else "no test folder (predict new images with `ensemble-kit predict`)")
+    lines = [
+        "# ensemble_kit image project, written by `ensemble-kit init`: every section says what to change.",
+        "# Reference: docs/cli.md (project config), docs/training.md (a model's keys).",
+        f"#   train: {len(draft.classes)} classes, {n_train} images ({per_class})",
+        f"#   test:  {test}",
+    ]
+    if draft.sample is not None:
+        shape = ("one probability column per class" if draft.sample_format == "probs"
+                 else f"one label column {draft.label_col!r}")
+        lines.append(f"#   sample submission: {draft.sample} (id column {draft.id_col!r}, {shape})")
+    lines += [
+        f"# Relative paths are relative to the folder ensemble-kit runs in (init ran in {cwd}).",
+        "",
+        line(f"store: {_scalar(draft.store)}", "the logit store: each fold's OOF and test logits (train creates it)"),
+        "",
+        line("data:", "where the images are"),
+        line("  format: folder", "train: one folder per class (ImageFolder); test: a folder of images"),
+        line(f"  root: {_scalar(draft.root)}", "train and test are inside it"),
+        line(f"  train: {_scalar(draft.train)}", f"{len(draft.classes)} classes, {n_train} images"),
+        line(f"  test: {_scalar(draft.test)}", f"{draft.n_test} images" if draft.test else
+             "a folder of test images, when the competition gives one"),
+        line("  cache: true", "keep decoded images in RAM (false when the images do not fit)"),
+        "",
+        line("folds:", "fixed once the store exists: other folds need a new store path"),
+        line(f"  n_folds: {draft.n_folds}", "stratified; every class needs at least n_folds images"),
+        f"  seed: {draft.seed}",
+        "",
+        "# Two starter backbones that train from scratch on a CPU in minutes, so a first run is quick and",
+        "# the stack has two different models to combine. For real scores: pretrained backbones (model:",
+        "# convnext_tiny, efficientnet_b0, ...; pretrained_path: local weights, nothing is downloaded),",
+        "# img_size: 224, epochs: 20-30, on a GPU. Add models freely: each one is trained on every fold.",
+        "models:",
+    ]
+    side = f"; the training images are about {draft.image_side} px" if draft.image_side else ""
+    for index, (name, spec) in enumerate(STARTER_MODELS.items()):
+        first = index == 0
+        lines += [
+            f"  {name}:",
+            line(f"    model: {spec['model']}", "any timm model name" if first else None),
+            line(f"    img_size: {draft.img_size}", f"input size in px{side}" if first else None),
+            line("    epochs: 10", "a quick first run; 20-30 for a final one" if first else None),
+            "    batch_size: 32",
+            line("    device: auto", "cuda, then mps, then cpu" if first else None),
+            f"    optimizer: {{name: adamw, lr: {spec['lr']}, weight_decay: 0.05}}",
+            line("    augment: {random_resized_crop: true, crop_scale_min: 0.5, hflip: 0.5}",
+                 "hflip: 0.0 when a mirrored image is another class" if first else None),
+            line("    tta: {views: [identity, hflip]}",
+                 "predictions average these views ([identity] without flips)" if first else None),
+        ]
+    lines += [
+        "",
+        line("stack:", "how the models' OOF logits are combined (`ensemble-kit stack`)"),
+        line("  recipe: full", f"{' | '.join(recipes.names())} (docs/stacking.md)"),
+        line(f"  metric: {metric}", f"{' | '.join(METRICS.names())}; {why}"),
+        line("  n_trials: 50", "Optuna trials per tuned step (200 for a final run)"),
+        f"  seed: {draft.seed}",
+        "",
+    ]
+    if draft.sample is not None:
+        kept = f"; its ids keep their extension ({draft.sample_id_example})" if draft.sample_id_example else ""
+        lines += [
+            "# What `ensemble-kit submit` writes without a sample submission. With --sample-submission (submit",
+            f"# and predict) the sample's rows, id column and columns win{kept}.",
+            "submission:",
+            line(f"  format: {draft.sample_format}", "as the sample submission: " + (
+                "one probability column per class" if draft.sample_format == "probs" else "one label column")),
+            line(f"  id_col: {_scalar(draft.id_col)}", "its id column"),
+            line(f"  label_col: {_scalar(draft.label_col)}",
+                 "its label column" if draft.sample_format == "labels" else "(used by format: labels)"),
+        ]
+    else:
+        lines += [
+            "# What `ensemble-kit submit` writes (a --sample-submission CSV, when given, decides the layout).",
+            "submission:",
+            line("  format: auto", "auto (probabilities for log_loss, else labels) | labels | probs"),
+            f"  id_col: {_scalar(draft.id_col)}",
+            f"  label_col: {_scalar(draft.label_col)}",
+        ]
+    return "\n".join(lines) + "\n"
 
 
 @dataclass(frozen=True)
@@ -488,8 +696,14 @@ class PretrainConfig:
         if not isinstance(data, dict):
             raise ValidationError(f"A pretrain config must be a YAML mapping; got {type(data).__name__}.")
         data = copy.deepcopy(data)
-        data.setdefault("mae", {})
-        data.setdefault("data", {})
+        # absent keys hold their defaults, so an override can set any valid key (a typo gets a did-you-mean)
+        for key, defaults in (("mae", MAEConfig().to_dict()), ("data", asdict(DataConfig()))):
+            given = data.get(key)
+            if given is None:
+                given = {}
+            if isinstance(given, dict):
+                data[key] = {**defaults, **given}
+        data.setdefault("images", "train+test")
         for assignment in overrides:
             set_dotted(data, assignment)
         unknown = sorted(set(data) - {"out", "mae", "data", "images"})

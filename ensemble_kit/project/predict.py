@@ -37,11 +37,11 @@ from ensemble_kit.ensemble._persist import save_stack
 from ensemble_kit.ensemble.stacker import Stacker
 from ensemble_kit.errors import ArtifactError, ValidationError
 from ensemble_kit.metrics import log_softmax
-from ensemble_kit.project.config import ProjectConfig, SubmissionConfig
+from ensemble_kit.project.config import ProjectConfig, SubmissionConfig, check_image_paths
 from ensemble_kit.project.results import list_stacks, load_stack
-from ensemble_kit.project.submission import build_submission
+from ensemble_kit.project.submission import build_submission, check_table_classes, prediction_table
 from ensemble_kit.store import LogitStore, check_name
-from ensemble_kit.store._artifacts import ArtifactReader, ArtifactWriter, publish
+from ensemble_kit.store._artifacts import ArtifactKind, ArtifactReader, ArtifactWriter, publish
 from ensemble_kit.store._paths import safe_dir
 from ensemble_kit.train.export import EXPORT_DIR, FoldModelInfo, load_fold_model
 from ensemble_kit.train.trainer import resolve_device
@@ -55,31 +55,47 @@ BUNDLE_FORMAT = "ensemble_kit.bundle"
 #: 2: the stack is a stack-format-2 artifact and the manifest carries its own checksum.
 BUNDLE_VERSION = 2
 BUNDLE_MANIFEST = "bundle.json"
+#: What a bundle may replace: an earlier bundle holding nothing but its manifest, models/ and stack/.
+BUNDLE_KIND = ArtifactKind(BUNDLE_MANIFEST, BUNDLE_FORMAT, entries=frozenset({"models", "stack"}))
 
 
-def image_source(path: str | Path, *, classes: Sequence[Any] | None = None, id_col: str = "id",
+def image_source(path: str | Path | Sequence[str | Path], *, classes: Sequence[Any] | None = None, id_col: str = "id",
                  path_col: str = "path", folder_ids: str = "auto") -> ImageSource:
-    """The images at ``path``, laid out like the training sources.
+    """The images at ``path`` (one path, or a list of image files), laid out like the training sources.
 
     A folder of class folders is an ImageFolder (labelled; ids: file names without extension when
     they are unique, else ``<class>/<file>``; ``folder_ids`` as ``data.test_ids``); a flat folder
     gives one image per file (ids: file names without extension); a CSV either has a ``path_col``
     column (paths relative to the CSV's folder; ids from ``id_col`` when present, else the file
-    names without extension) or an ``id_col`` column naming images next to the CSV.
+    names without extension) or an ``id_col`` column naming images next to the CSV; one or more
+    image files are those images (ids: their names without extension, which must then differ).
+
+    The paths are checked first (:func:`~ensemble_kit.project.config.check_image_paths`); a
+    folder or a CSV without any image is refused too, naming it (as ``--images``).
     """
-    path = Path(path)
-    if path.is_dir():
-        if any(child.is_dir() for child in path.iterdir()):
-            return ImageFolderSource(path, classes=classes, ids=folder_ids)
-        return ImageDirSource(path, classes=classes)
-    if path.suffix.lower() == ".csv" and path.is_file():
-        header = list(pd.read_csv(path, nrows=0).columns)
+    paths = check_image_paths(path)
+    if len(paths) == 1 and paths[0].is_dir():
+        root = paths[0]
+        if any(child.is_dir() for child in root.iterdir()):
+            return ImageFolderSource(root, classes=classes, ids=folder_ids)
+        return ImageDirSource(root, classes=classes)
+    if len(paths) == 1 and paths[0].suffix.lower() == ".csv":
+        csv = paths[0]
+        try:
+            header = [str(c) for c in pd.read_csv(csv, nrows=0).columns]
+            rows = len(pd.read_csv(csv, usecols=[0]))
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+            raise ValidationError(f"--images {str(csv)!r} cannot be read as a CSV ({type(exc).__name__}: {exc}).") from exc
+        if path_col not in header and id_col not in header:
+            raise ValidationError(f"--images {str(csv)!r}: no {path_col!r} column (image paths) or {id_col!r} column "
+                                  f"(images next to the CSV); its columns are {header[:10]}.")
+        if not rows:
+            raise ValidationError(f"--images {str(csv)!r}: the CSV lists no images.")
         if path_col in header:
-            return ImagePathSource.from_csv(path, path_col=path_col, id_col=id_col if id_col in header else None,
+            return ImagePathSource.from_csv(csv, path_col=path_col, id_col=id_col if id_col in header else None,
                                             classes=classes)
-        return CsvImageSource(path, path.parent, id_col=id_col, classes=classes)
-    raise ValidationError(f"--images {str(path)!r}: expected a folder of images (flat, or one folder per class) or a "
-                          "CSV of image paths.")
+        return CsvImageSource(csv, csv.parent, id_col=id_col, classes=classes)
+    return ImagePathSource(paths, classes=classes)
 
 
 @dataclass
@@ -224,7 +240,7 @@ class Predictor:
         atomically; any other non-empty folder (a store, the current folder, your notes) is refused
         with :class:`~ensemble_kit.errors.DestinationError` and left as it was."""
         out = Path(out)
-        with publish(out, manifest=BUNDLE_MANIFEST, format_name=BUNDLE_FORMAT) as staging:
+        with publish(out, BUNDLE_KIND, outside_stores=True) as staging:
             for model in self.models:
                 for fold in model.folds:
                     target = safe_dir(staging, "models", model.name, create=True) / f"fold{fold.info.fold}"
@@ -291,6 +307,13 @@ class Predictor:
 
     def _decide(self, proba: NDArray) -> NDArray[np.int64]:
         return self.stack.decide(proba) if self.stack is not None else proba.argmax(axis=1)
+
+    def predictions(self, images: ImageSource) -> pd.DataFrame:
+        """``id, label, confidence, <class...>`` for ``images``: the decided class, its probability and
+        every class's (see :func:`~ensemble_kit.project.submission.prediction_table`)."""
+        check_table_classes(self.classes)  # before any image is predicted
+        proba = self.predict_proba(images)
+        return prediction_table(images.ids, proba, self._decide(proba), self.classes)
 
     def submission(self, images: ImageSource, *, sample_submission: str | Path | pd.DataFrame | None = None) -> pd.DataFrame:
         """The competition file for ``images`` (see :func:`~ensemble_kit.project.submission.build_submission`)."""

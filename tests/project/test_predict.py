@@ -57,9 +57,19 @@ def test_predicting_the_stores_test_images_reproduces_its_test_logits(project):
     # the submission equals the one `ensemble-kit submit` writes from the store
     assert main(["submit", str(store.path), "--out", str(root / "from_store.csv"), "--format", "labels",
                  "--id-col", "image", "--label-col", "animal"]) == 0
-    assert main(["predict", str(root / "project.yaml"), "--images", str(root / "data" / "test"),
+    # `--submission` writes the project's submission: section, as `predict` did by default before the table
+    assert main(["predict", str(root / "project.yaml"), "--images", str(root / "data" / "test"), "--submission",
                  "--out", str(root / "predicted.csv")]) == 0
     pd.testing.assert_frame_equal(pd.read_csv(root / "predicted.csv"), pd.read_csv(root / "from_store.csv"))
+    # the default table decides the same labels (the AOI stack's rule included), with their probabilities
+    assert main(["predict", str(root / "project.yaml"), "--images", str(root / "data" / "test"),
+                 "--out", str(root / "table.csv")]) == 0
+    table, submitted = pd.read_csv(root / "table.csv"), pd.read_csv(root / "from_store.csv")
+    assert table.columns.tolist() == ["id", "label", "confidence", "cat", "dog", "emu"]
+    assert table["id"].tolist() == submitted["image"].tolist() and table["label"].tolist() == submitted["animal"].tolist()
+    chosen = table[["cat", "dog", "emu"]].to_numpy()[np.arange(len(table)), table["label"].map(
+        {"cat": 0, "dog": 1, "emu": 2}).to_numpy()]
+    np.testing.assert_allclose(table["confidence"], chosen)
 
 
 def test_fold_models_are_small_weights_only_exports_and_checkpoints_are_pruned(project):
@@ -72,7 +82,8 @@ def test_fold_models_are_small_weights_only_exports_and_checkpoints_are_pruned(p
 def test_a_bundle_moved_elsewhere_predicts_in_a_fresh_process(project, tmp_path):
     root, cfg, store = project
     write_images(tmp_path / "new", [(f"new{i}.png", i % 3) for i in range(5)], seed=7)
-    assert main(["bundle", str(root / "project.yaml"), str(tmp_path / "bundle")]) == 0
+    assert main(["bundle", str(root / "project.yaml"), str(tmp_path / "bundle"),
+                 "--set", "submission.label_col=kind"]) == 0
     moved = tmp_path / "elsewhere" / "bundle"
     shutil.move(str(tmp_path / "bundle"), moved)
     contents = {p.relative_to(moved).as_posix() for p in moved.rglob("*") if p.is_file()}
@@ -89,8 +100,17 @@ def test_a_bundle_moved_elsewhere_predicts_in_a_fresh_process(project, tmp_path)
                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert np.abs(np.load(tmp_path / "p.npy") - expected).max() <= 1e-6
-    assert main(["predict", str(moved), "--images", str(tmp_path / "new"), "--out", str(tmp_path / "sub.csv")]) == 0
-    assert pd.read_csv(tmp_path / "sub.csv").columns.tolist() == ["image", "animal"]
+    # a bundle and its project write the same prediction table
+    assert main(["predict", str(moved), "--images", str(tmp_path / "new"), "--out", str(tmp_path / "table.csv")]) == 0
+    assert main(["predict", str(root / "project.yaml"), "--images", str(tmp_path / "new"),
+                 "--out", str(tmp_path / "project_table.csv")]) == 0
+    table = pd.read_csv(tmp_path / "table.csv")
+    assert table.columns.tolist() == ["id", "label", "confidence", "cat", "dog", "emu"]
+    pd.testing.assert_frame_equal(table, pd.read_csv(tmp_path / "project_table.csv"), atol=1e-6)
+    # the bundle carries the project's submission: section, with `bundle --set` applied to it
+    assert main(["predict", str(moved), "--images", str(tmp_path / "new"), "--submission",
+                 "--out", str(tmp_path / "sub.csv")]) == 0
+    assert pd.read_csv(tmp_path / "sub.csv").columns.tolist() == ["image", "kind"]
 
 
 def test_sample_submission_decides_rows_columns_and_format(project, tmp_path):
@@ -142,7 +162,8 @@ def test_one_model_is_a_valid_ensemble(project, capsys):
                  "--n-trials", "3"]) == 0
 
 
-@pytest.mark.parametrize("target", ["the store", "a folder of notes", "the current folder", "a file"])
+@pytest.mark.parametrize("target", ["the store", "inside the store", "a folder of notes", "the current folder",
+                                    "a file", "under a file"])
 def test_bundle_never_replaces_what_is_not_a_bundle(project, tmp_path, monkeypatch, capsys, target):
     from helpers import snapshot
 
@@ -152,13 +173,17 @@ def test_bundle_never_replaces_what_is_not_a_bundle(project, tmp_path, monkeypat
     (notes / "todo.txt").write_text("keep me")
     (tmp_path / "file.txt").write_text("a file")
     monkeypatch.chdir(notes)
-    out = {"the store": str(store.path), "a folder of notes": str(notes), "the current folder": ".",
-           "a file": str(tmp_path / "file.txt")}[target]
+    out = {"the store": str(store.path), "inside the store": str(store.path / "entries" / "b"),
+           "a folder of notes": str(notes), "the current folder": ".", "a file": str(tmp_path / "file.txt"),
+           "under a file": str(tmp_path / "file.txt" / "b")}[target]
     before = snapshot(store.path), snapshot(tmp_path)
     assert main(["bundle", str(root / "project.yaml"), out]) == 2
     err = capsys.readouterr().err
-    assert "error:" in err and ("refusing" in err or "not a folder" in err) and "Traceback" not in err
+    assert "error:" in err and ("refusing" in err or "not a folder" in err) and "Traceback" not in err, err
     assert (snapshot(store.path), snapshot(tmp_path)) == before  # nothing written, nothing deleted
-    # a bundle replaces a bundle
+    # a bundle replaces a bundle, unless it holds files of yours
     assert main(["bundle", str(root / "project.yaml"), str(tmp_path / "b")]) == 0
     assert main(["bundle", str(root / "project.yaml"), str(tmp_path / "b")]) == 0
+    (tmp_path / "b" / "notes.txt").write_text("mine")
+    assert main(["bundle", str(root / "project.yaml"), str(tmp_path / "b")]) == 2
+    assert (tmp_path / "b" / "notes.txt").read_text() == "mine"

@@ -85,3 +85,15 @@ def test_model_names_differing_only_in_case_are_refused():
 
     with pytest.raises(ValidationError, match="differ only in case"):
         ProjectConfig.from_dict({"store": "s", "models": {"ResNet": {}, "resnet": {}}})
+
+
+def test_pretrain_overrides_reach_keys_the_file_leaves_out_and_a_typo_gets_a_did_you_mean():
+    from ensemble_kit.project.config import PretrainConfig
+
+    cfg = PretrainConfig.from_dict({"out": "o", "mae": {"model": "vit_tiny_patch16_224"}},
+                                   overrides=["mae.img_size=64", "data.format=folder", "data.train=t", "images=train"])
+    assert (cfg.mae.img_size, cfg.data.format, cfg.data.train, cfg.images) == (64, "folder", "t", "train")
+    for typo, suggestion in (("mae.img_sise=64", "mae.img_size"), ("data.formatt=folder", "data.format"),
+                             ("imagez=train", "images")):
+        with pytest.raises(ValidationError, match=f"Did you mean '{suggestion}'"):
+            PretrainConfig.from_dict({"out": "o"}, overrides=[typo])
