@@ -40,6 +40,45 @@ DEMO_MODELS: dict[str, dict[str, Any]] = {
 }
 
 
+#: Where the demo's duration was measured: ``/usr/bin/time ensemble-kit demo`` with the default
+#: settings on a quiet machine, interpreter start and imports included (benchmarks/README.md,
+#: ``demo_time.py``: training 104.5 s, the stack 73.2 s, the report 1.6 s).
+MEASURED_ON = "a 2-core x86_64 CPU (AMD EPYC, KVM), no GPU"
+MEASURED_SECONDS = 186.0
+#: That run in parts: wall seconds per fold-epoch (5 x (6 + 8 + 8) = 110 of them, validation and
+#: predictions included; the three backbones cost about the same at 32 px), the stack (5 folds x
+#: 60 trials) and the rest (start, imports, data, report, submission, the new images).
+_FOLD_EPOCH_SECONDS = 104.5 / 110
+_STACK_SECONDS = 73.2
+_OTHER_SECONDS = MEASURED_SECONDS - 104.5 - 73.2
+
+
+def expected_seconds(cfg: ProjectConfig, n_trials: int = 60) -> float:
+    """The demo's wall time on the machine of :data:`MEASURED_ON`, scaled from that measurement
+    by the resolved config: epochs and folds of each model (training images per fold ~ (K-1)/K),
+    and folds x trials of the stack. Other overrides (image size, batch size) are not modelled."""
+    k = cfg.folds.n_folds
+    train = sum(spec.train.epochs * k * _FOLD_EPOCH_SECONDS * ((k - 1) / k) / (4 / 5) for spec in cfg.models)
+    return train + _STACK_SECONDS * (n_trials / 60) * (k / 5) + _OTHER_SECONDS
+
+
+def expected_duration_line(out: Path, *, seed: int = 0, n_folds: int = 5, n_trials: int = 60,
+                           overrides: list[str] | None = None) -> str:
+    """``expected duration: about X min on a 2-core CPU (measured ...)``, printed when the demo starts."""
+    cfg = demo_config(Path(out), seed=seed, n_folds=n_folds, n_trials=n_trials, overrides=overrides)
+    seconds = expected_seconds(cfg, n_trials)
+    about = f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds >= 600 else \
+        f"{round(seconds / 30) / 2:g} min"
+    measured = f"{int(MEASURED_SECONDS // 60)} min {int(MEASURED_SECONDS % 60)} s"
+    note = (f"measured: {measured} with the default settings on {MEASURED_ON}; scaled to these folds, epochs "
+            "and trials" if (n_folds, n_trials) != (5, 60) or overrides else
+            f"measured: {measured} on {MEASURED_ON}")
+    other = [o for o in (overrides or []) if not o.split("=", 1)[0].endswith(".epochs")]
+    if other:
+        note += "; other --set values are not accounted for"
+    return f"expected duration: about {about} on a 2-core CPU ({note})"
+
+
 @dataclass(frozen=True)
 class DemoResult:
     store: LogitStore

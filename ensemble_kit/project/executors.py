@@ -183,19 +183,29 @@ def _watch_parent(parent: int) -> None:
     os._exit(1)
 
 
-def _init_local_worker(slots: Any, devices: list[str], threads: int, owner_pid: int | None = None) -> None:
+def _init_local_worker(slots: Any, devices: list[str], threads: Any, owner_pid: int | None = None) -> None:
     """A pool worker's start: tied to its parent's life, its own GPU (when there are GPUs) and its
     share of the CPU threads."""
     _exit_with_parent(owner_pid)
     slot = slots.get()
     if devices:
         os.environ["CUDA_VISIBLE_DEVICES"] = devices[slot % len(devices)]
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    _use_worker_threads(threads)
+
+
+def _use_worker_threads(choice: Any) -> None:
+    """This worker's share of the CPU (a :class:`~ensemble_kit.train._threads.ThreadChoice`): what
+    every fold it trains uses unless its config sets ``cpu_threads``, and torch's setting meanwhile."""
+    from ensemble_kit.train._threads import set_worker_threads
+
+    set_worker_threads(choice)
+    # libraries that read it when they load (OpenBLAS, OpenMP runtimes) start with the share too
+    os.environ.setdefault("OMP_NUM_THREADS", str(choice.torch))
     try:
         import torch
     except ImportError:
         return
-    torch.set_num_threads(threads)
+    torch.set_num_threads(choice.torch)
 
 
 def _visible_gpus() -> list[str]:
@@ -240,9 +250,11 @@ class LocalExecutor(Executor):
             on_done: Callable[[TaskOutcome], None] | None = None) -> list[TaskOutcome]:
         import multiprocessing
 
+        from ensemble_kit.train._threads import local_worker_threads
+
         n = min(self.workers, max(1, len(tasks)))
         devices = _visible_gpus()
-        threads = max(1, (os.cpu_count() or 1) // n)
+        threads = local_worker_threads(n)  # max(1, free CPUs // n) each: the workers never oversubscribe the CPU
         outcomes: dict[int, TaskOutcome] = {}
         pending = list(range(len(tasks)))
         deaths = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +24,7 @@ from ensemble_kit.data.sources import (
     ImageSource,
 )
 from ensemble_kit.ensemble._claims import masked_url
-from ensemble_kit._progress import bars_off, progress
+from ensemble_kit._progress import TrainProgress, bars_off, format_eta, progress, training_run
 from ensemble_kit.errors import (
     EntryNotFoundError,
     FoldTaskError,
@@ -41,7 +42,7 @@ from ensemble_kit.store._files import write_npy, write_text
 from ensemble_kit.train.models import check_model_inputs
 from ensemble_kit.train.distill import SoftTargets
 from ensemble_kit.train.pseudo import pseudo_labels_by_fold
-from ensemble_kit.train.trainer import train_cv
+from ensemble_kit.train.trainer import planned_images, train_cv
 
 if TYPE_CHECKING:
     from ensemble_kit.train.mae import MAEResult
@@ -183,12 +184,19 @@ def train_project(cfg: ProjectConfig, *, models: Sequence[str] | None = None, fo
             if not 0 <= int(k) < store.n_folds:
                 raise ValidationError(f"fold {k} is out of range: the store has folds 0..{store.n_folds - 1}.")
     if runner is None:
+        # one position and ETA over every model and fold of this command (train_cv reports to it)
+        tracker = TrainProgress(order)
+        wanted = list(range(store.n_folds)) if folds is None else sorted({int(k) for k in folds})
         for name in order:
-            spec = cfg.model(name)
-            logger.info("training %s (%s)", name, spec.train.model)
-            train_cv(spec.train, store, train, test, name=name, folds=folds,
-                     extra_train=_pseudo_labelled(cfg, store, name, test, folds=folds),
-                     soft_targets=_soft_targets(cfg, store, name, train, test, folds=folds))
+            stored = set(_stored_folds(store, name))
+            tracker.plan(name, planned_images(cfg.model(name).train, store, [k for k in wanted if k not in stored]))
+        with training_run(tracker):
+            for i, name in enumerate(order, 1):
+                spec = cfg.model(name)
+                logger.info("training model %d/%d %s (%s)", i, len(order), name, spec.train.model)
+                train_cv(spec.train, store, train, test, name=name, folds=folds,
+                         extra_train=_pseudo_labelled(cfg, store, name, test, folds=folds),
+                         soft_targets=_soft_targets(cfg, store, name, train, test, folds=folds))
     else:
         _train_on(runner, _portable(cfg), store, order, folds)
     return {name: store.entry(name) for name in order}
@@ -246,7 +254,12 @@ def train_fold(cfg: ProjectConfig, model: str, fold: int, log_level: int = loggi
     train, test = _worker_sources(cfg.data)
     store = LogitStore(cfg.store)
     spec = cfg.model(model)
-    with bars_off():  # workers share one console: log lines, never bars that overwrite each other
+    # a worker knows its own task only: "model i/M" counts the config's models, the ETA is this task's
+    # (the submitting process logs the whole command's as tasks finish)
+    names = [m.name for m in cfg.models]
+    tracker = TrainProgress([model], n_models=len(names), first=names.index(model) + 1, scope="for this fold task")
+    # workers share one console: log lines, never bars that overwrite each other
+    with bars_off(), training_run(tracker):
         train_cv(spec.train, store, train, test, name=model, folds=[fold],
                  extra_train=_pseudo_labelled(cfg, store, model, test, folds=[fold]),
                  soft_targets=_soft_targets(cfg, store, model, train, test, folds=[fold]))
@@ -282,6 +295,17 @@ def _train_on(runner: Executor, cfg: ProjectConfig, store: LogitStore, order: Se
               folds: Sequence[int] | None) -> None:
     wanted = list(range(store.n_folds)) if folds is None else sorted({int(k) for k in folds})
     level = logging.getLogger("ensemble_kit").getEffectiveLevel()
+    # the command's ETA from finished tasks: seconds per task so far x tasks left (all waves)
+    total = sum(len([k for k in wanted if k not in set(_stored_folds(store, name))]) for name in order)
+    finished = [0]
+    start = time.monotonic()
+
+    def eta() -> str:
+        if not finished[0]:
+            return f"{finished[0]}/{total} fold tasks, ETA {format_eta(None)}"
+        left = (time.monotonic() - start) / finished[0] * (total - finished[0])
+        return f"{finished[0]}/{total} fold tasks, ETA {format_eta(left)}"
+
     for wave in _waves(cfg, order):
         for name in wave:  # a student's teachers are checked here, not once per task
             _check_teachers(cfg, store, name)
@@ -297,12 +321,15 @@ def _train_on(runner: Executor, cfg: ProjectConfig, store: LogitStore, order: Se
         bar = progress(range(len(tasks)), desc="fold tasks", total=len(tasks))
 
         def done(outcome: TaskOutcome) -> None:
+            finished[0] += 1
+            bar.set_postfix_str(eta(), refresh=False)
             bar.update(1)
             _, name, k, _ = outcome.args
             if outcome.error is None:
-                logger.info("%s fold %d: done", name, k)
+                logger.info("%s fold %d: done (%s)", name, k, eta())
             else:
-                logger.error("%s fold %d failed: %s: %s", name, k, type(outcome.error).__name__, outcome.error)
+                logger.error("%s fold %d failed: %s: %s (%s)", name, k, type(outcome.error).__name__, outcome.error,
+                             eta())
 
         try:
             outcomes = runner.run(train_fold, tasks, on_done=done)

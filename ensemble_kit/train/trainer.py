@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
 
 from ensemble_kit._optional import import_optional
-from ensemble_kit._progress import interactive
+from ensemble_kit._progress import TrainProgress, current_run, interactive
 from ensemble_kit._progress import progress as progress_bar
 from ensemble_kit._version import __version__
 from ensemble_kit.data.sources import ImageSource, positions_of
@@ -39,6 +39,7 @@ from ensemble_kit.train.config import TrainConfig
 from ensemble_kit.train.distill import SoftTargets
 from ensemble_kit.train.export import EXPORT_DIR, export_fold_model
 from ensemble_kit.train._rng import global_rng_state, isolated_global_rngs, set_global_rng_state
+from ensemble_kit.train._threads import ThreadChoice, choose_threads, switch_threads, use_threads
 from ensemble_kit.train.fold import FoldData, FoldModel, build_fold_model, fold_data, fold_seed
 from ensemble_kit.train.models import check_model_inputs
 from ensemble_kit.train.tta import predict_views
@@ -135,13 +136,24 @@ def train_cv(cfg: TrainConfig, store: LogitStore, source: ImageSource, test: Ima
         run_dir.mkdir(parents=True, exist_ok=True)
     cfg.to_yaml(run_dir / "config.yaml")
     device = resolve_device(cfg.device)
+    # the position and ETA of the whole train command (train_project's), else of this call alone
+    tracker = current_run() or TrainProgress([name])
+    tracker.plan(name, planned_images(cfg, store, [k for k in fold_list if k not in done], extras, softs))
+    tracker.start_model(name)
+    logged: ThreadChoice | None = None
     for k in fold_list:
         if k in done:
-            logger.info("%s fold %d already stored: skipped", name, k)
+            logger.info("%s: already stored, skipped", tracker.position(fold=(k, store.n_folds)))
             continue
+        # chosen per fold (the machine's load changes over a long run); logged when it changes
+        threads = choose_threads(cfg.cpu_threads)
+        if logged is None or (threads.torch, threads.blas) != (logged.torch, logged.blas):
+            logger.info("%s: %s", tracker.position() if logged is None else tracker.position(fold=(k, store.n_folds)),
+                        threads.describe())
+            logged = threads
         fold_dir = safe_dir(run_dir, f"fold{k}", create=True)
         result = _FoldRun(cfg, store, source, train_index, test, test_index, extras[k], k, fold_dir, device,
-                          name, soft=softs.get(k)).run()
+                          name, soft=softs.get(k), tracker=tracker, threads=threads).run()
         ids = store.train_ids[store.fold_indices(k)]
         if cfg.tta.keep_views:  # every view as an entry of its own: checksummed data the stack can use
             for v, view in enumerate(cfg.tta.views):
@@ -149,11 +161,28 @@ def train_cv(cfg: TrainConfig, store: LogitStore, source: ImageSource, test: Ima
                                None if result["test_views"] is None else result["test_views"][v], ids=ids,
                                kind="logits", meta={"view_of": name, "view": view}, overwrite=True)
         store.put_fold(name, k, result["oof"], result["test"], ids=ids, kind="logits", meta=result["meta"])
-        logger.info("%s fold %d stored: best epoch %d, val loss %.4f, %.0fs", name, k, result["meta"]["best_epoch"],
-                    result["meta"]["val_loss"], result["meta"]["train_seconds"])
+        logger.info("%s stored: best epoch %d of %d, val loss %.4f, %.0f s", tracker.position(epoch=False),
+                    result["meta"]["best_epoch"], result["meta"]["epochs_run"], result["meta"]["val_loss"],
+                    result["meta"]["train_seconds"])
         # the fold is stored and its model exported: resume checkpoints are no longer needed
         prune_checkpoints(fold_dir, keep=0)
     return store.entry(name)
+
+
+def planned_images(cfg: TrainConfig, store: LogitStore, folds: Sequence[int],
+                   extras: Mapping[int, ImageSource | None] | None = None,
+                   softs: Mapping[int, SoftTargets | None] | None = None) -> dict[int, int]:
+    """Training images each of ``folds`` will train, over all its epochs (for the ETA; a resumed
+    fold's exact count replaces it when the fold starts)."""
+    repeat = cfg.augment.repeated_augment
+    plan = {}
+    for k in folds:
+        rows = int(np.sum(store.folds != k))
+        extra = (extras or {}).get(k)
+        soft = (softs or {}).get(k)
+        rows += (0 if extra is None else len(extra)) + (0 if soft is None or soft.images is None else len(soft.images))
+        plan[k] = rows * repeat * cfg.epochs
+    return plan
 
 
 def view_entry(name: str, view: str) -> str:
@@ -219,6 +248,7 @@ class _Progress:
     best_epoch: int = -1
     best_state: dict[str, torch.Tensor] | None = None
     history: list[dict[str, float]] = field(default_factory=list)
+    threads: int | None = None  # torch threads the fold's earlier epochs ran with (from its checkpoint)
 
 
 class _FoldRun:
@@ -231,8 +261,13 @@ class _FoldRun:
 
     def __init__(self, cfg: TrainConfig, store: LogitStore, source: ImageSource, train_index: NDArray,
                  test: ImageSource | None, test_index: NDArray | None, extra: ImageSource | None, fold: int,
-                 fold_dir: Path, device: torch.device, name: str, soft: SoftTargets | None = None) -> None:
+                 fold_dir: Path, device: torch.device, name: str, soft: SoftTargets | None = None,
+                 tracker: TrainProgress | None = None, threads: ThreadChoice | None = None) -> None:
         self.cfg, self.store, self.source, self.train_index = cfg, store, source, train_index
+        self.tracker = tracker if tracker is not None else TrainProgress([name])
+        if tracker is None:
+            self.tracker.start_model(name)
+        self.threads = threads if threads is not None else choose_threads(cfg.cpu_threads)
         self.soft = soft
         self.test, self.test_index, self.extra = test, test_index, extra
         self.fold, self.device, self.name = fold, device, name
@@ -272,9 +307,11 @@ class _FoldRun:
         state = {
             "epoch": progress.epoch, "global_step": progress.global_step, "best_loss": progress.best_loss,
             "best_epoch": progress.best_epoch, "best_state": progress.best_state, "history": progress.history,
-            **parts.state(), "rng": global_rng_state(), "config": self.cfg.to_dict(),
+            **parts.state(), "rng": global_rng_state(), "config": self.cfg.to_dict(), "threads": self.threads.torch,
         }
-        path = save_checkpoint_state(self.dir / f"{CHECKPOINT_PREFIX}{progress.epoch:04d}", state)
+        # named after the epoch it follows, counted from 1 like the log and history.csv; state.json
+        # keeps the 0-based counter (internal, and what older checkpoints hold)
+        path = save_checkpoint_state(self.dir / f"{CHECKPOINT_PREFIX}{progress.epoch + 1:04d}", state)
         prune_checkpoints(self.dir, keep=self.cfg.keep_checkpoints)
         return path
 
@@ -294,13 +331,14 @@ class _FoldRun:
             set_global_rng_state(state["rng"])
             progress = _Progress(epoch=int(state["epoch"]) + 1, global_step=int(state["global_step"]),
                                  best_loss=float(state["best_loss"]), best_epoch=int(state["best_epoch"]),
-                                 best_state=state["best_state"], history=list(state["history"]))
+                                 best_state=state["best_state"], history=_numbered_from_one(state["history"]),
+                                 threads=state.get("threads"))
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
             raise CheckpointError(
                 f"Checkpoint {str(path)!r} does not fit this model and training run ({type(exc).__name__}: {exc}). "
                 f"Remove {str(self.dir)!r} to start this fold afresh."
             ) from exc
-        logger.info("%s fold %d: resumed after epoch %d", self.name, self.fold, progress.epoch - 1)
+        logger.info("%s: resumed after epoch %d/%d", self.tracker.position(epoch=False), progress.epoch, self.cfg.epochs)
         return progress
 
     # ------------------------------------------------------------------ training
@@ -310,9 +348,11 @@ class _FoldRun:
         parts.model.train()
         total, seen = 0.0, 0
         parts.optimizer.zero_grad(set_to_none=True)
-        batches = progress_bar(loader, desc=f"{self.name} fold {self.fold} epoch {progress.epoch + 1}/{cfg.epochs}",
-                                leave=False)
         n_batches = len(loader)
+        tracker = self.tracker
+        tracker.start_epoch(progress.epoch, n_batches)
+        batches = progress_bar(loader, desc=tracker.position(), leave=False)
+        bar = interactive()
         for i, (images, targets) in enumerate(batches):
             images = images.to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)
@@ -336,14 +376,20 @@ class _FoldRun:
                     parts.ema.update(parts.model, step=progress.global_step)
             total += float(loss.detach()) * len(images)
             seen += len(images)
+            tracker.batch(i + 1, len(images))
+            if bar:
+                batches.set_postfix_str(tracker.speed_eta(), refresh=False)
         return total / max(seen, 1), seen
 
     @torch.no_grad()
-    def predict(self, parts: FoldModel, dataset: Any, views: Sequence[str]) -> NDArray:
+    def predict(self, parts: FoldModel, dataset: Any, views: Sequence[str], what: str = "validation") -> NDArray:
         model = parts.eval_model()
         model.eval()
         out = []
-        for images, _ in self.eval_loader(dataset):
+        loader = self.eval_loader(dataset)
+        for b, (images, _) in enumerate(loader):
+            if b:  # a long validation or prediction pass still logs every LOG_INTERVAL seconds
+                self.tracker.heartbeat(f"{what}, batch {b + 1}/{len(loader)}")
             images = images.to(self.device)
             with torch.autocast(self.device.type, dtype=parts.amp_dtype, enabled=parts.use_amp):
                 out.append(predict_views(model, images, views).cpu())
@@ -357,16 +403,11 @@ class _FoldRun:
         return module.SummaryWriter(log_dir=str(safe_dir(self.dir, "tensorboard", create=True)))
 
     def run(self) -> dict[str, Any]:
+        # threads chosen so the CPU is not oversubscribed (ensemble_kit.train._threads), restored after.
         # CPU results depend on the thread count (reductions split differently): a fixed
         # cpu_threads makes a fold bit-identical wherever it runs (this process, a pool, Dask, Ray)
-        threads = torch.get_num_threads()
-        if self.cfg.cpu_threads is not None:
-            torch.set_num_threads(self.cfg.cpu_threads)
-        try:
-            with isolated_global_rngs(fold_seed(self.cfg, self.fold)):
-                return self._run()
-        finally:
-            torch.set_num_threads(threads)
+        with use_threads(self.threads), isolated_global_rngs(fold_seed(self.cfg, self.fold)):
+            return self._run()
 
     def _run(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -374,16 +415,34 @@ class _FoldRun:
         steps_per_epoch = math.ceil(len(self.loader(data, 0)) / cfg.optimizer.accumulation_steps)
         parts = build_fold_model(cfg, n_classes=self.store.n_classes, train_labels=data.store_train_labels,
                                  steps_per_epoch=steps_per_epoch, device=self.device)
+        tracker = self.tracker
+        tracker.start_fold(self.fold, self.store.n_folds, n_epochs=cfg.epochs, first_epoch=0, images_per_epoch=0)
         progress = self.resume(parts)
+        if cfg.cpu_threads is None and isinstance(progress.threads, int) and progress.threads >= 1 \
+                and progress.threads != self.threads.torch:
+            # a resumed fold goes on with the thread count its first epochs had: CPU results depend on
+            # it, and the resumed fold then ends as the uninterrupted one would have
+            self.threads = ThreadChoice(progress.threads, progress.threads,
+                                        "as before this fold's resume; set cpu_threads to choose")
+            switch_threads(self.threads)
+            logger.info("%s: %s", tracker.position(epoch=False), self.threads.describe())
+        tracker.start_fold(self.fold, self.store.n_folds, n_epochs=cfg.epochs, first_epoch=progress.epoch,
+                           images_per_epoch=_images_per_epoch(len(data.train), self.loader(data, 0)))
         history_path = self.dir / "history.csv"
-        if progress.epoch == 0 and history_path.exists():
+        # the checkpoint's history is the truth: a row appended after the last checkpoint (killed
+        # before it was saved) would otherwise appear twice once its epoch runs again
+        if history_path.exists():
+            check_not_link(history_path, what="Training history")
             history_path.unlink()
+        for row in progress.history:
+            _append_csv(history_path, row)
         patience = cfg.regularization.early_stopping_patience
         board = self._tensorboard()
         start = time.perf_counter()
         images_seen, train_seconds = 0, 0.0
         y_valid = torch.as_tensor(data.valid_labels)
-        epochs = progress_bar(range(progress.epoch, cfg.epochs), desc=f"{self.name} fold {self.fold}")
+        epochs = progress_bar(range(progress.epoch, cfg.epochs), desc=tracker.position(epoch=False),
+                              total=cfg.epochs, initial=progress.epoch)
         for epoch in epochs:
             progress.epoch = epoch
             t0 = time.perf_counter()
@@ -391,14 +450,16 @@ class _FoldRun:
             train_time = time.perf_counter() - t0
             images_seen += seen
             train_seconds += train_time
-            valid_logits = torch.from_numpy(self.predict(parts, data.valid, ("identity",))[0])
+            valid_logits = torch.from_numpy(self.predict(parts, data.valid, ("identity",), "validation")[0])
             val_loss = float(nn.functional.cross_entropy(valid_logits, y_valid))
             val_acc = float((valid_logits.argmax(1) == y_valid).float().mean())
             if val_loss < progress.best_loss:
                 progress.best_loss, progress.best_epoch = val_loss, epoch
                 if patience is not None:
                     progress.best_state = copy.deepcopy(parts.eval_model().state_dict())
-            row = {"epoch": epoch, "lr": parts.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
+            # epochs are counted from 1 wherever a user reads them: log lines, history.csv, the
+            # store's history (the report's curves) and best_epoch
+            row = {"epoch": epoch + 1, "lr": parts.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
                    "val_loss": val_loss, "val_accuracy": val_acc, "seconds": time.perf_counter() - t0,
                    "train_images_per_second": seen / max(train_time, 1e-9)}
             progress.history.append(row)
@@ -407,16 +468,18 @@ class _FoldRun:
                 for tag, key in (("loss/train", "train_loss"), ("loss/val", "val_loss"),
                                  ("accuracy/val", "val_accuracy"), ("lr", "lr"),
                                  ("throughput/train_images_per_second", "train_images_per_second")):
-                    board.add_scalar(tag, row[key], epoch)
+                    board.add_scalar(tag, row[key], epoch + 1)
                 board.flush()
-            epochs.set_postfix(val_loss=f"{val_loss:.4f}", val_acc=f"{val_acc:.4f}")
-            if not interactive():  # no bar to show it: one log line per epoch
-                logger.info("%s fold %d epoch %d/%d: train loss %.4f, val loss %.4f, val accuracy %.4f (%.1fs)",
-                            self.name, self.fold, epoch + 1, cfg.epochs, train_loss, val_loss, val_acc, row["seconds"])
+            epochs.set_postfix_str(f"val loss {val_loss:.4f}, val acc {val_acc:.4f}, {tracker.speed_eta()}")
+            # off a terminal: the epoch's line (position, speed, ETA, then its figures)
+            tracker.end_epoch(f"train loss {train_loss:.4f}, val loss {val_loss:.4f}, val accuracy {val_acc:.4f} "
+                              f"({row['seconds']:.1f} s)")
             self.save(parts, progress)
             if patience is not None and epoch - progress.best_epoch >= patience:
-                logger.info("%s fold %d: early stop at epoch %d (best %d)", self.name, self.fold, epoch, progress.best_epoch)
+                logger.info("%s: early stop after epoch %d/%d (best epoch %d)", tracker.position(epoch=False),
+                            epoch + 1, cfg.epochs, progress.best_epoch + 1)
                 break
+        tracker.end_fold()
         if board is not None:
             board.close()
         if patience is not None and progress.best_state is not None:
@@ -425,12 +488,12 @@ class _FoldRun:
         export_fold_model(self.dir / EXPORT_DIR, parts.eval_model(), config=cfg, classes=self.store.classes,
                           fold=self.fold, mean=data.mean, std=data.std)
         views = cfg.tta.views
-        oof_views = self.predict(parts, data.valid, views)
-        test_views = None if data.test is None else self.predict(parts, data.test, views)
+        oof_views = self.predict(parts, data.valid, views, "OOF predictions")
+        test_views = None if data.test is None else self.predict(parts, data.test, views, "test predictions")
         meta: dict[str, Any] = {
             "config": cfg.to_dict(), "library_version": __version__, "torch_version": torch.__version__,
             "model": cfg.model, "img_size": cfg.img_size, "device": str(self.device),
-            "best_epoch": progress.best_epoch, "epochs_run": progress.epoch + 1,
+            "best_epoch": progress.best_epoch + 1, "epochs_run": len(progress.history),
             "val_loss": progress.best_loss, "train_seconds": time.perf_counter() - start,
             "train_images_per_second": images_seen / max(train_seconds, 1e-9),
             "normalize_mean": list(data.mean), "normalize_std": list(data.std),
@@ -441,6 +504,23 @@ class _FoldRun:
         }
         return {"oof": oof_views.mean(axis=0), "test": None if test_views is None else test_views.mean(axis=0),
                 "oof_views": oof_views, "test_views": test_views, "meta": meta}
+
+
+def _images_per_epoch(n_train: int, loader: DataLoader) -> int:
+    """Training images one epoch feeds (a dropped last batch is not trained)."""
+    if loader.drop_last and loader.batch_size:
+        return n_train // loader.batch_size * loader.batch_size
+    return n_train
+
+
+def _numbered_from_one(history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The history rows of a checkpoint, epochs counted from 1 (checkpoints written before epochs
+    were counted from 1 everywhere start at epoch 0: shifted)."""
+    rows = [dict(row) for row in history]
+    if rows and rows[0].get("epoch") == 0:
+        for row in rows:
+            row["epoch"] = int(row["epoch"]) + 1
+    return rows
 
 
 def _seed_worker(worker_id: int) -> None:

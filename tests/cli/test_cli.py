@@ -103,3 +103,27 @@ def test_demo_never_deletes_a_folder_it_did_not_create(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path)]) == 2
     assert "is not the store of an earlier demo" in capsys.readouterr().err
     assert keep.read_text() == "mine"
+
+
+def test_demo_prints_its_expected_duration_first_derived_from_the_measured_run(tmp_path, capsys, monkeypatch):
+    from ensemble_kit.cli import _demo
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_demo, "run_demo", interrupted)
+    assert main(["demo", "--out", str(tmp_path / "d")]) == 130
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == (f"expected duration: about 3 min on a 2-core CPU (measured: 3 min 6 s on {_demo.MEASURED_ON})")
+    # the figure comes from the measured run's parts, scaled by the resolved config
+    default = _demo.demo_config(tmp_path)
+    assert _demo.expected_seconds(default) == pytest.approx(_demo.MEASURED_SECONDS)
+    half = _demo.demo_config(tmp_path, overrides=["models.resnet10t.epochs=3", "models.convnext.epochs=4",
+                                                  "models.efficientnet.epochs=4"])
+    assert _demo.MEASURED_SECONDS - _demo.expected_seconds(half) == pytest.approx(104.5 / 2)
+    assert main(["demo", "--out", str(tmp_path / "d"), "--folds", "2", "--n-trials", "3",
+                 "--set", "models.*.epochs=1"]) == 130
+    assert "scaled to these folds, epochs and trials" in capsys.readouterr().out
+    # the README states the same measurement and the machine it was made on
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert f"3 min 6 s measured on {_demo.MEASURED_ON}" in readme

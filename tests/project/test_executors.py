@@ -182,6 +182,33 @@ def test_failed_tasks_are_listed_after_the_others_finish(project, tmp_path):
     assert LogitStore(cfg.store).incomplete() == {"r10": (1,)}  # the others are stored
 
 
+_THREAD_PROBE = """
+import torch
+from ensemble_kit.train._threads import choose_threads
+
+def threads_in_worker():
+    return torch.get_num_threads(), choose_threads(None), choose_threads(3)
+"""
+
+
+def test_local_workers_split_the_cpus_and_folds_in_them_use_the_split(monkeypatch, tmp_path):
+    from ensemble_kit.train import _threads
+
+    (tmp_path / "thread_probe.py").write_text(_THREAD_PROBE)  # light: the workers import torch, not timm
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from thread_probe import threads_in_worker
+
+    monkeypatch.setattr(_threads, "free_cpus", lambda: (5, "5 CPUs available to this process (mocked)"))
+    outcomes = LocalExecutor(2).run(threads_in_worker, [(), ()])
+    assert [o.error for o in outcomes] == [None, None]
+    for outcome in outcomes:
+        torch_threads, chosen, configured = outcome.result
+        # the pool's process measured 5 free CPUs: 5 // 2 each; a fold (choose_threads) in the worker uses it
+        assert torch_threads == chosen.torch == chosen.blas == 2
+        assert chosen.reason == "5 CPUs available to this process (mocked); 5 shared by 2 local worker processes"
+        assert configured.torch == 3  # cpu_threads in a model's config still wins
+
+
 def test_executor_specs():
     assert EXECUTORS.names() == ["dask", "local", "ray", "slurm"]
     assert isinstance(parse_executor("local:3"), LocalExecutor) and parse_executor("local:3").workers == 3

@@ -161,3 +161,28 @@ def test_a_database_password_in_the_config_never_reaches_the_store(tmp_path):
     store = open_project_store(cfg, *open_sources(cfg.data))
     saved = (store.path / "project" / "project.yaml").read_text()
     assert "s3cret" not in saved and "postgresql://me:***@db.example/optuna" in saved
+
+
+def test_progress_lines_count_the_commands_models_and_folds_and_its_eta_reaches_zero(tmp_path, caplog, monkeypatch):
+    import logging
+    import re
+
+    import ensemble_kit._progress as progress_module
+    from ensemble_kit._progress import bars_off
+
+    monkeypatch.setattr(progress_module, "LOG_INTERVAL", 0.0)  # a line after every batch
+    _folder_data(tmp_path / "data")
+    cfg = _config(tmp_path, r10=TINY, r10b={**TINY, "seed": 1})
+    train_project(cfg, folds=[1])  # fold 1 stored first: the command below trains fold 0 of each model only
+    caplog.clear()
+    with bars_off(), caplog.at_level(logging.INFO, logger="ensemble_kit"):
+        train_project(cfg)
+    pattern = re.compile(r"^model (\d)/2 (\w+), fold 1/2 \(id 0\), epoch 1/1, batch (\d)/(\d), [\d.]+ img/s, "
+                         r"ETA (\d\d):(\d\d):(\d\d)")
+    found = [m.groups() for m in map(pattern.match, (r.getMessage() for r in caplog.records)) if m]
+    assert {(i, name) for i, name, *_ in found} == {("1", "r10"), ("2", "r10b")}
+    assert [i for i, *_ in found] == sorted(i for i, *_ in found)  # model 1's lines, then model 2's
+    etas = [int(h) * 3600 + int(m) * 60 + int(s) for *_, h, m, s in found]
+    assert etas[-1] == 0  # the whole command's ETA: nothing left after the last batch of the last model
+    lines = [r.getMessage() for r in caplog.records]
+    assert "model 1/2 r10, fold 2/2 (id 1): already stored, skipped" in lines

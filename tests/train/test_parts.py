@@ -138,4 +138,4 @@ def test_tensorboard_logs_every_epoch_of_every_fold(tmp_path):
         events = EventAccumulator(str(store.path / "runs" / "m" / f"fold{fold}" / "tensorboard"))
         events.Reload()
         assert {"loss/train", "loss/val", "accuracy/val", "lr"} <= set(events.Tags()["scalars"])
-        assert [e.step for e in events.Scalars("loss/val")] == [0, 1]
+        assert [e.step for e in events.Scalars("loss/val")] == [1, 2]  # epochs count from 1, as in the log and history.csv

@@ -1,3 +1,4 @@
+import re
 import signal
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import pandas as pd
 import pytest
 
 from ensemble_kit import LogitStore
+from ensemble_kit._progress import bars_off
 from ensemble_kit.errors import ValidationError
 from ensemble_kit.train import TrainConfig, pseudo_label, train_cv
 from ensemble_kit.train.fold import fold_data
@@ -40,11 +42,11 @@ def test_train_cv_writes_entry_history_and_config(tmp_path):
     run = store.path / "runs" / "cnn"
     assert TrainConfig.from_yaml(run / "config.yaml").epochs == 3
     history = pd.read_csv(run / "fold0" / "history.csv")
-    assert history["epoch"].tolist() == [0, 1, 2] and {"lr", "train_loss", "val_loss", "val_accuracy"} <= set(history)
+    assert history["epoch"].tolist() == [1, 2, 3] and {"lr", "train_loss", "val_loss", "val_accuracy"} <= set(history)
     meta = store.entry("cnn").meta
     assert meta["config"]["model"] == "plain_cnn" and meta["library_version"] and meta["device"] == "cpu"
     kept = store.entry("cnn").fold_meta[0]["history"]  # the curves travel with the entry
-    assert kept["epoch"] == [0, 1, 2] and kept["val_loss"] == history["val_loss"].tolist()
+    assert kept["epoch"] == [1, 2, 3] and kept["val_loss"] == history["val_loss"].tolist()
     # once a fold is stored its resume checkpoints are pruned; the exported weights stay
     assert list((run / "fold0").glob("epoch_*")) == [] and (run / "fold0" / "model" / "model.json").is_file()
 
@@ -93,7 +95,8 @@ def test_recipe_option_trains(tmp_path, option):
     history = pd.read_csv(store.path / "runs" / "m" / "fold0" / "history.csv")
     assert np.isfinite(history["train_loss"]).all()
     if option == "early_stopping":
-        assert meta["epochs_run"] <= 4 and meta["best_epoch"] >= 0
+        assert 1 <= meta["best_epoch"] <= meta["epochs_run"] <= 4
+        assert history["epoch"].tolist() == list(range(1, meta["epochs_run"] + 1))
     if option == "tta_views_kept":  # each view is an entry of its own, checksummed like every entry
         assert sorted(store.incomplete()) == ["m", "m@hflip", "m@identity", "m@rot90", "m@scale1.25", "m@vflip"]
         assert store.entry("m@hflip").fold_meta[0] == {"view_of": "m", "view": "hflip"}
@@ -123,7 +126,7 @@ RUN = textwrap.dedent(
         trainer._FoldRun.save = save_then_die
     train, test, _ = tiny_image_data()
     store = LogitStore(sys.argv[1])
-    cfg = TrainConfig.from_dict({"model": "plain_cnn", "img_size": 16, "epochs": 2, "batch_size": 16,
+    cfg = TrainConfig.from_dict({"model": "plain_cnn", "img_size": 16, "epochs": 2, "batch_size": 16, "cpu_threads": 1,
         "augment": {"policy": "trivial", "random_erasing": 0.3, "albumentations": "aoi"},
         "regularization": {"mixup_alpha": 0.4, "ema_decay": 0.9}, "optimizer": {"lr": 0.01}})
     train_cv(cfg, store, train, test, name="cnn")
@@ -141,7 +144,8 @@ def test_killed_run_resumes_to_identical_logits(tmp_path):
         proc = subprocess.run([sys.executable, "-c", RUN, str(store.path), str(kill_after), helpers_dir])
         if kill_after >= 0:
             assert proc.returncode == -signal.SIGKILL
-            assert store.models() == [] and list((store.path / "runs" / "cnn" / "fold0").glob("epoch_0000"))
+            # checkpoints are named after the epoch they follow, counted from 1
+            assert store.models() == [] and list((store.path / "runs" / "cnn" / "fold0").glob("epoch_0001"))
             proc = subprocess.run([sys.executable, "-c", RUN, str(store.path), "-1", helpers_dir])
         assert proc.returncode == 0
         results[label] = (store.oof("cnn"), store.test("cnn"))
@@ -179,16 +183,68 @@ def test_training_leaves_the_callers_global_random_state_alone(tmp_path):
     assert (np.random.random(), random.random(), float(torch.rand(1))) == expected
 
 
-def test_without_a_terminal_each_epoch_and_fold_is_a_log_line(tmp_path, caplog):
+POSITION = re.compile(r"^model (\d+)/(\d+) (\S+), fold (\d+)/(\d+) \(id (\d+)\), epoch (\d+)/(\d+), "
+                      r"batch (\d+)/(\d+), ([\d.]+) img/s, ETA (\d\d):(\d\d):(\d\d)(: .*)?$")
+
+
+def test_without_a_terminal_each_line_says_where_the_run_is_how_fast_and_its_eta(tmp_path, caplog, monkeypatch):
     import logging
 
+    import ensemble_kit._progress as progress_module
+
+    monkeypatch.setattr(progress_module, "LOG_INTERVAL", 0.0)  # a line after every batch, not every 30 s
     store, train, test, _ = _store(tmp_path)
-    with caplog.at_level(logging.INFO, logger="ensemble_kit"):
+    with bars_off(), caplog.at_level(logging.INFO, logger="ensemble_kit"):
         train_cv(_cfg(epochs=2), store, train, test, name="cnn")
     lines = [r.getMessage() for r in caplog.records]
+    parsed = [m.groups() for m in map(POSITION.match, lines) if m]
+    # 24 training rows per fold in batches of 16: batches 1/2 and 2/2 of epochs 1/2 and 2/2 of folds 1/2 and 2/2
+    steps = {g[3:10] for g in parsed}
+    assert steps == {(str(k + 1), "2", str(k), str(e), "2", str(b), "2") for k in (0, 1) for e in (1, 2) for b in (1, 2)}
+    assert all(g[:3] == ("1", "1", "cnn") and float(g[10]) > 0 for g in parsed)
+    etas = [int(g[11]) * 3600 + int(g[12]) * 60 + int(g[13]) for g in parsed]
+    assert etas[-1] == 0  # the last batch of the last epoch of the last fold: nothing left to train
+    # each epoch's end is a line with its figures, numbered as history.csv numbers it
+    ends = [(g[5], g[6], g[14]) for g in parsed if g[14]]
+    assert [(k, e) for k, e, _ in ends] == [("0", "1"), ("0", "2"), ("1", "1"), ("1", "2")]
+    assert all("train loss" in text and "val loss" in text and "val accuracy" in text for _, _, text in ends)
     for fold in (0, 1):
-        assert any(f"cnn fold {fold} epoch 2/2: train loss" in line and "val accuracy" in line for line in lines)
-        assert any(line.startswith(f"cnn fold {fold} stored: best epoch") for line in lines)
+        assert any(line.startswith(f"model 1/1 cnn, fold {fold + 1}/2 (id {fold}) stored: best epoch") for line in lines)
+    assert any(line.startswith("model 1/1 cnn: CPU threads: torch ") for line in lines)
+
+
+def test_epochs_are_numbered_alike_in_the_log_history_csv_store_and_report(tmp_path, caplog, monkeypatch):
+    import logging
+
+    from ensemble_kit.report import figures, write_report
+
+    store, train, test, _ = _store(tmp_path)
+    with bars_off(), caplog.at_level(logging.INFO, logger="ensemble_kit"):
+        train_cv(_cfg(epochs=2), store, train, test, name="cnn")
+    logged = [int(m.group(7)) for m in map(POSITION.match, (r.getMessage() for r in caplog.records))
+              if m and m.group(6) == "0" and m.group(15)]
+    csv_epochs = pd.read_csv(store.path / "runs" / "cnn" / "fold0" / "history.csv")["epoch"].tolist()
+    meta = store.entry("cnn").fold_meta[0]
+    drawn = {}
+    draw = figures.training_curves_figure
+
+    def capture(histories):
+        fig = draw(histories)
+        drawn.update({line.get_label(): [int(x) for x in line.get_xdata()] for line in fig.axes[0].lines})
+        return fig
+
+    monkeypatch.setattr(figures, "training_curves_figure", capture)
+    write_report(store)
+    assert logged == csv_epochs == meta["history"]["epoch"] == drawn["fold 0 val"] == [1, 2]
+    assert meta["epochs_run"] == 2 and meta["best_epoch"] in (1, 2)
+    assert meta["history"]["val_loss"][meta["best_epoch"] - 1] == min(meta["history"]["val_loss"])
+
+
+def test_a_checkpoint_written_with_epochs_from_0_resumes_counted_from_1():
+    from ensemble_kit.train.trainer import _numbered_from_one
+
+    assert [r["epoch"] for r in _numbered_from_one([{"epoch": 0}, {"epoch": 1}])] == [1, 2]
+    assert [r["epoch"] for r in _numbered_from_one([{"epoch": 1}, {"epoch": 2}])] == [1, 2]
 
 
 def test_a_last_training_batch_of_one_image_is_dropped_not_fed_to_batch_norm(tmp_path):
