@@ -218,20 +218,34 @@ class Predictor:
     @classmethod
     def load(cls, bundle: str | Path, **options: Any) -> Predictor:
         """A predictor from a bundle folder written by :meth:`save_bundle` (no store, no network)."""
-        folder = Path(bundle)
+        # the folder you name may be reached through a link of yours (`current -> bundle-2026-12-01`);
+        # links inside it are refused
+        folder = Path(bundle).resolve()
         reader = ArtifactReader(folder, BUNDLE_MANIFEST, format_name=BUNDLE_FORMAT, versions=(1, BUNDLE_VERSION),
                                 sealed_versions=(BUNDLE_VERSION,))
         document = reader.document
+        where = str(reader.where)
         try:
-            models = {check_name(name, what="model name"): [safe_dir(folder, "models", name, f"fold{int(k)}")
+            saved_models, classes = document["models"], document["classes"]
+            if not isinstance(saved_models, dict) or not saved_models or not all(
+                    isinstance(folds, list) and folds and len(set(folds)) == len(folds)
+                    and all(type(k) is int and k >= 0 for k in folds) for folds in saved_models.values()):
+                raise ArtifactError(f"{where}: 'models' must map each model to a non-empty list of distinct fold "
+                                    "numbers.")
+            if not isinstance(classes, list) or len(classes) < 2 or len(set(map(str, classes))) != len(classes) \
+                    or not all(isinstance(c, (str, int)) and not isinstance(c, bool) for c in classes):
+                raise ArtifactError(f"{where}: 'classes' must list at least two distinct class names (text or "
+                                    "integers).")
+            if not isinstance(document["stack"], bool):
+                raise ArtifactError(f"{where}: 'stack' must be true or false; got {document['stack']!r}.")
+            models = {check_name(name, what="model name"): [safe_dir(folder, "models", name, f"fold{k}")
                                                             for k in folds]
-                      for name, folds in document["models"].items()}
+                      for name, folds in saved_models.items()}
             stack = Stacker.load(safe_dir(folder, "stack")) if document["stack"] else None
             submission = SubmissionConfig(**document["submission"])
-            classes = list(document["classes"])
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ArtifactError(f"{str(reader.where)!r} is malformed ({type(exc).__name__}: {exc}).") from exc
-        return cls(models, stack=stack, classes=classes, submission=submission, **options)
+            raise ArtifactError(f"{where} is malformed ({type(exc).__name__}: {exc}).") from exc
+        return cls(models, stack=stack, classes=list(classes), submission=submission, **options)
 
     def save_bundle(self, out: str | Path) -> Path:
         """One folder with everything inference needs and nothing else: every fold's weights and

@@ -10,6 +10,7 @@ folder: JSON and a safetensors file, checksummed, loaded with strict key matchin
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,9 @@ FOLD_MODEL_FORMAT = "ensemble_kit.fold_model"
 FOLD_MODEL_VERSION = 1
 MANIFEST = "model.json"
 EXPORT_DIR = "model"
+#: The largest input size (px) an exported model may declare: every image is resized to it, so a
+#: larger one from an edited file would make prediction allocate gigabytes per image.
+MAX_IMAGE_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -85,10 +89,14 @@ def read_fold_model_info(folder: Path) -> tuple[FoldModelInfo, ArtifactReader]:
                              std=tuple(float(s) for s in document["std"]))
     except ValidationError as exc:
         raise ArtifactError(f"{str(source.where)!r}: the saved training config is not valid: {exc}") from exc
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise ArtifactError(f"{str(source.where)!r} is malformed ({type(exc).__name__}: {exc}).") from exc
-    if len(info.mean) != 3 or len(info.std) != 3 or min(info.std) <= 0:
-        raise ArtifactError(f"{str(source.where)!r}: normalisation must be 3 means and 3 positive deviations.")
+    if len(info.mean) != 3 or len(info.std) != 3 or not all(math.isfinite(v) for v in (*info.mean, *info.std)) \
+            or min(info.std) <= 0:
+        raise ArtifactError(f"{str(source.where)!r}: normalisation must be 3 finite means and 3 positive deviations.")
+    if not 1 <= info.eval_size <= MAX_IMAGE_SIZE:
+        raise ArtifactError(f"{str(source.where)!r}: input size {info.eval_size} px is outside 1..{MAX_IMAGE_SIZE} "
+                            "(every image is resized to it before prediction).")
     return info, source
 
 
@@ -105,9 +113,32 @@ def load_fold_model(folder: Path, *, device: str | torch.device = "cpu") -> tupl
     info, source = read_fold_model_info(folder)
     cfg = info.config
     reg = cfg.regularization
-    model = build_model(cfg.model, num_classes=len(info.classes), img_size=cfg.img_size, drop_rate=reg.drop_rate,
-                        drop_path_rate=reg.drop_path_rate, pooling=cfg.pooling, pretrained=False, pretrained_path=None,
-                        model_kwargs=cfg.model_kwargs)
+
+    def build() -> nn.Module:
+        return build_model(cfg.model, num_classes=len(info.classes), img_size=cfg.img_size, drop_rate=reg.drop_rate,
+                           drop_path_rate=reg.drop_path_rate, pooling=cfg.pooling, pretrained=False,
+                           pretrained_path=None, model_kwargs=cfg.model_kwargs)
+
+    # The architecture comes from a file from elsewhere: it is built first on the meta device (no
+    # memory), and must be no larger than the weights it is to hold, before it is built for real.
+    # timm's constructors report bad arguments with any exception type (KeyError, AssertionError,
+    # ZeroDivisionError, ...), so every one of them is turned into a named error here.
+    try:
+        with torch.device("meta"):
+            skeleton = build()
+    except Exception as exc:
+        raise ArtifactError(f"{str(source.where)!r}: model {cfg.model!r} cannot be built from its saved config "
+                            f"({type(exc).__name__}: {exc}).") from exc
+    needed = sum(t.numel() * t.element_size() for t in (*skeleton.parameters(), *skeleton.buffers()))
+    stored = source.files.get("weights", {}).get("bytes") if isinstance(source.files.get("weights"), dict) else None
+    if isinstance(stored, int) and needed > stored:
+        raise ArtifactError(f"{str(source.where)!r}: model {cfg.model!r} as configured needs {needed:,} bytes of "
+                            f"weights; the weights file holds {stored:,}. The config was edited.")
+    try:
+        model = build()
+    except Exception as exc:  # see above
+        raise ArtifactError(f"{str(source.where)!r}: model {cfg.model!r} cannot be built ({type(exc).__name__}: "
+                            f"{exc}).") from exc
     try:
         state = load(source.blob(source.document.get("weights")))
     except SafetensorError as exc:

@@ -142,7 +142,7 @@ def test_an_exported_model_that_does_not_fit_is_named(project, tmp_path, fault):
         document = json.loads(manifest.read_text())
         document["config"]["model"] = "resnet14t"
         reseal(folder, "model.json", document)  # the attacker rewrites the manifest's own checksum too
-        match = r"do not match model 'resnet14t'.*missing"
+        match = r"model 'resnet14t'.*(missing|bytes of weights)"  # a larger architecture: refused before it is built
     elif fault == "planted pickle":
         (folder / "weights.safetensors").write_bytes(pickle.dumps({"w": 1}))
         match = "does not match its checksum|its record says"
@@ -187,3 +187,35 @@ def test_bundle_never_replaces_what_is_not_a_bundle(project, tmp_path, monkeypat
     (tmp_path / "b" / "notes.txt").write_text("mine")
     assert main(["bundle", str(root / "project.yaml"), str(tmp_path / "b")]) == 2
     assert (tmp_path / "b" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("edit", ["no folds", "stack not a bool", "folds not integers", "classes not names",
+                                  "classes repeated"])
+def test_a_resealed_bundle_manifest_with_odd_fields_is_named(project, tmp_path, edit):
+    root, _, _ = project
+    assert main(["bundle", str(root / "project.yaml"), str(tmp_path / "b")]) == 0
+    document = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    if edit == "no folds":
+        document["models"]["cnn"] = []
+    elif edit == "stack not a bool":
+        document["stack"] = "no"
+    elif edit == "folds not integers":
+        document["models"]["cnn"] = [0.7, True]
+    elif edit == "classes not names":
+        document["classes"] = [["x"], {"y": 1}, None]
+    else:
+        document["classes"] = ["cat", "cat", "emu"]
+    reseal(tmp_path / "b", "bundle.json", document)
+    with pytest.raises(ArtifactError, match="bundle.json"):
+        Predictor.load(tmp_path / "b")
+
+
+def test_a_bundle_reached_through_a_link_of_yours_or_as_dot_loads(project, tmp_path, monkeypatch):
+    import os
+
+    root, _, _ = project
+    assert main(["bundle", str(root / "project.yaml"), str(tmp_path / "bundle-2026-12-01")]) == 0
+    os.symlink(tmp_path / "bundle-2026-12-01", tmp_path / "current")
+    assert [m.name for m in Predictor.load(tmp_path / "current").models] == ["cnn", "r10"]
+    monkeypatch.chdir(tmp_path / "bundle-2026-12-01")
+    assert [m.name for m in Predictor.load(".").models] == ["cnn", "r10"]

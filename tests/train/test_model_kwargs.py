@@ -182,3 +182,37 @@ def test_plain_architecture_arguments_still_build():
     model = build_model(cfg.model, num_classes=3, img_size=16, model_kwargs=cfg.model_kwargs)
     assert model(torch.zeros(1, 3, 16, 16)).shape == (1, 3)
     check_model_kwargs({"depths": [1, 1, 2], "dims": (8, 16)})
+
+
+@pytest.mark.parametrize("edit", [
+    pytest.param({"model_kwargs": {"act_layer": "nope"}}, id="unknown activation (KeyError in timm)"),
+    pytest.param({"model_kwargs": {"stem_width": -5}}, id="negative width (RuntimeError in torch)"),
+    pytest.param({"model_kwargs": {"output_stride": 7}}, id="odd output stride (AssertionError in timm)"),
+    pytest.param({"model_kwargs": {"stem_width": 4096}, "match": "bytes of weights"}, id="larger than its weights"),
+    pytest.param({"img_size": 30000}, id="an input size that would allocate gigabytes"),
+])
+def test_an_edited_architecture_is_a_named_error_before_any_memory_is_spent(fold_model, tmp_path, edit):
+    from helpers import reseal
+
+    folder, _ = fold_model
+    copy = shutil.copytree(folder, tmp_path / "model")
+    document = json.loads((copy / "model.json").read_text())
+    edit = dict(edit)
+    match = edit.pop("match", "model.json")  # larger than its weights: refused before it is built for real
+    for key, value in edit.items():
+        document["config"][key] = {**document["config"].get(key, {}), **value} if isinstance(value, dict) else value
+    reseal(copy, "model.json", document)
+    with pytest.raises(ArtifactError, match=match):
+        load_fold_model(copy)
+
+
+def test_a_normalisation_too_large_for_a_float_is_named(fold_model, tmp_path):
+    from helpers import reseal
+
+    folder, _ = fold_model
+    copy = shutil.copytree(folder, tmp_path / "model")
+    document = json.loads((copy / "model.json").read_text())
+    document["std"] = [10 ** 400] * 3
+    reseal(copy, "model.json", document)
+    with pytest.raises(ArtifactError, match="model.json"):
+        load_fold_model(copy)
